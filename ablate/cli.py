@@ -1,0 +1,37 @@
+"""The `ablate` command line: parse, call, print. Errors a user can fix exit 2 with one clear message."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import click
+
+from ablate.errors import AblateError
+
+
+class AblateGroup(click.Group):
+    """Turns AblateError into a clean message and exit 2; --debug shows the traceback."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except AblateError as exc:
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+
+
+@click.group(cls=AblateGroup)
+@click.option("--debug", is_flag=True, help="Show tracebacks and debug logs.")
+@click.version_option(package_name="ablate")
+@click.pass_context
+def main(ctx: click.Context, debug: bool) -> None:
+    """Declarative ablations for LLM compression: prune, distill, compare, build."""
+    ctx.ensure_object(dict)
+    ctx.obj["debug"] = debug
+    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+
+# --- commands registered by stage modules (one line each; keep sorted) ---

@@ -1,0 +1,124 @@
+"""One adapter over Llama-layout decoder families: which configs we accept and how a target shape
+becomes a consistent Hugging Face config.
+
+Pruned shapes routinely break the rule hidden_size % num_attention_heads == 0 (Mistral NeMo already
+does: 32 heads x 128 != 5120). transformers' LlamaConfig refuses such a config even when head_dim is
+set, while MistralConfig accepts it and builds the same modules. A Llama model whose pruned shape
+trips that check is therefore saved as the Mistral architecture (bias-free Llama blocks are
+numerically identical to Mistral blocks with sliding_window=None), so plain transformers loads it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig
+
+from ablate.errors import ModelError, PruneError
+
+SUPPORTED_FAMILIES = ("llama", "mistral", "qwen2", "qwen3")
+AXES = ("hidden_size", "intermediate_size", "num_attention_heads", "num_hidden_layers")
+# Per-layer lists some configs carry; depth pruning must keep them aligned with the kept layers.
+PER_LAYER_KEYS = ("layer_types",)
+
+
+def check_family(config: PretrainedConfig) -> None:
+    """Refuse anything that is not a Llama-layout decoder, naming the family."""
+    if config.model_type not in SUPPORTED_FAMILIES:
+        raise ModelError(
+            f"model family '{config.model_type}' is not supported (supported: {', '.join(SUPPORTED_FAMILIES)}); "
+            "ablate prunes decoders with the Llama block layout"
+        )
+
+
+def head_dim(config: PretrainedConfig) -> int:
+    hd = getattr(config, "head_dim", None)
+    return int(hd) if hd else config.hidden_size // config.num_attention_heads
+
+
+def shape_of(config: PretrainedConfig) -> dict[str, int]:
+    """The prunable axes of a config plus the fixed ones a reader wants to see."""
+    return {
+        "num_hidden_layers": config.num_hidden_layers,
+        "hidden_size": config.hidden_size,
+        "intermediate_size": config.intermediate_size,
+        "num_attention_heads": config.num_attention_heads,
+        "num_key_value_heads": config.num_key_value_heads,
+        "head_dim": head_dim(config),
+        "vocab_size": config.vocab_size,
+    }
+
+
+def check_target(config: PretrainedConfig, target: Mapping[str, int]) -> list[str]:
+    """Problems with a target against a teacher config (empty list when it is applicable)."""
+    problems: list[str] = []
+    shape = shape_of(config)
+    for axis, value in target.items():
+        if axis not in AXES:
+            problems.append(f"unknown axis '{axis}' (expected one of {', '.join(AXES)})")
+            continue
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            problems.append(f"{axis} must be a positive integer (got {value!r})")
+            continue
+        if value > shape[axis]:
+            problems.append(f"{axis}={value} is larger than the teacher's {shape[axis]} (a target can only shrink)")
+    heads = target.get("num_attention_heads")
+    if isinstance(heads, int) and heads > 0 and heads % shape["num_key_value_heads"] != 0:
+        problems.append(
+            f"num_attention_heads={heads} is not a multiple of the {shape['num_key_value_heads']} KV heads "
+            "(query heads are removed equally within each KV group)"
+        )
+    return problems
+
+
+def pruned_config(
+    config: PretrainedConfig,
+    target: Mapping[str, int],
+    kept_layers: Sequence[int] | None = None,
+) -> PretrainedConfig:
+    """A config for `config` trimmed to `target`; head_dim and KV heads are kept.
+
+    kept_layers (indices into the original layers) aligns per-layer config lists after depth pruning;
+    without it the first num_hidden_layers entries are kept, which is what planning needs.
+    """
+    check_family(config)
+    problems = check_target(config, target)
+    if problems:
+        raise PruneError("; ".join(problems))
+    data = config.to_dict()
+    data.pop("transformers_version", None)
+    data["head_dim"] = head_dim(config)
+    data.update({k: int(v) for k, v in target.items()})
+    layers = data["num_hidden_layers"]
+    if kept_layers is None:
+        kept_layers = list(range(layers))
+    if len(kept_layers) != layers:
+        raise PruneError(f"kept_layers has {len(kept_layers)} entries but num_hidden_layers is {layers}")
+    for key in PER_LAYER_KEYS:
+        if isinstance(data.get(key), list):
+            data[key] = [data[key][i] for i in kept_layers]
+    if isinstance(data.get("max_window_layers"), int):
+        data["max_window_layers"] = min(data["max_window_layers"], layers)
+    model_type = data["model_type"]
+    if model_type == "llama" and data["hidden_size"] % data["num_attention_heads"] != 0:
+        if data.get("attention_bias") or data.get("mlp_bias"):
+            raise PruneError(
+                "a Llama model with attention/MLP bias cannot be saved with hidden_size not divisible by "
+                "num_attention_heads (transformers refuses that LlamaConfig); choose heads dividing hidden"
+            )
+        model_type = "mistral"
+        data.update(model_type="mistral", architectures=["MistralForCausalLM"], sliding_window=None)
+        for key in ("attention_bias", "mlp_bias", "pretraining_tp"):
+            data.pop(key, None)
+    return AutoConfig.for_model(model_type, **{k: v for k, v in data.items() if k != "model_type"})
+
+
+def count_parameters(config: PretrainedConfig) -> int:
+    """Exact parameter count of the real architecture, built on the meta device (no memory, no weights).
+
+    Tied embeddings are counted once, as `model.parameters()` yields shared tensors once.
+    """
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    return sum(p.numel() for p in model.parameters())
