@@ -35,3 +35,7 @@ def main(ctx: click.Context, debug: bool) -> None:
 
 
 # --- commands registered by stage modules (one line each; keep sorted) ---
+from ablate.commands.plan import plan_command, validate_command  # noqa: E402
+
+main.add_command(plan_command)
+main.add_command(validate_command)

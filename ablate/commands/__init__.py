@@ -1,0 +1,1 @@
+"""Click commands, one module per workflow stage; ablate/cli.py registers them."""

@@ -1,0 +1,148 @@
+"""`ablate validate` and `ablate plan`: everything about a spec that needs no weights."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from ablate.errors import SpecError
+from ablate.plan.estimate import H100_BF16_DENSE_FLOPS, estimate
+from ablate.plan.graph import build_graph
+from ablate.spec.units import format_tokens
+from ablate.spec.validate import LoadedSpec, load_spec
+
+
+def _load_or_exit(spec_path: str, as_json: bool) -> LoadedSpec:
+    try:
+        return load_spec(spec_path)
+    except SpecError as exc:
+        if as_json:
+            click.echo(json.dumps({"valid": False, "problems": exc.problems}, indent=2))
+        else:
+            for problem in exc.problems:
+                click.echo(problem, err=True)
+            click.echo(f"{len(exc.problems)} problem(s) in {spec_path}", err=True)
+        sys.exit(2)
+
+
+def summary_line(loaded: LoadedSpec) -> str:
+    graph = build_graph(loaded.trials)
+    run, naive = sum(graph.counts().values()), sum(graph.naive_counts().values())
+    return (
+        f"{loaded.path}: valid: experiment '{loaded.spec.name}', {len(loaded.trials)} trials over "
+        f"{len(loaded.spec.targets)} target(s), {run} stages to run (naive {naive})"
+    )
+
+
+@click.command("validate")
+@click.argument("spec_path", metavar="SPEC", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def validate_command(spec_path: str, as_json: bool) -> None:
+    """Check SPEC and report every problem with its file, line and path (exit 2 if any)."""
+    loaded = _load_or_exit(spec_path, as_json)
+    if as_json:
+        click.echo(json.dumps({"valid": True, "name": loaded.spec.name, "trials": len(loaded.trials)}))
+    else:
+        click.echo(summary_line(loaded))
+
+
+def plan_dict(loaded: LoadedSpec, mfu: float) -> dict:
+    graph = build_graph(loaded.trials)
+    est = estimate(loaded.teacher_config, loaded.trials, mfu=mfu)
+    return {
+        "name": loaded.spec.name,
+        "spec": str(loaded.path),
+        "assumption": {"mfu": mfu, "peak_flops": H100_BF16_DENSE_FLOPS, "gpu": "H100 SXM dense BF16"},
+        "trials": [
+            {**row, "stages": graph.trial_stages[row["key"]]}
+            for row in est.to_dict()["trials"]
+        ],
+        "stages": {"run": graph.counts(), "naive": graph.naive_counts()},
+        "teacher": {
+            **est.to_dict()["teacher"],
+            "model": loaded.spec.teacher.model,
+            "correction_tokens": est.correction_tokens,
+            "correction_flops": est.correction_flops,
+            "correction_gpu_hours": est.gpu_hours(est.correction_flops),
+        },
+        "targets": est.to_dict()["targets"],
+        "importance_flops": est.importance_flops,
+        "total_flops": est.total_flops,
+        "total_gpu_hours": est.gpu_hours(est.total_flops),
+    }
+
+
+def _fmt_params(n: int) -> str:
+    return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n / 1e3:.1f}k"
+
+
+def _fmt_shape(shape: dict, reference: dict | None = None) -> str:
+    keys = ("num_hidden_layers", "hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads", "head_dim")
+    short = {"num_hidden_layers": "layers", "hidden_size": "hidden", "intermediate_size": "ffn",
+             "num_attention_heads": "heads", "num_key_value_heads": "kv", "head_dim": "head_dim"}
+    parts = []
+    for k in keys:
+        mark = "*" if reference and reference.get(k) != shape[k] else ""
+        parts.append(f"{short[k]} {shape[k]}{mark}")
+    return ", ".join(parts)
+
+
+def print_plan(plan: dict, console: Console) -> None:
+    teacher = plan["teacher"]
+    console.print(f"[bold]{plan['name']}[/bold]  ({plan['spec']})")
+    console.print(f"teacher {teacher['model']}: {_fmt_params(teacher['params'])} ({teacher['params']:,} parameters)")
+    console.print(f"  {_fmt_shape(teacher['shape'])}, vocab {teacher['shape']['vocab_size']}")
+    if teacher["correction_tokens"]:
+        console.print(
+            f"  teacher correction: {format_tokens(teacher['correction_tokens'])} tokens, "
+            f"{teacher['correction_flops']:.3g} FLOPs, {teacher['correction_gpu_hours']:,.1f} GPU-h"
+        )
+    targets = Table(title="targets (* = pruned axis)")
+    for col in ("target", "params", "of teacher", "shape"):
+        targets.add_column(col)
+    for t in plan["targets"]:
+        targets.add_row(t["name"], f"{_fmt_params(t['params'])} ({t['params']:,})",
+                        f"{t['params'] / teacher['params']:.1%}", _fmt_shape(t["shape"], teacher["shape"]))
+    console.print(targets)
+    trials = Table(title=f"{len(plan['trials'])} trials")
+    for col in ("key", "overrides", "params", "tokens", "FLOPs", "GPU-h"):
+        trials.add_column(col, justify="right" if col in ("params", "tokens", "FLOPs", "GPU-h") else "left")
+    for t in plan["trials"]:
+        overrides = ", ".join(f"{k}={v}" for k, v in t["overrides"].items())
+        trials.add_row(t["key"], overrides, _fmt_params(t["params"]), format_tokens(t["tokens"]),
+                       f"{t['flops']:.3g}", f"{t['gpu_hours']:,.3g}")
+    console.print(trials)
+    stages = Table(title="stages after de-duplication")
+    for col in ("stage", "to run", "naive"):
+        stages.add_column(col, justify="right" if col != "stage" else "left")
+    for kind, n in plan["stages"]["run"].items():
+        stages.add_row(kind, str(n), str(plan["stages"]["naive"][kind]))
+    stages.add_row("[bold]total[/bold]", str(sum(plan["stages"]["run"].values())), str(sum(plan["stages"]["naive"].values())))
+    console.print(stages)
+    a = plan["assumption"]
+    console.print(
+        f"total compute: {plan['total_flops']:.3g} FLOPs = {plan['total_gpu_hours']:,.3g} GPU-hours "
+        f"at MFU {a['mfu']} of {a['peak_flops'] / 1e12:.0f} TFLOP/s ({a['gpu']})"
+    )
+
+
+@click.command("plan")
+@click.argument("spec_path", metavar="SPEC", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--mfu", type=click.FloatRange(0, 1, min_open=True), default=0.4, show_default=True,
+              help="Model FLOPs utilisation assumed for GPU-hours (of 989 TFLOP/s dense BF16 H100).")
+def plan_command(spec_path: str, as_json: bool, mfu: float) -> None:
+    """Show SPEC's trials, shared stages, exact parameter counts and compute, without loading weights."""
+    started = time.perf_counter()
+    loaded = _load_or_exit(spec_path, as_json)
+    plan = plan_dict(loaded, mfu)
+    plan["seconds"] = round(time.perf_counter() - started, 3)
+    if as_json:
+        click.echo(json.dumps(plan, indent=2))
+    else:
+        print_plan(plan, Console())

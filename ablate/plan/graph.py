@@ -1,0 +1,37 @@
+"""Trials -> a de-duplicated stage DAG (what will actually run, against the naive count)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+from ablate.plan.stages import STAGE_KINDS, Stage, trial_stages
+from ablate.spec.sweep import Trial
+
+
+@dataclass
+class StageGraph:
+    stages: dict[str, Stage] = field(default_factory=dict)  # hash -> stage, in dependency order
+    trial_stages: dict[str, dict[str, str]] = field(default_factory=dict)  # trial key -> kind -> hash
+    naive: Counter = field(default_factory=Counter)  # stages if every trial ran its own
+
+    def counts(self) -> dict[str, int]:
+        found = Counter(s.kind for s in self.stages.values())
+        return {kind: found.get(kind, 0) for kind in STAGE_KINDS}
+
+    def naive_counts(self) -> dict[str, int]:
+        return {kind: self.naive.get(kind, 0) for kind in STAGE_KINDS}
+
+    def children(self, stage_hash: str) -> list[Stage]:
+        return [s for s in self.stages.values() if stage_hash in s.parents]
+
+
+def build_graph(trials: list[Trial]) -> StageGraph:
+    graph = StageGraph()
+    for trial in trials:
+        stages = trial_stages(trial)
+        graph.trial_stages[trial.key] = {kind: s.hash for kind, s in stages.items()}
+        for stage in stages.values():
+            graph.naive[stage.kind] += 1
+            graph.stages.setdefault(stage.hash, stage)
+    return graph

@@ -1,0 +1,174 @@
+"""The spec's pydantic models: the single place where every field, default and allowed value lives.
+
+Unknown keys are refused everywhere (extra="forbid"); values are checked here, relations between
+fields in `Spec`'s validators, and anything that needs the teacher's architecture in spec/check.py.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PositiveFloat, PositiveInt, model_validator
+
+from ablate.spec.units import parse_tokens
+
+TokenCount = Annotated[int, BeforeValidator(parse_tokens)]
+Aggregation = Literal["mean", "l2", "var"]
+LOSSES = ("kld", "ce", "kld+intermediate", "scratch")
+TARGET_AXES = ("hidden_size", "intermediate_size", "num_attention_heads", "num_hidden_layers")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class Correction(Strict):
+    """Teacher correction: fine-tune the teacher on the distillation data first (paper: LR 1/5, 120 warm-up)."""
+
+    tokens: TokenCount
+    lr: PositiveFloat = 2e-5
+    min_lr: float = Field(0.0, ge=0)
+    warmup_steps: int = Field(120, ge=0)
+    global_batch: PositiveInt | None = None  # None: same as distill
+    micro_batch: PositiveInt | None = None
+
+
+class Teacher(Strict):
+    model: str = Field(min_length=1, description="builtin:NAME | local HF directory | HF id (local cache)")
+    config: str | None = Field(None, description="config.json to plan from when the weights are not here")
+    correction: Correction | None = None
+
+
+class Data(Strict):
+    corpus: str = "builtin:pydoc"
+    seq_len: PositiveInt = 128
+    eval_tokens: TokenCount = 8000
+
+
+class Calibration(Strict):
+    samples: PositiveInt = 32
+    batch_size: PositiveInt = 8
+
+
+class WidthImportance(Strict):
+    method: Literal["activation", "magnitude", "random"] = "activation"
+    batch_agg: Aggregation = "l2"
+    seq_agg: Aggregation = "mean"
+    mlp_site: Literal["down_proj_input", "gate_up"] = "down_proj_input"
+
+
+class DepthImportance(Strict):
+    method: Literal["block_importance", "lm_loss", "contiguous"] = "block_importance"
+
+
+class Importance(Strict):
+    width: WidthImportance = WidthImportance()
+    depth: DepthImportance = DepthImportance()
+
+
+class Target(Strict):
+    """A student shape: any subset of the prunable axes; the others stay as in the teacher."""
+
+    hidden_size: PositiveInt | None = None
+    intermediate_size: PositiveInt | None = None
+    num_attention_heads: PositiveInt | None = None
+    num_hidden_layers: PositiveInt | None = None
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> Target:
+        if not self.axes():
+            raise ValueError(f"a target must set at least one of {', '.join(TARGET_AXES)}")
+        return self
+
+    def axes(self) -> dict[str, int]:
+        return {k: v for k, v in self.model_dump().items() if v is not None}
+
+
+class Distill(Strict):
+    loss: Literal["kld", "ce", "kld+intermediate", "scratch"] = "kld"
+    temperature: PositiveFloat = 1.0
+    tokens: TokenCount
+    lr: PositiveFloat = 1e-4
+    min_lr: float = Field(4.5e-7, ge=0)
+    warmup_steps: int = Field(0, ge=0)
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    global_batch: PositiveInt = 8
+    micro_batch: PositiveInt = 4
+    grad_clip: PositiveFloat | None = 1.0
+    weight_decay: float = Field(0.0, ge=0)
+    checkpoint_every: PositiveInt = 50
+    eval_every: PositiveInt | None = None
+    intermediate_layers: list[tuple[int, int]] | None = Field(
+        None, description="(student layer, teacher layer) pairs for kld+intermediate; default: evenly spaced"
+    )
+
+    @model_validator(mode="after")
+    def _relations(self) -> Distill:
+        if self.global_batch % self.micro_batch:
+            raise ValueError(
+                f"global_batch ({self.global_batch}) must be a multiple of micro_batch ({self.micro_batch}) "
+                "(gradient accumulation runs whole micro-batches)"
+            )
+        if self.min_lr > self.lr:
+            raise ValueError(f"min_lr ({self.min_lr}) must not exceed lr ({self.lr})")
+        return self
+
+
+class Sweep(Strict):
+    grid: dict[str, list[Any]] = Field(default_factory=dict)
+    exclude: list[dict[str, Any]] = Field(default_factory=list)
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    max_trials: PositiveInt = 1000
+
+
+class TrialResources(Strict):
+    cpu: float = Field(1.0, gt=0)
+    gpu: float = Field(0.0, ge=0)
+
+
+class Resources(Strict):
+    trial: TrialResources = TrialResources()
+    max_concurrent: PositiveInt = 2
+    max_failures: int = Field(0, ge=0)
+    asha: bool = False
+
+
+class Tracking(Strict):
+    db: str = "sqlite:///.ablate/ablate.db"
+    mlflow: str = "sqlite:///.ablate/mlflow.db"
+    artifacts: str = ".ablate/artifacts"
+
+
+class Build(Strict):
+    trial: str = "best"
+    tokens: TokenCount | None = None
+    formats: list[Literal["hf", "trtllm-bf16", "trtllm-fp8"]] = Field(default_factory=lambda: ["hf"])
+
+
+class Spec(Strict):
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$", max_length=64)
+    description: str = ""
+    teacher: Teacher
+    data: Data = Data()
+    calibration: Calibration = Calibration()
+    importance: Importance = Importance()
+    targets: dict[str, Target] = Field(min_length=1)
+    distill: Distill
+    sweep: Sweep = Sweep()
+    resources: Resources = Resources()
+    tracking: Tracking = Tracking()
+    build: Build = Build()
+
+    @model_validator(mode="after")
+    def _distill_fits_one_step(self) -> Spec:
+        step_tokens = self.distill.global_batch * self.data.seq_len
+        if self.distill.tokens < step_tokens:
+            raise ValueError(
+                f"distill.tokens ({self.distill.tokens}) is less than one optimizer step "
+                f"(global_batch {self.distill.global_batch} x seq_len {self.data.seq_len} = {step_tokens} tokens)"
+            )
+        return self
+
+
+# Sections of a spec that define what a trial computes (and so its key); the rest is bookkeeping.
+TRIAL_SECTIONS = ("teacher", "data", "calibration", "importance", "distill")

@@ -1,0 +1,55 @@
+"""Token counts written the way people say them: 20k, 1.8B, 380B, or a plain integer."""
+
+from __future__ import annotations
+
+import re
+
+SUFFIXES = {"": 1, "k": 10**3, "K": 10**3, "m": 10**6, "M": 10**6, "b": 10**9, "B": 10**9, "G": 10**9, "T": 10**12}
+_PATTERN = re.compile(r"^\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE]([+-]?[0-9]+))?\s*([A-Za-z]*)\s*$")
+EXPECTED = "a positive whole number of tokens, optionally with a k, M, B or T suffix (e.g. 20k, 1.8B, 380B)"
+
+
+def parse_tokens(value: object) -> int:
+    """Parse a token count; raise ValueError with a message naming the value and the accepted forms."""
+    if isinstance(value, bool):
+        raise ValueError(f"not a token count (got {value!r}; expected {EXPECTED})")
+    if isinstance(value, int):
+        number = value
+    elif isinstance(value, float):
+        if not value.is_integer():
+            raise ValueError(f"not a whole number of tokens (got {value!r}; expected {EXPECTED})")
+        number = int(value)
+    elif isinstance(value, str):
+        if value.strip().startswith("-"):
+            raise ValueError(f"token count must be positive (got {value!r}; expected {EXPECTED})")
+        match = _PATTERN.match(value)
+        if not match:
+            raise ValueError(f"not a token count (got {value!r}; expected {EXPECTED})")
+        mantissa, exponent, suffix = match.groups()
+        if suffix not in SUFFIXES:
+            raise ValueError(f"unknown unit '{suffix}' in {value!r} (expected {EXPECTED})")
+        # Exact decimal arithmetic: 1.8B must be 1800000000, not 1799999999.9999998.
+        whole, _, frac = mantissa.partition(".")
+        scaled = int(whole or "0") * 10 ** len(frac) + int(frac or "0")
+        numerator = scaled * SUFFIXES[suffix]
+        power = int(exponent or "0") - len(frac)
+        if power >= 0:
+            number = numerator * 10**power
+        else:
+            if numerator % 10 ** (-power):
+                raise ValueError(f"{value!r} is not a whole number of tokens (expected {EXPECTED})")
+            number = numerator // 10 ** (-power)
+    else:
+        raise ValueError(f"not a token count (got {value!r}; expected {EXPECTED})")
+    if number <= 0:
+        raise ValueError(f"token count must be positive (got {value!r}; expected {EXPECTED})")
+    return number
+
+
+def format_tokens(n: int) -> str:
+    """Short human form (380B, 1.8B, 20k) for tables."""
+    for suffix, scale in (("T", 10**12), ("B", 10**9), ("M", 10**6), ("k", 10**3)):
+        if n >= scale:
+            text = f"{n / scale:.3g}"
+            return f"{text}{suffix}"
+    return str(n)

@@ -1,0 +1,244 @@
+"""Validate a spec completely: schema, teacher-dependent checks, and the sweep, reporting every problem.
+
+Each problem reads `file:line: dotted.path: problem (got X; expected Y)`. Nothing is loaded but the
+teacher's config (no weights, no network).
+"""
+
+from __future__ import annotations
+
+import difflib
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+from transformers import PretrainedConfig
+
+from ablate.errors import AblateError, SpecError
+from ablate.models.arch import check_target
+from ablate.models.registry import load_config
+from ablate.spec.load import Path_, Problem, SourceMap, dotted, load_document
+from ablate.spec.schema import Spec
+from ablate.spec.sweep import (
+    TARGET_AXIS,
+    Trial,
+    expand,
+    grid_points,
+    normalise,
+    schema_has_path,
+    set_path,
+)
+
+
+@dataclass
+class LoadedSpec:
+    """A valid spec with everything later stages need: the model, its source positions, its trials."""
+
+    path: Path
+    raw: dict[str, Any]
+    spec: Spec
+    source: SourceMap
+    teacher_config: PretrainedConfig
+    trials: list[Trial]
+
+
+def load_spec(path: str | Path) -> LoadedSpec:
+    """Load and fully validate a spec; raise SpecError listing every problem found."""
+    path = Path(path)
+    raw, source, problems = load_document(path)
+    if problems:
+        raise SpecError([str(p) for p in problems])
+    spec, problems = _validate_schema(raw, source)
+    teacher_config = None
+    if spec is not None:
+        teacher_config, teacher_problems = _check_teacher(spec, path, source)
+        problems += teacher_problems
+    problems += _check_sweep(raw, spec, source)
+    if problems:
+        raise SpecError([str(p) for p in _unique(problems)])
+    assert spec is not None and teacher_config is not None
+    trials = expand(raw, spec)
+    return LoadedSpec(path, raw, spec, source, teacher_config, trials)
+
+
+def resolve_relative(spec_path: Path, value: str) -> str:
+    """A relative file reference in a spec is relative to the spec's folder when it exists there."""
+    candidate = spec_path.parent / value
+    return str(candidate) if not Path(value).is_absolute() and candidate.exists() else value
+
+
+def _unique(problems: list[Problem]) -> list[Problem]:
+    seen: set[str] = set()
+    out = []
+    for p in problems:
+        if str(p) not in seen:
+            seen.add(str(p))
+            out.append(p)
+    return out
+
+
+def _problem(source: SourceMap, path: Path_, message: str) -> Problem:
+    file, line = source.locate(path)
+    return Problem(file, line, dotted(path), message)
+
+
+def _validate_schema(raw: dict, source: SourceMap, prefix: Path_ = (), note: str = "") -> tuple[Spec | None, list[Problem]]:
+    try:
+        return Spec.model_validate(raw), []
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            loc = tuple(err["loc"])
+            problems.append(_problem(source, prefix or loc, describe_error(err, raw) + note))
+        return None, problems
+
+
+def describe_error(err: dict, raw: dict) -> str:
+    """A pydantic error as `problem (got X; expected Y)`, with did-you-mean for unknown keys."""
+    kind, loc, msg = err["type"], tuple(err["loc"]), err["msg"]
+    got = err.get("input")
+    if kind == "extra_forbidden":
+        allowed = _allowed_keys(loc[:-1], raw)
+        guess = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+        hint = f"; did you mean '{guess[0]}'?" if guess else ""
+        return f"unknown key '{loc[-1]}' (expected one of: {', '.join(allowed)}{hint})"
+    if kind == "missing":
+        return "required field is missing (expected a value)"
+    if kind in ("value_error", "assertion_error"):
+        text = msg.removeprefix("Value error, ").removeprefix("Assertion failed, ")
+        return text if "(got" in text or "(expected" in text else f"{text} (got {_short(got)})"
+    expected = msg.removeprefix("Input should be ")
+    if kind == "literal_error":
+        expected = "one of " + err["ctx"]["expected"]
+    return f"invalid value (got {_short(got)}; expected {expected})"
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _allowed_keys(loc: tuple, raw: dict) -> list[str]:
+    """Field names of the model at `loc` in the spec (walking dict-of-model fields by key)."""
+    annotation: Any = Spec
+    for part in loc:
+        annotation = _model_of(annotation)
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            if isinstance(part, str) and part in annotation.model_fields:
+                annotation = annotation.model_fields[part].annotation
+                continue
+            return []
+        if typing.get_origin(annotation) is dict:
+            annotation = typing.get_args(annotation)[1]
+            continue
+        return []
+    annotation = _model_of(annotation)
+    return list(annotation.model_fields) if isinstance(annotation, type) and issubclass(annotation, BaseModel) else []
+
+
+def _model_of(annotation: Any) -> Any:
+    if typing.get_origin(annotation) is not None and typing.get_origin(annotation) is not dict:
+        args = [a for a in typing.get_args(annotation) if isinstance(a, type) and issubclass(a, BaseModel)]
+        if args:
+            return args[0]
+    return annotation
+
+
+def _check_teacher(spec: Spec, spec_path: Path, source: SourceMap) -> tuple[PretrainedConfig | None, list[Problem]]:
+    config_ref = spec.teacher.config
+    config_path = resolve_relative(spec_path, config_ref) if config_ref else None
+    model_ref = resolve_relative(spec_path, spec.teacher.model)
+    try:
+        config = load_config(model_ref, config_path)
+    except AblateError as exc:
+        field = ("teacher", "config") if config_ref else ("teacher", "model")
+        return None, [_problem(source, field, str(exc))]
+    problems = []
+    for name, target in spec.targets.items():
+        for message in check_target(config, target.axes()):
+            axis = message.split("=")[0].split(" ")[0]
+            path = ("targets", name, axis) if axis in target.axes() else ("targets", name)
+            problems.append(_problem(source, path, message))
+    return config, problems
+
+
+def _check_sweep(raw: dict, spec: Spec | None, source: SourceMap) -> list[Problem]:
+    sweep = raw.get("sweep") if isinstance(raw.get("sweep"), dict) else {}
+    grid = sweep.get("grid", {})
+    if not isinstance(grid, dict):
+        return []  # the schema already reported the wrong type
+    problems: list[Problem] = []
+    if "grid" in sweep and not grid:
+        problems.append(
+            _problem(source, ("sweep", "grid"), "empty grid (got {}; expected at least one axis, or omit sweep.grid)")
+        )
+    targets = list(raw.get("targets") or {}) if isinstance(raw.get("targets"), dict) else []
+    valid_axes: list[str] = []
+    for axis, values in grid.items():
+        where = ("sweep", "grid", axis)
+        if axis != TARGET_AXIS and not schema_has_path(Spec, axis.split("."), raw):
+            guess = difflib.get_close_matches(axis, _all_paths(raw), n=1)
+            hint = f"; did you mean '{guess[0]}'?" if guess else ""
+            problems.append(_problem(source, where, f"sweep path '{axis}' does not exist in the spec (expected a dotted path such as distill.loss{hint})"))
+            continue
+        if not isinstance(values, list):
+            continue  # schema reports it
+        if not values:
+            problems.append(_problem(source, where, "empty grid axis (got []; expected at least one value)"))
+            continue
+        valid_axes.append(axis)
+        if spec is None:
+            continue
+        for i, value in enumerate(values):
+            if axis == TARGET_AXIS:
+                if value not in targets:
+                    problems.append(_problem(source, (*where, i), f"unknown target {value!r} (expected one of: {', '.join(targets)})"))
+                continue
+            try:
+                normalise(raw, axis, value)
+            except ValidationError as exc:
+                err = exc.errors()[0]
+                problems.append(_problem(source, (*where, i), describe_error(err, set_path(raw, axis, value))))
+    if spec is None or problems:
+        return problems
+    points = grid_points(spec.sweep.grid, targets)
+    normal_points = [{p: normalise(raw, p, v) for p, v in point.items()} for point in points]
+    for i, rule in enumerate(spec.sweep.exclude):
+        where = ("sweep", "exclude", i)
+        unknown = [p for p in rule if p not in grid and p != TARGET_AXIS]
+        if unknown:
+            problems.append(_problem(source, where, f"exclude names {unknown[0]!r}, which is not a sweep axis (expected one of: {', '.join([TARGET_AXIS, *grid])})"))
+            continue
+        try:
+            normal_rule = {p: normalise(raw, p, v) for p, v in rule.items()}
+        except ValidationError as exc:
+            problems.append(_problem(source, where, describe_error(exc.errors()[0], raw)))
+            continue
+        if not any(all(pt.get(p) == v for p, v in normal_rule.items()) for pt in normal_points):
+            problems.append(_problem(source, where, f"exclude {rule} matches no trial of the grid (expected a combination the grid produces)"))
+    total = len(points) * len(spec.sweep.seeds)
+    if total > spec.sweep.max_trials:
+        problems.append(_problem(source, ("sweep", "grid"), f"the grid makes {total} trials (expected at most sweep.max_trials = {spec.sweep.max_trials})"))
+    if problems:
+        return problems
+    # Combinations: relations between swept fields (e.g. global_batch vs micro_batch) per grid point.
+    for point in points:
+        trial_raw = raw
+        for path, value in point.items():
+            if path != TARGET_AXIS:
+                trial_raw = set_path(trial_raw, path, value)
+        changed = {p: v for p, v in point.items() if p != TARGET_AXIS}
+        _, trial_problems = _validate_schema(trial_raw, source, ("sweep", "grid"), f" [in the trial {changed}]")
+        problems += trial_problems
+    return problems
+
+
+def _all_paths(raw: dict, prefix: str = "") -> list[str]:
+    out = []
+    for key, value in raw.items():
+        path = f"{prefix}.{key}" if prefix else str(key)
+        out.append(path)
+        if isinstance(value, dict):
+            out += _all_paths(value, path)
+    return out
