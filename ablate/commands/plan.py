@@ -58,10 +58,7 @@ def plan_dict(loaded: LoadedSpec, mfu: float) -> dict:
         "name": loaded.spec.name,
         "spec": str(loaded.path),
         "assumption": {"mfu": mfu, "peak_flops": H100_BF16_DENSE_FLOPS, "gpu": "H100 SXM dense BF16"},
-        "trials": [
-            {**row, "stages": graph.trial_stages[row["key"]]}
-            for row in est.to_dict()["trials"]
-        ],
+        "trials": [{**row, "stages": graph.trial_stages[row["key"]]} for row in est.to_dict()["trials"]],
         "stages": {"run": graph.counts(), "naive": graph.naive_counts()},
         "teacher": {
             **est.to_dict()["teacher"],
@@ -82,9 +79,22 @@ def _fmt_params(n: int) -> str:
 
 
 def _fmt_shape(shape: dict, reference: dict | None = None) -> str:
-    keys = ("num_hidden_layers", "hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads", "head_dim")
-    short = {"num_hidden_layers": "layers", "hidden_size": "hidden", "intermediate_size": "ffn",
-             "num_attention_heads": "heads", "num_key_value_heads": "kv", "head_dim": "head_dim"}
+    keys = (
+        "num_hidden_layers",
+        "hidden_size",
+        "intermediate_size",
+        "num_attention_heads",
+        "num_key_value_heads",
+        "head_dim",
+    )
+    short = {
+        "num_hidden_layers": "layers",
+        "hidden_size": "hidden",
+        "intermediate_size": "ffn",
+        "num_attention_heads": "heads",
+        "num_key_value_heads": "kv",
+        "head_dim": "head_dim",
+    }
     parts = []
     for k in keys:
         mark = "*" if reference and reference.get(k) != shape[k] else ""
@@ -95,7 +105,9 @@ def _fmt_shape(shape: dict, reference: dict | None = None) -> str:
 def print_plan(plan: dict, console: Console) -> None:
     teacher = plan["teacher"]
     console.print(f"[bold]{plan['name']}[/bold]  ({plan['spec']})")
-    console.print(f"teacher {teacher['model']}: {_fmt_params(teacher['params'])} ({teacher['params']:,} parameters)")
+    console.print(
+        f"teacher {teacher['model']}: {_fmt_params(teacher['params'])} ({teacher['params']:,} parameters)"
+    )
     console.print(f"  {_fmt_shape(teacher['shape'])}, vocab {teacher['shape']['vocab_size']}")
     if teacher["correction_tokens"]:
         console.print(
@@ -106,23 +118,37 @@ def print_plan(plan: dict, console: Console) -> None:
     for col in ("target", "params", "of teacher", "shape"):
         targets.add_column(col)
     for t in plan["targets"]:
-        targets.add_row(t["name"], f"{_fmt_params(t['params'])} ({t['params']:,})",
-                        f"{t['params'] / teacher['params']:.1%}", _fmt_shape(t["shape"], teacher["shape"]))
+        targets.add_row(
+            t["name"],
+            f"{_fmt_params(t['params'])} ({t['params']:,})",
+            f"{t['params'] / teacher['params']:.1%}",
+            _fmt_shape(t["shape"], teacher["shape"]),
+        )
     console.print(targets)
     trials = Table(title=f"{len(plan['trials'])} trials")
     for col in ("key", "overrides", "params", "tokens", "FLOPs", "GPU-h"):
         trials.add_column(col, justify="right" if col in ("params", "tokens", "FLOPs", "GPU-h") else "left")
     for t in plan["trials"]:
         overrides = ", ".join(f"{k}={v}" for k, v in t["overrides"].items())
-        trials.add_row(t["key"], overrides, _fmt_params(t["params"]), format_tokens(t["tokens"]),
-                       f"{t['flops']:.3g}", f"{t['gpu_hours']:,.3g}")
+        trials.add_row(
+            t["key"],
+            overrides,
+            _fmt_params(t["params"]),
+            format_tokens(t["tokens"]),
+            f"{t['flops']:.3g}",
+            f"{t['gpu_hours']:,.3g}",
+        )
     console.print(trials)
     stages = Table(title="stages after de-duplication")
     for col in ("stage", "to run", "naive"):
         stages.add_column(col, justify="right" if col != "stage" else "left")
     for kind, n in plan["stages"]["run"].items():
         stages.add_row(kind, str(n), str(plan["stages"]["naive"][kind]))
-    stages.add_row("[bold]total[/bold]", str(sum(plan["stages"]["run"].values())), str(sum(plan["stages"]["naive"].values())))
+    stages.add_row(
+        "[bold]total[/bold]",
+        str(sum(plan["stages"]["run"].values())),
+        str(sum(plan["stages"]["naive"].values())),
+    )
     console.print(stages)
     a = plan["assumption"]
     console.print(
@@ -134,8 +160,13 @@ def print_plan(plan: dict, console: Console) -> None:
 @click.command("plan")
 @click.argument("spec_path", metavar="SPEC", type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-@click.option("--mfu", type=click.FloatRange(0, 1, min_open=True), default=0.4, show_default=True,
-              help="Model FLOPs utilisation assumed for GPU-hours (of 989 TFLOP/s dense BF16 H100).")
+@click.option(
+    "--mfu",
+    type=click.FloatRange(0, 1, min_open=True),
+    default=0.4,
+    show_default=True,
+    help="Model FLOPs utilisation assumed for GPU-hours (of 989 TFLOP/s dense BF16 H100).",
+)
 def plan_command(spec_path: str, as_json: bool, mfu: float) -> None:
     """Show SPEC's trials, shared stages, exact parameter counts and compute, without loading weights."""
     started = time.perf_counter()

@@ -25,7 +25,9 @@ class Stage:
     def __post_init__(self) -> None:
         if self.kind not in STAGE_KINDS:
             raise ValueError(f"unknown stage kind {self.kind!r}")
-        object.__setattr__(self, "hash", f"{self.kind}-{stable_hash([self.kind, self.config, list(self.parents)], 16)}")
+        object.__setattr__(
+            self, "hash", f"{self.kind}-{stable_hash([self.kind, self.config, list(self.parents)], 16)}"
+        )
 
 
 def trial_stages(trial: Trial) -> dict[str, Stage]:
@@ -43,14 +45,23 @@ def trial_stages(trial: Trial) -> dict[str, Stage]:
     )
     importance = Stage(
         "importance",
-        {"importance": resolved["importance"], "calibration": resolved["calibration"], "corpus": spec.data.corpus,
-         "seq_len": spec.data.seq_len},
+        {
+            "importance": resolved["importance"],
+            "calibration": resolved["calibration"],
+            "corpus": spec.data.corpus,
+            "seq_len": spec.data.seq_len,
+        },
         (teacher.hash,),
     )
     prune = Stage("prune", {"target": resolved["target"]}, (importance.hash,))
     distill = Stage(
         "distill",
-        {"distill": resolved["distill"], "seed": trial.seed, "corpus": spec.data.corpus, "seq_len": spec.data.seq_len},
+        {
+            "distill": resolved["distill"],
+            "seed": trial.seed,
+            "corpus": spec.data.corpus,
+            "seq_len": spec.data.seq_len,
+        },
         (prune.hash, teacher.hash),
     )
     evaluate = Stage(

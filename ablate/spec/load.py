@@ -77,10 +77,17 @@ class _Builder:
             result: dict[str, Any] = {}
             seen: dict[Any, int] = {}
             for key_node, value_node in node.value:
-                key = self.constructor.construct_object(key_node) if isinstance(key_node, ScalarNode) else None
+                key = (
+                    self.constructor.construct_object(key_node) if isinstance(key_node, ScalarNode) else None
+                )
                 if not isinstance(key, (str, int, float, bool)) or key_node.tag not in PLAIN_TAGS:
                     self.problems.append(
-                        Problem(self.file, key_node.start_mark.line + 1, dotted(path), "mapping keys must be plain scalars")
+                        Problem(
+                            self.file,
+                            key_node.start_mark.line + 1,
+                            dotted(path),
+                            "mapping keys must be plain scalars",
+                        )
                     )
                     continue
                 key = str(key)
@@ -156,22 +163,43 @@ def load_document(file: str | Path, _chain: tuple[Path, ...] = ()) -> tuple[dict
     if problems:
         return {}, source, problems
     if not isinstance(data, dict):
-        return {}, source, [Problem(str(file), 1, "", f"a spec must be a YAML mapping (got {type(data).__name__})")]
+        return (
+            {},
+            source,
+            [Problem(str(file), 1, "", f"a spec must be a YAML mapping (got {type(data).__name__})")],
+        )
     parent_ref = data.pop("extends", None)
     if parent_ref is None:
         return data, source, []
     line = positions.get(("extends",), (str(file), 0))[1]
     if not isinstance(parent_ref, str):
-        return {}, source, [Problem(str(file), line, "extends", f"must be a relative file path (got {parent_ref!r})")]
+        return (
+            {},
+            source,
+            [Problem(str(file), line, "extends", f"must be a relative file path (got {parent_ref!r})")],
+        )
     parent = (file.parent / parent_ref).resolve() if not Path(parent_ref).is_absolute() else Path(parent_ref)
     chain = (*_chain, resolved)
     if parent in chain:
         cycle = " -> ".join(p.name for p in (*chain, parent))
-        return {}, source, [Problem(str(file), line, "extends", f"extends cycle: {cycle} (expected a chain that ends)")]
+        return (
+            {},
+            source,
+            [Problem(str(file), line, "extends", f"extends cycle: {cycle} (expected a chain that ends)")],
+        )
     if not parent.is_file():
-        return {}, source, [
-            Problem(str(file), line, "extends", f"file '{parent_ref}' not found (resolved to {parent}; paths are relative to this spec)")
-        ]
+        return (
+            {},
+            source,
+            [
+                Problem(
+                    str(file),
+                    line,
+                    "extends",
+                    f"file '{parent_ref}' not found (resolved to {parent}; paths are relative to this spec)",
+                )
+            ],
+        )
     base, base_source, base_problems = load_document(parent, chain)
     if base_problems:
         return {}, source, base_problems

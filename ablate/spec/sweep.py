@@ -9,9 +9,9 @@ import json
 import types
 import typing
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from ablate.spec.schema import TRIAL_SECTIONS, Spec
 
@@ -104,12 +104,28 @@ def get_path(data: dict, path: str) -> Any:
     return data
 
 
+def field_adapter(path: str) -> TypeAdapter:
+    """A validator for the single field at a dotted path, with its constraints but no cross-field rules."""
+    annotation: Any = Spec
+    info = None
+    for part in path.split("."):
+        annotation = _unwrap_optional(annotation)
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            info = annotation.model_fields[part]
+            annotation = info.annotation
+        elif typing.get_origin(annotation) is dict:
+            info, annotation = None, typing.get_args(annotation)[1]
+    if info is not None and info.metadata:
+        return TypeAdapter(Annotated[(annotation, *info.metadata)])
+    return TypeAdapter(annotation)
+
+
 def normalise(raw: dict, path: str, value: Any) -> Any:
     """The value as the schema understands it (20k -> 20000, '3e-4' -> 0.0003); raises ValidationError."""
     if path == TARGET_AXIS:
         return value
-    spec = Spec.model_validate(set_path(raw, path, value))
-    return get_path(spec.model_dump(mode="json"), path)
+    adapter = field_adapter(path)
+    return adapter.dump_python(adapter.validate_python(value), mode="json")
 
 
 def grid_points(grid: dict[str, list[Any]], targets: list[str]) -> list[dict[str, Any]]:

@@ -4,7 +4,17 @@ from __future__ import annotations
 
 import re
 
-SUFFIXES = {"": 1, "k": 10**3, "K": 10**3, "m": 10**6, "M": 10**6, "b": 10**9, "B": 10**9, "G": 10**9, "T": 10**12}
+SUFFIXES = {
+    "": 1,
+    "k": 10**3,
+    "K": 10**3,
+    "m": 10**6,
+    "M": 10**6,
+    "b": 10**9,
+    "B": 10**9,
+    "G": 10**9,
+    "T": 10**12,
+}
 _PATTERN = re.compile(r"^\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE]([+-]?[0-9]+))?\s*([A-Za-z]*)\s*$")
 EXPECTED = "a positive whole number of tokens, optionally with a k, M, B or T suffix (e.g. 20k, 1.8B, 380B)"
 

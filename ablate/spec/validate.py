@@ -83,7 +83,9 @@ def _problem(source: SourceMap, path: Path_, message: str) -> Problem:
     return Problem(file, line, dotted(path), message)
 
 
-def _validate_schema(raw: dict, source: SourceMap, prefix: Path_ = (), note: str = "") -> tuple[Spec | None, list[Problem]]:
+def _validate_schema(
+    raw: dict, source: SourceMap, prefix: Path_ = (), note: str = ""
+) -> tuple[Spec | None, list[Problem]]:
     try:
         return Spec.model_validate(raw), []
     except ValidationError as exc:
@@ -107,7 +109,9 @@ def describe_error(err: dict, raw: dict) -> str:
         return "required field is missing (expected a value)"
     if kind in ("value_error", "assertion_error"):
         text = msg.removeprefix("Value error, ").removeprefix("Assertion failed, ")
-        return text if "(got" in text or "(expected" in text else f"{text} (got {_short(got)})"
+        if "(got" in text or "(expected" in text or isinstance(got, dict):
+            return text
+        return f"{text} (got {_short(got)})"
     expected = msg.removeprefix("Input should be ")
     if kind == "literal_error":
         expected = "one of " + err["ctx"]["expected"]
@@ -134,7 +138,11 @@ def _allowed_keys(loc: tuple, raw: dict) -> list[str]:
             continue
         return []
     annotation = _model_of(annotation)
-    return list(annotation.model_fields) if isinstance(annotation, type) and issubclass(annotation, BaseModel) else []
+    return (
+        list(annotation.model_fields)
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel)
+        else []
+    )
 
 
 def _model_of(annotation: Any) -> Any:
@@ -145,7 +153,9 @@ def _model_of(annotation: Any) -> Any:
     return annotation
 
 
-def _check_teacher(spec: Spec, spec_path: Path, source: SourceMap) -> tuple[PretrainedConfig | None, list[Problem]]:
+def _check_teacher(
+    spec: Spec, spec_path: Path, source: SourceMap
+) -> tuple[PretrainedConfig | None, list[Problem]]:
     config_ref = spec.teacher.config
     config_path = resolve_relative(spec_path, config_ref) if config_ref else None
     model_ref = resolve_relative(spec_path, spec.teacher.model)
@@ -171,7 +181,11 @@ def _check_sweep(raw: dict, spec: Spec | None, source: SourceMap) -> list[Proble
     problems: list[Problem] = []
     if "grid" in sweep and not grid:
         problems.append(
-            _problem(source, ("sweep", "grid"), "empty grid (got {}; expected at least one axis, or omit sweep.grid)")
+            _problem(
+                source,
+                ("sweep", "grid"),
+                "empty grid (got {}; expected at least one axis, or omit sweep.grid)",
+            )
         )
     targets = list(raw.get("targets") or {}) if isinstance(raw.get("targets"), dict) else []
     valid_axes: list[str] = []
@@ -180,7 +194,13 @@ def _check_sweep(raw: dict, spec: Spec | None, source: SourceMap) -> list[Proble
         if axis != TARGET_AXIS and not schema_has_path(Spec, axis.split("."), raw):
             guess = difflib.get_close_matches(axis, _all_paths(raw), n=1)
             hint = f"; did you mean '{guess[0]}'?" if guess else ""
-            problems.append(_problem(source, where, f"sweep path '{axis}' does not exist in the spec (expected a dotted path such as distill.loss{hint})"))
+            problems.append(
+                _problem(
+                    source,
+                    where,
+                    f"sweep path '{axis}' does not exist in the spec (expected a dotted path such as distill.loss{hint})",
+                )
+            )
             continue
         if not isinstance(values, list):
             continue  # schema reports it
@@ -193,13 +213,20 @@ def _check_sweep(raw: dict, spec: Spec | None, source: SourceMap) -> list[Proble
         for i, value in enumerate(values):
             if axis == TARGET_AXIS:
                 if value not in targets:
-                    problems.append(_problem(source, (*where, i), f"unknown target {value!r} (expected one of: {', '.join(targets)})"))
+                    problems.append(
+                        _problem(
+                            source,
+                            (*where, i),
+                            f"unknown target {value!r} (expected one of: {', '.join(targets)})",
+                        )
+                    )
                 continue
             try:
                 normalise(raw, axis, value)
             except ValidationError as exc:
-                err = exc.errors()[0]
-                problems.append(_problem(source, (*where, i), describe_error(err, set_path(raw, axis, value))))
+                # The value's own errors only: relations with other fields are checked per trial,
+                # since another axis (or an exclude) may make the combination valid.
+                problems.append(_problem(source, (*where, i), describe_error(exc.errors()[0], raw)))
     if spec is None or problems:
         return problems
     points = grid_points(spec.sweep.grid, targets)
@@ -208,7 +235,13 @@ def _check_sweep(raw: dict, spec: Spec | None, source: SourceMap) -> list[Proble
         where = ("sweep", "exclude", i)
         unknown = [p for p in rule if p not in grid and p != TARGET_AXIS]
         if unknown:
-            problems.append(_problem(source, where, f"exclude names {unknown[0]!r}, which is not a sweep axis (expected one of: {', '.join([TARGET_AXIS, *grid])})"))
+            problems.append(
+                _problem(
+                    source,
+                    where,
+                    f"exclude names {unknown[0]!r}, which is not a sweep axis (expected one of: {', '.join([TARGET_AXIS, *grid])})",
+                )
+            )
             continue
         try:
             normal_rule = {p: normalise(raw, p, v) for p, v in rule.items()}
@@ -216,20 +249,41 @@ def _check_sweep(raw: dict, spec: Spec | None, source: SourceMap) -> list[Proble
             problems.append(_problem(source, where, describe_error(exc.errors()[0], raw)))
             continue
         if not any(all(pt.get(p) == v for p, v in normal_rule.items()) for pt in normal_points):
-            problems.append(_problem(source, where, f"exclude {rule} matches no trial of the grid (expected a combination the grid produces)"))
+            problems.append(
+                _problem(
+                    source,
+                    where,
+                    f"exclude {rule} matches no trial of the grid (expected a combination the grid produces)",
+                )
+            )
     total = len(points) * len(spec.sweep.seeds)
     if total > spec.sweep.max_trials:
-        problems.append(_problem(source, ("sweep", "grid"), f"the grid makes {total} trials (expected at most sweep.max_trials = {spec.sweep.max_trials})"))
+        problems.append(
+            _problem(
+                source,
+                ("sweep", "grid"),
+                f"the grid makes {total} trials (expected at most sweep.max_trials = {spec.sweep.max_trials})",
+            )
+        )
     if problems:
         return problems
-    # Combinations: relations between swept fields (e.g. global_batch vs micro_batch) per grid point.
-    for point in points:
+    # Combinations: relations between swept fields (e.g. global_batch vs micro_batch) per kept point.
+    rules = (
+        [{p: normalise(raw, p, v) for p, v in rule.items()} for rule in spec.sweep.exclude]
+        if not problems
+        else []
+    )
+    for point, normal in zip(points, normal_points, strict=True):
+        if any(all(normal.get(p) == v for p, v in rule.items()) for rule in rules):
+            continue
         trial_raw = raw
         for path, value in point.items():
             if path != TARGET_AXIS:
                 trial_raw = set_path(trial_raw, path, value)
         changed = {p: v for p, v in point.items() if p != TARGET_AXIS}
-        _, trial_problems = _validate_schema(trial_raw, source, ("sweep", "grid"), f" [in the trial {changed}]")
+        _, trial_problems = _validate_schema(
+            trial_raw, source, ("sweep", "grid"), f" [in the trial {changed}]"
+        )
         problems += trial_problems
     return problems
 

@@ -1,0 +1,81 @@
+"""Plans of the published recipes match the papers' parameter counts, with no weights and no network."""
+
+import json
+import time
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from ablate.cli import main
+from ablate.plan.graph import build_graph
+from ablate.spec.validate import load_spec
+
+SPECS = Path(__file__).parents[2] / "specs"
+
+
+def plan_json(name: str) -> dict:
+    result = CliRunner().invoke(main, ["plan", str(SPECS / name), "--json"])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output)
+
+
+def test_mistral_nemo_minitron_8b(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    started = time.perf_counter()
+    plan = plan_json("mistral-nemo-minitron-8b.yaml")
+    assert time.perf_counter() - started < 20
+    assert abs(plan["teacher"]["params"] / 1e9 - 12.25) < 0.01
+    [student] = plan["targets"]
+    assert abs(student["params"] / 1e9 - 8.41) < 0.01
+    assert student["shape"] == {
+        "num_hidden_layers": 40,
+        "hidden_size": 4096,
+        "intermediate_size": 11520,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 8,
+        "head_dim": 128,
+        "vocab_size": 131072,
+    }
+    [trial] = plan["trials"]
+    assert trial["tokens"] == 380 * 10**9
+    # 6 N_student D + 2 N_teacher D, by hand
+    expected = 6 * student["params"] * 380e9 + 2 * plan["teacher"]["params"] * 380e9
+    assert abs(trial["flops"] - expected) / expected < 1e-12
+    assert abs(trial["gpu_hours"] - expected / (0.4 * 989e12) / 3600) < 1e-6
+    assert plan["teacher"]["correction_tokens"] == 127 * 10**9
+
+
+def test_llama_31_minitron_4b_width_and_depth():
+    plan = plan_json("llama-3.1-minitron-4b.yaml")
+    assert abs(plan["teacher"]["params"] / 1e9 - 8.03) < 0.01
+    params = {t["name"]: t["params"] / 1e9 for t in plan["targets"]}
+    assert set(params) == {"width", "depth"}
+    assert all(abs(p - 4.5) < 0.05 for p in params.values()), params
+
+
+def test_quickstart_shares_stages_and_hits_90m():
+    plan = plan_json("quickstart.yaml")
+    assert plan["stages"]["run"] == {"teacher": 1, "importance": 1, "prune": 2, "distill": 4, "eval": 4}
+    assert plan["stages"]["naive"]["teacher"] == 4
+    assert all(85e6 < t["params"] < 95e6 for t in plan["targets"])
+    assert abs(plan["teacher"]["params"] - 134_515_008) == 0
+
+
+def test_mfu_flag_scales_gpu_hours():
+    a = plan_json("mistral-nemo-minitron-8b.yaml")
+    result = CliRunner().invoke(
+        main, ["plan", str(SPECS / "mistral-nemo-minitron-8b.yaml"), "--json", "--mfu", "0.2"]
+    )
+    b = json.loads(result.output)
+    assert abs(b["total_gpu_hours"] / a["total_gpu_hours"] - 2.0) < 1e-9
+
+
+def test_graph_shares_teacher_and_importance_across_targets():
+    loaded = load_spec(SPECS / "tiny.yaml")
+    graph = build_graph(loaded.trials)
+    per_trial = graph.trial_stages
+    teachers = {stages["teacher"] for stages in per_trial.values()}
+    prunes = {stages["prune"] for stages in per_trial.values()}
+    assert len(teachers) == 1 and len(prunes) == 2
+    for stage in graph.stages.values():
+        assert all(parent in graph.stages for parent in stage.parents)
