@@ -34,39 +34,28 @@ def trial_stages(trial: Trial) -> dict[str, Stage]:
     """The five stages one trial needs, keyed by kind, each hashed over exactly what it depends on."""
     spec = trial.spec
     resolved = trial.resolved()
+    correction = resolved["teacher"]["correction"]
+    if correction:
+        # Unset batch sizes follow distillation's; resolved here so the hash sees the real values.
+        correction = {
+            **correction,
+            "global_batch": correction["global_batch"] or spec.distill.global_batch,
+            "micro_batch": correction["micro_batch"] or spec.distill.micro_batch,
+        }
     teacher = Stage(
         "teacher",
         {
             "model": resolved["teacher"]["model"],
-            "correction": resolved["teacher"]["correction"],
-            # Correction trains on the corpus, so the corpus is part of a corrected teacher's identity.
-            "data": resolved["data"] if spec.teacher.correction else None,
+            "correction": correction,
+            # Correction trains on the corpus's train split, so the data is part of a corrected teacher.
+            "data": {"data": resolved["data"], "calibration": resolved["calibration"]} if correction else None,
         },
     )
-    importance = Stage(
-        "importance",
-        {
-            "importance": resolved["importance"],
-            "calibration": resolved["calibration"],
-            "corpus": spec.data.corpus,
-            "seq_len": spec.data.seq_len,
-        },
-        (teacher.hash,),
-    )
+    # Splits (train / eval / calibration) are cut from one packed stream using data and calibration
+    # settings, so every stage that reads a split depends on both sections.
+    data = {"data": resolved["data"], "calibration": resolved["calibration"]}
+    importance = Stage("importance", {"importance": resolved["importance"], **data}, (teacher.hash,))
     prune = Stage("prune", {"target": resolved["target"]}, (importance.hash,))
-    distill = Stage(
-        "distill",
-        {
-            "distill": resolved["distill"],
-            "seed": trial.seed,
-            "corpus": spec.data.corpus,
-            "seq_len": spec.data.seq_len,
-        },
-        (prune.hash, teacher.hash),
-    )
-    evaluate = Stage(
-        "eval",
-        {"corpus": spec.data.corpus, "seq_len": spec.data.seq_len, "eval_tokens": spec.data.eval_tokens},
-        (distill.hash, teacher.hash),
-    )
+    distill = Stage("distill", {"distill": resolved["distill"], "seed": trial.seed, **data}, (prune.hash, teacher.hash))
+    evaluate = Stage("eval", data, (distill.hash, teacher.hash))
     return {s.kind: s for s in (teacher, importance, prune, distill, evaluate)}

@@ -1,0 +1,258 @@
+"""What each stage kind does, given its config and its parents' artifacts: one function per kind.
+
+Runners are plain functions of (stage, store) so they run the same way in the driver, in a Ray task or
+in a Ray Tune trial. Each writes its artifact through the store (atomic) and returns a small dict of
+facts for the records. Layout of artifacts:
+
+    teacher     teacher.json (model ref, corrected?) and, when corrected, model/ (HF checkpoint)
+    importance  importance scores (whatever ablate.prune.importance saves) + importance.json
+    prune       model/ (HF checkpoint of the pruned student) + prune.json
+    distill     model/ (HF checkpoint of the trained student) + result.json (TrainResult)
+    eval        metrics.json
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ablate.errors import RunError
+from ablate.plan.stages import Stage
+from ablate.run.artifacts import ArtifactStore
+
+log = logging.getLogger(__name__)
+StepCallback = Callable[[dict[str, Any]], None]
+
+
+def resolve_ref(ref: str, base_dir: str | None) -> str:
+    """A relative local path in a spec is relative to the spec's folder when it exists there."""
+    if base_dir and not ref.startswith("builtin:") and not Path(ref).is_absolute():
+        candidate = Path(base_dir) / ref
+        if candidate.exists():
+            return str(candidate)
+    return ref
+
+
+def load_teacher(store: ArtifactStore, teacher_hash: str):
+    """The teacher a trial distils from: the corrected checkpoint if there is one, else the original."""
+    from ablate.models.registry import load_model
+
+    folder = store.local_path(teacher_hash)
+    info = json.loads((folder / "teacher.json").read_text())
+    model, tokenizer = load_model(str(folder / "model") if info["corrected"] else info["model_ref"])
+    return model, tokenizer
+
+
+def splits_for(config: dict[str, Any], tokenizer, base_dir: str | None):
+    """The train / eval / calibration splits a stage's `data` and `calibration` settings describe."""
+    from ablate.data.corpus import token_splits
+
+    data, calibration = config["data"], config["calibration"]
+    return token_splits(
+        tokenizer,
+        resolve_ref(data["corpus"], base_dir),
+        data["seq_len"],
+        data["eval_tokens"],
+        calibration["samples"],
+    )
+
+
+def run_teacher(
+    stage: Stage,
+    store: ArtifactStore,
+    parents: dict[str, Stage],
+    base_dir: str | None = None,
+    on_step: StepCallback | None = None,
+) -> dict[str, Any]:
+    ref = resolve_ref(stage.config["model"], base_dir)
+    correction = stage.config["correction"]
+    with store.write(stage.hash) as out:
+        facts: dict[str, Any] = {"model_ref": ref, "corrected": bool(correction)}
+        if correction:
+            from ablate.distill.train import TrainConfig, train
+            from ablate.models.registry import load_model
+
+            model, tokenizer = load_model(ref)
+            splits = splits_for(stage.config["data"], tokenizer, base_dir)
+            config = TrainConfig(
+                loss="ce",
+                tokens=correction["tokens"],
+                lr=correction["lr"],
+                min_lr=correction["min_lr"],
+                warmup_steps=correction["warmup_steps"],
+                global_batch=correction["global_batch"],
+                micro_batch=correction["micro_batch"],
+                seq_len=stage.config["data"]["data"]["seq_len"],
+                seed=0,
+            )
+            model.train()
+            work = store_work_dir(store, stage.hash)
+            result = train(model, None, splits.train, config, work, on_step=on_step)
+            model.save_pretrained(out / "model")
+            tokenizer.save_pretrained(out / "model")
+            facts["correction"] = {
+                "steps": result.steps,
+                "tokens": result.tokens,
+                "final_loss": result.final_loss,
+            }
+        (out / "teacher.json").write_text(json.dumps(facts, indent=1))
+    return facts
+
+
+def run_importance(
+    stage: Stage,
+    store: ArtifactStore,
+    parents: dict[str, Stage],
+    base_dir: str | None = None,
+    on_step: StepCallback | None = None,
+) -> dict[str, Any]:
+    from ablate.data.corpus import batches
+    from ablate.prune.importance import baseline_importance, estimate_importance
+
+    teacher_model, tokenizer = load_teacher(store, parents["teacher"].hash)
+    settings = stage.config["importance"]
+    width = settings["width"]
+    started = time.perf_counter()
+    if width["method"] == "activation":
+        splits = splits_for(stage.config, tokenizer, base_dir)
+        scores = estimate_importance(
+            teacher_model,
+            batches(splits.calibration, stage.config["calibration"]["batch_size"]),
+            batch_agg=width["batch_agg"],
+            seq_agg=width["seq_agg"],
+            mlp_site=width["mlp_site"],
+            depth_method=settings["depth"]["method"],
+        )
+    else:
+        scores = baseline_importance(teacher_model, width["method"], seed=0)
+    facts = {"method": width["method"], "seconds": round(time.perf_counter() - started, 3)}
+    with store.write(stage.hash) as out:
+        scores.save(out / "scores")
+        (out / "importance.json").write_text(json.dumps(facts, indent=1))
+    return facts
+
+
+def run_prune(
+    stage: Stage,
+    store: ArtifactStore,
+    parents: dict[str, Stage],
+    base_dir: str | None = None,
+    on_step: StepCallback | None = None,
+) -> dict[str, Any]:
+    from ablate.prune.apply import prune_model, save_pruned
+    from ablate.prune.importance import ImportanceScores
+
+    importance = parents["importance"]
+    teacher_hash = importance.parents[0]
+    model, tokenizer = load_teacher(store, teacher_hash)
+    scores = ImportanceScores.load(store.local_path(importance.hash) / "scores")
+    pruned = prune_model(model, scores, stage.config["target"])
+    params = sum(p.numel() for p in pruned.parameters())
+    with store.write(stage.hash) as out:
+        save_pruned(pruned, tokenizer, out / "model")
+        (out / "prune.json").write_text(
+            json.dumps({"target": stage.config["target"], "params": params}, indent=1)
+        )
+    return {"params": params}
+
+
+def store_work_dir(store: ArtifactStore, stage_hash: str) -> Path:
+    """Where an unfinished run keeps its checkpoints: beside the store for local stores, so a killed
+    submission resumes from there; in the local cache for remote ones."""
+    if store.is_local:
+        path = Path(store.root) / ".work" / stage_hash
+    else:
+        path = Path("~/.cache/ablate/work").expanduser() / stage_hash
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def run_distill(
+    stage: Stage,
+    store: ArtifactStore,
+    parents: dict[str, Stage],
+    base_dir: str | None = None,
+    on_step: StepCallback | None = None,
+) -> dict[str, Any]:
+    from ablate.distill.train import TrainConfig, train
+    from ablate.models.registry import load_model
+
+    prune, teacher_stage = parents["prune"], parents["teacher"]
+    distill = dict(stage.config["distill"])
+    distill.pop("eval_every", None)
+    config = TrainConfig.from_mapping(
+        distill, seq_len=stage.config["data"]["seq_len"], seed=stage.config["seed"]
+    )
+    student, tokenizer = load_model(str(store.local_path(prune.hash) / "model"))
+    teacher = None
+    if config.needs_teacher:
+        teacher, _ = load_teacher(store, teacher_stage.hash)
+    splits = splits_for(stage.config, tokenizer, base_dir)
+    work = store_work_dir(store, stage.hash)
+    student.train()
+    result = train(student, teacher, splits.train, config, work, on_step=on_step)
+    student.eval()
+    with store.write(stage.hash) as out:
+        student.save_pretrained(out / "model")
+        tokenizer.save_pretrained(out / "model")
+        (out / "result.json").write_text(json.dumps(result.to_dict(), indent=1))
+    return {
+        "steps": result.steps,
+        "tokens": result.tokens,
+        "final_loss": result.final_loss,
+        "resumed_from_step": result.resumed_from_step,
+    }
+
+
+def run_eval(
+    stage: Stage,
+    store: ArtifactStore,
+    parents: dict[str, Stage],
+    base_dir: str | None = None,
+    on_step: StepCallback | None = None,
+) -> dict[str, Any]:
+    from ablate.data.corpus import batches
+    from ablate.evaluate import evaluate
+    from ablate.models.registry import load_model
+
+    student, tokenizer = load_model(str(store.local_path(parents["distill"].hash) / "model"))
+    teacher, _ = load_teacher(store, parents["teacher"].hash)
+    splits = splits_for(stage.config, tokenizer, base_dir)
+    with torch.inference_mode():
+        metrics = evaluate(
+            student, list(batches(splits.eval, stage.config["calibration"]["batch_size"])), teacher=teacher
+        )
+    metrics = {k: float(v) for k, v in metrics.items()}
+    with store.write(stage.hash) as out:
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    return metrics
+
+
+RUNNERS: dict[str, Callable[..., dict[str, Any]]] = {
+    "teacher": run_teacher,
+    "importance": run_importance,
+    "prune": run_prune,
+    "distill": run_distill,
+    "eval": run_eval,
+}
+
+
+def run_stage(
+    stage: Stage,
+    store: ArtifactStore,
+    parents: dict[str, Stage],
+    base_dir: str | None = None,
+    on_step: StepCallback | None = None,
+) -> dict[str, Any]:
+    """Run one stage unless its artifact is already complete (then read back its facts)."""
+    if store.exists(stage.hash):
+        return {"reused": True}
+    if stage.kind not in RUNNERS:
+        raise RunError(f"no runner for stage kind {stage.kind!r}")
+    return RUNNERS[stage.kind](stage, store, parents, base_dir, on_step)
