@@ -10,10 +10,12 @@ numerically identical to Mistral blocks with sliding_window=None), so plain tran
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import contextlib
+from collections.abc import Iterator, Mapping, Sequence
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig
+from torch import nn
+from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
 
 from ablate.errors import ModelError, PruneError
 
@@ -21,6 +23,8 @@ SUPPORTED_FAMILIES = ("llama", "mistral", "qwen2", "qwen3")
 AXES = ("hidden_size", "intermediate_size", "num_attention_heads", "num_hidden_layers")
 # Per-layer lists some configs carry; depth pruning must keep them aligned with the kept layers.
 PER_LAYER_KEYS = ("layer_types",)
+# Keys a derived (pruned or converted) config must not inherit: a GGUF source marks itself quantized.
+DROPPED_CONFIG_KEYS = ("transformers_version", "quantization_config", "_name_or_path")
 
 
 def check_family(config: PretrainedConfig) -> None:
@@ -62,7 +66,9 @@ def check_target(config: PretrainedConfig, target: Mapping[str, int]) -> list[st
             problems.append(f"{axis} must be a positive integer (got {value!r})")
             continue
         if value > shape[axis]:
-            problems.append(f"{axis}={value} is larger than the teacher's {shape[axis]} (a target can only shrink)")
+            problems.append(
+                f"{axis}={value} is larger than the teacher's {shape[axis]} (a target can only shrink)"
+            )
     heads = target.get("num_attention_heads")
     if isinstance(heads, int) and heads > 0 and heads % shape["num_key_value_heads"] != 0:
         problems.append(
@@ -87,7 +93,8 @@ def pruned_config(
     if problems:
         raise PruneError("; ".join(problems))
     data = config.to_dict()
-    data.pop("transformers_version", None)
+    for key in DROPPED_CONFIG_KEYS:
+        data.pop(key, None)
     data["head_dim"] = head_dim(config)
     data.update({k: int(v) for k, v in target.items()})
     layers = data["num_hidden_layers"]
@@ -100,18 +107,31 @@ def pruned_config(
             data[key] = [data[key][i] for i in kept_layers]
     if isinstance(data.get("max_window_layers"), int):
         data["max_window_layers"] = min(data["max_window_layers"], layers)
-    model_type = data["model_type"]
-    if model_type == "llama" and data["hidden_size"] % data["num_attention_heads"] != 0:
-        if data.get("attention_bias") or data.get("mlp_bias"):
-            raise PruneError(
-                "a Llama model with attention/MLP bias cannot be saved with hidden_size not divisible by "
-                "num_attention_heads (transformers refuses that LlamaConfig); choose heads dividing hidden"
-            )
-        model_type = "mistral"
-        data.update(model_type="mistral", architectures=["MistralForCausalLM"], sliding_window=None)
-        for key in ("attention_bias", "mlp_bias", "pretraining_tp"):
-            data.pop(key, None)
-    return AutoConfig.for_model(model_type, **{k: v for k, v in data.items() if k != "model_type"})
+    if data["model_type"] == "llama" and data["hidden_size"] % data["num_attention_heads"] != 0:
+        data = llama_as_mistral(data)
+    return config_from_dict(data)
+
+
+def llama_as_mistral(data: dict) -> dict:
+    """A Llama config dict rewritten as the equivalent Mistral config (same modules when bias-free)."""
+    if data.get("attention_bias") or data.get("mlp_bias"):
+        raise PruneError(
+            "a Llama model with attention/MLP bias cannot be saved with hidden_size not divisible by "
+            "num_attention_heads (transformers refuses that LlamaConfig); choose heads dividing hidden"
+        )
+    if data.get("pretraining_tp", 1) not in (1, None):
+        raise PruneError("a Llama model with pretraining_tp > 1 cannot be rewritten as Mistral")
+    data = dict(data)
+    data.update(model_type="mistral", architectures=["MistralForCausalLM"], sliding_window=None)
+    for key in ("attention_bias", "mlp_bias", "pretraining_tp"):
+        data.pop(key, None)
+    return data
+
+
+def config_from_dict(data: Mapping) -> PretrainedConfig:
+    data = dict(data)
+    model_type = data.pop("model_type")
+    return AutoConfig.for_model(model_type, **data)
 
 
 def count_parameters(config: PretrainedConfig) -> int:
@@ -122,3 +142,96 @@ def count_parameters(config: PretrainedConfig) -> int:
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
     return sum(p.numel() for p in model.parameters())
+
+
+# --- the module adapter: where the parts of a Llama-layout block live ---------------------------------
+
+LAYER_PARTS = (
+    "self_attn.q_proj",
+    "self_attn.k_proj",
+    "self_attn.v_proj",
+    "self_attn.o_proj",
+    "mlp.gate_proj",
+    "mlp.up_proj",
+    "mlp.down_proj",
+    "input_layernorm",
+    "post_attention_layernorm",
+)
+
+
+def check_model(model: PreTrainedModel) -> None:
+    """Refuse models whose family or module layout is not the Llama block layout we know how to trim."""
+    check_family(model.config)
+    base = getattr(model, "model", None)
+    layers = getattr(base, "layers", None)
+    if base is None or layers is None or not hasattr(base, "embed_tokens") or not hasattr(model, "lm_head"):
+        raise ModelError(
+            f"{type(model).__name__} does not have the Llama layout (model.layers, embed_tokens, lm_head)"
+        )
+    for i, layer in enumerate(layers):
+        for part in LAYER_PARTS:
+            if not _has_submodule(layer, part):
+                raise ModelError(
+                    f"{type(model).__name__} layer {i} has no '{part}'; not a Llama-layout block"
+                )
+
+
+def _has_submodule(module: nn.Module, path: str) -> bool:
+    try:
+        module.get_submodule(path)
+    except AttributeError:
+        return False
+    return True
+
+
+def decoder_layers(model: PreTrainedModel) -> nn.ModuleList:
+    return model.model.layers
+
+
+def embeddings_tied(model: PreTrainedModel) -> bool:
+    """True when lm_head shares its weight with the input embedding."""
+    return model.lm_head.weight is model.model.embed_tokens.weight or (
+        model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
+    )
+
+
+def rebuild_rotary(model: PreTrainedModel) -> None:
+    """Recompute rotary-embedding buffers (inv_freq) that a meta-device build leaves empty."""
+    for name, module in list(model.named_modules()):
+        buffers = dict(module.named_buffers(recurse=False))
+        if "inv_freq" not in buffers:
+            continue
+        device = next((p.device for p in model.parameters() if p.device.type != "meta"), torch.device("cpu"))
+        fresh = type(module)(module.config) if hasattr(module, "config") else None
+        if fresh is None:
+            raise ModelError(f"cannot rebuild rotary embedding '{name}' ({type(module).__name__})")
+        fresh.to(device)
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child, fresh)
+
+
+def meta_tensors(model: nn.Module) -> list[str]:
+    """Names of parameters and buffers still on the meta device (must be empty for a usable model)."""
+    named = list(model.named_parameters()) + list(model.named_buffers())
+    return [n for n, t in named if t.device.type == "meta"]
+
+
+@contextlib.contextmanager
+def skip_layers(model: PreTrainedModel, indices: Sequence[int]) -> Iterator[None]:
+    """Run the model as if the given decoder layers were not there (each passes its input through)."""
+    layers = decoder_layers(model)
+    patched = []
+    try:
+        for i in indices:
+            layer = layers[i]
+            layer.forward = _identity_forward
+            patched.append(layer)
+        yield
+    finally:
+        for layer in patched:
+            del layer.forward
+
+
+def _identity_forward(hidden_states: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+    return hidden_states

