@@ -1,0 +1,1 @@
+"""Alembic environment and migrations of the results database (shipped inside the package)."""

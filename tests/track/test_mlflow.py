@@ -1,0 +1,153 @@
+"""MlflowMirror against a real MLflow store (SQLite file and PostgreSQL): one parent per experiment, one
+nested child per trial, both found again on re-runs; metrics through log_batch only."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+
+import pytest
+
+from ablate.track.mlflow import MlflowMirror, _prepare_tracking_uri, mlflow_status
+
+
+@pytest.fixture(scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def tracking(request, tmp_path_factory):
+    """(tracking URI, artifact folder) of an MLflow store shared by this module's tests (creating one
+    costs seconds); every test uses its own experiment name."""
+    root = tmp_path_factory.mktemp("mlflow")
+    if request.param == "sqlite":
+        yield f"sqlite:///{root}/mlflow.db", None
+    else:
+        with request.getfixturevalue("make_pg_schema")() as url:
+            yield url, (root / "artifacts").as_uri()
+
+
+def _mirror(tracking, name):
+    uri, artifacts = tracking
+    return MlflowMirror(uri, name, artifact_location=artifacts)
+
+
+def _name():
+    return f"exp-{uuid.uuid4().hex[:8]}"
+
+
+def _all_runs(m):
+    return m.client.search_runs([m.experiment_id], max_results=1000)
+
+
+def test_parent_and_children_created_once_and_reused(tracking):
+    name = _name()
+    m = _mirror(tracking, name)
+    parent = m.parent_run()
+    assert m.parent_run() == parent
+    c1 = m.child_run("key-a", {"distill.loss": "kld", "sweep.seed": 0}, {"ablate.stage.prune": "p1"})
+    c2 = m.child_run("key-b", {"distill.loss": "ce", "sweep.seed": 0})
+    assert c1 != c2 and m.child_run("key-a") == c1
+
+    # a later submission: a new mirror (new process) finds the same runs instead of creating new ones
+    again = _mirror(tracking, name)
+    assert again.parent_run() == parent
+    assert again.child_run("key-a", {"distill.loss": "kld", "sweep.seed": 0}) == c1
+    assert again.child_run("key-b") == c2
+    assert again.children() == {"key-a": c1, "key-b": c2}
+
+    runs = _all_runs(again)
+    assert len(runs) == 3
+    by_id = {r.info.run_id: r for r in runs}
+    assert (
+        by_id[parent].data.tags["ablate.role"] == "parent"
+        and "mlflow.parentRunId" not in by_id[parent].data.tags
+    )
+    for key, rid in (("key-a", c1), ("key-b", c2)):
+        run = by_id[rid]
+        assert run.info.run_name == key
+        assert run.data.tags["mlflow.parentRunId"] == parent
+        assert run.data.tags["ablate.trial_key"] == key
+    assert by_id[c1].data.params == {"distill.loss": "kld", "sweep.seed": "0"}
+    assert by_id[c1].data.tags["ablate.stage.prune"] == "p1"
+
+
+def test_same_trial_key_in_two_experiments_gets_two_runs(tracking):
+    a, b = _mirror(tracking, _name()), _mirror(tracking, _name())
+    assert a.child_run("k") != b.child_run("k")
+    assert a.parent_run() != b.parent_run()
+
+
+def test_metrics_go_through_log_batch_in_chunks(tracking, monkeypatch):
+    m = _mirror(tracking, _name())
+    run = m.child_run("k", {f"p{i}": i for i in range(150)})  # 150 params: two batches
+    calls = []
+    real = m.client.log_batch
+
+    def spy(run_id, metrics=(), params=(), tags=(), synchronous=None):
+        calls.append((len(metrics), len(params), len(tags)))
+        return real(run_id, metrics=metrics, params=params, tags=tags, synchronous=synchronous)
+
+    monkeypatch.setattr(m.client, "log_batch", spy)
+
+    def no_single(*a, **k):
+        raise AssertionError("per-key MLflow call")
+
+    monkeypatch.setattr(m.client, "log_metric", no_single)
+    monkeypatch.setattr(m.client, "log_param", no_single)
+
+    rows = [("train/loss", s, 10.0 / (s + 1)) for s in range(2300)]
+    rows += [{"name": "train/tokens", "step": s, "value": 512 * s} for s in range(5)]
+    assert m.log_step_metrics(run, rows) == 2305
+    assert [c[0] for c in calls] == [1000, 1000, 305]
+    assert m.log_final_metrics(run, {"eval/ppl": 12.5, "eval/loss": float("nan")}) == 2
+    m.set_tags(run, {f"ablate.stage.{i}": "h" for i in range(120)})
+    assert calls[-2:] == [(0, 0, 100), (0, 0, 20)]
+
+    hist = m.client.get_metric_history(run, "train/loss")
+    assert len(hist) == 2300 and sorted(h.step for h in hist) == list(range(2300))
+    data = m.client.get_run(run).data
+    assert data.metrics["eval/ppl"] == 12.5 and len(data.params) == 150
+    assert data.metrics["train/tokens"] == 512 * 4
+
+
+def test_status_artifacts_and_param_conflicts(tracking, tmp_path, caplog):
+    m = _mirror(tracking, _name())
+    run = m.child_run("k", {"lr": 0.001})
+    m.set_terminated(run, "failed")
+    assert m.client.get_run(run).info.status == "FAILED"
+    m.set_status(run, "running")  # retried
+    assert m.client.get_run(run).info.status == "RUNNING"
+    m.set_terminated(run, "completed")
+    assert m.client.get_run(run).info.status == "FINISHED"
+    m.set_terminated(m.parent_run(), "FINISHED")
+
+    with caplog.at_level(logging.WARNING, logger="ablate.track.mlflow"):
+        assert m.child_run("k", {"lr": 0.01, "new": 1}) == run  # params are immutable in MLflow: kept
+    assert "param lr" in caplog.text
+    assert m.client.get_run(run).data.params == {"lr": "0.001", "new": "1"}
+
+    (tmp_path / "report").mkdir()
+    (tmp_path / "report" / "report.md").write_text("# report")
+    (tmp_path / "note.txt").write_text("hi")
+    m.log_artifact(m.parent_run(), tmp_path / "report", "report")
+    m.log_artifact(run, tmp_path / "note.txt")
+    assert [a.path for a in m.client.list_artifacts(m.parent_run(), "report")] == ["report/report.md"]
+    assert [a.path for a in m.client.list_artifacts(run)] == ["note.txt"]
+
+
+def test_deleted_experiment_is_restored(tracking):
+    name = _name()
+    m = _mirror(tracking, name)
+    parent = m.parent_run()
+    m.client.delete_experiment(m.experiment_id)
+    again = _mirror(tracking, name)
+    assert again.parent_run() == parent
+
+
+def test_status_names_and_uris(tmp_path, monkeypatch):
+    assert mlflow_status("completed") == "FINISHED" and mlflow_status("cancelled") == "KILLED"
+    assert mlflow_status("FAILED") == "FAILED"
+    with pytest.raises(ValueError):
+        mlflow_status("exploded")
+    monkeypatch.chdir(tmp_path)
+    assert _prepare_tracking_uri("sqlite:///.ablate/mlflow.db") == f"sqlite:///{tmp_path}/.ablate/mlflow.db"
+    assert (tmp_path / ".ablate").is_dir()
+    assert _prepare_tracking_uri("postgresql://u@h/d") == "postgresql+psycopg://u@h/d"
+    assert _prepare_tracking_uri("http://mlflow:5000") == "http://mlflow:5000"
