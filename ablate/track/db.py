@@ -1138,7 +1138,7 @@ class Records:
         limit: int = 200,
     ) -> list[EventInfo]:
         """The newest ``limit`` events (oldest first) of an experiment (or all), at ``min_level`` or above;
-        ``after_id`` returns only newer events (for following a live run)."""
+        with ``after_id``, the oldest ``limit`` events newer than it (for following a live run)."""
         if min_level not in EVENT_LEVELS:
             raise ValueError(f"event level {min_level!r} is not one of {', '.join(EVENT_LEVELS)}")
         levels = EVENT_LEVELS[EVENT_LEVELS.index(min_level) :]
@@ -1155,8 +1155,11 @@ class Records:
                 q = q.where(Event.trial_id == trial_id)
             if after_id is not None:
                 q = q.where(Event.id > after_id)
-            rows = s.execute(q.order_by(Event.id.desc()).limit(limit)).all()
+            if after_id is not None:  # following: the next `limit` events, none skipped
+                rows = s.execute(q.order_by(Event.id).limit(limit)).all()
+            else:
+                rows = s.execute(q.order_by(Event.id.desc()).limit(limit)).all()[::-1]
         return [
             EventInfo(ev.id, ev.time, ev.level, ev.message, ename, tkey, ev.stage_hash)
-            for ev, ename, tkey in reversed(rows)
+            for ev, ename, tkey in rows
         ]

@@ -96,9 +96,20 @@ def test_connect_migrates_once_and_schema_matches_models(db_url):
 
 
 def test_migrations_ship_inside_the_package():
+    """Everything Alembic needs to upgrade is a module of a regular package under ablate/, so a
+    non-editable install (wheel) carries it without package-data."""
+    import importlib.resources
+
     d = migrations_dir()
-    assert (d / "env.py").is_file() and (d / "versions" / "0001_initial_schema.py").is_file()
     assert d.parent.name == "track" and d.parent.parent.name == "ablate"
+    for rel in ["__init__.py", "env.py", "versions/__init__.py", "versions/0001_initial_schema.py"]:
+        assert (d / rel).is_file(), rel
+    assert importlib.resources.files("ablate.track.migrations").joinpath("env.py").is_file()
+    from alembic.script import ScriptDirectory
+
+    from ablate.track.db import _alembic_config
+
+    assert ScriptDirectory.from_config(_alembic_config()).get_current_head() == "0001"
 
 
 def test_database_newer_than_code_is_refused(records, db_url):
@@ -290,6 +301,7 @@ def test_events(records):
     assert [e.message for e in records.events("exp", min_level="warning")] == ["trial failed: NaN"]
     assert [e.message for e in records.events("exp", after_id=ev[1].id)] == ["trial failed: NaN"]
     assert [e.message for e in records.events("exp", limit=1)] == ["trial failed: NaN"]
+    assert [e.message for e in records.events("exp", after_id=ev[0].id, limit=1)] == ["stage t0 done"]
     assert [e.message for e in records.events(trial_id=t0.id)] == ["trial failed: NaN"]
     assert len(records.events()) == 4
     with pytest.raises(ValueError):

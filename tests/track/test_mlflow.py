@@ -10,6 +10,9 @@ import pytest
 
 from ablate.track.mlflow import MlflowMirror, _prepare_tracking_uri, mlflow_status
 
+# MLflow 3.17's own store uses an SQLAlchemy option deprecated in SQLAlchemy 2.1: not ours to fix
+pytestmark = pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy:DeprecationWarning")
+
 
 @pytest.fixture(scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def tracking(request, tmp_path_factory):
