@@ -39,7 +39,7 @@ class LiveProgress:
 
     def __call__(self, event: str, data: dict[str, Any]) -> None:
         if event == "stage_start":
-            self.console.log(f"{data['kind']} stage {data['hash']} started")
+            self.console.log(f"{data['kind']} stage {data['hash']} queued")
         elif event == "stage_done":
             self.console.log(f"[green]{data['kind']} stage {data['hash']} done")
         elif event == "stage_failed":
@@ -97,7 +97,7 @@ def submit_command(spec_path: str, address: str | None, as_json: bool) -> None:
     from ablate.run.executor import submit
 
     loaded = _load_or_exit(spec_path, as_json)
-    console = Console(stderr=as_json)
+    console = Console(stderr=as_json, log_path=False)
     if as_json:
         result = submit(loaded, address)
         click.echo(json.dumps(result.to_dict(), indent=2, default=str))
