@@ -35,6 +35,7 @@ def main(ctx: click.Context, debug: bool) -> None:
 
 
 # --- commands registered by stage modules (one line each; keep sorted) ---
+from ablate.commands.distill import correct_command, distill_command  # noqa: E402
 from ablate.commands.plan import plan_command, validate_command  # noqa: E402
 from ablate.commands.submit import cancel_command, status_command, submit_command  # noqa: E402
 from ablate.commands.prune import eval_command, prune_command  # noqa: E402
@@ -46,3 +47,5 @@ main.add_command(validate_command)
 main.add_command(submit_command)
 main.add_command(status_command)
 main.add_command(cancel_command)
+main.add_command(distill_command)
+main.add_command(correct_command)

@@ -1,6 +1,4 @@
-"""Distillation: losses, the resumable trainer, and teacher correction."""
+"""Distillation: losses (losses.py), the resumable trainer (train.py), teacher correction (correction.py).
 
-from ablate.distill.correction import correct_teacher, correction_config
-from ablate.distill.train import TrainConfig, TrainResult, lr_at, train
-
-__all__ = ["TrainConfig", "TrainResult", "correct_teacher", "correction_config", "lr_at", "train"]
+Import from the submodules: `from ablate.distill.train import TrainConfig, train`.
+"""

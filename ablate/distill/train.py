@@ -291,12 +291,31 @@ def _decoder(model: nn.Module) -> nn.Module:
     return base
 
 
-def _pruning_metadata(config: Any) -> dict[str, Any]:
-    """What a pruning left in the student's config (kept layer / hidden-channel indices), if anything."""
-    for key in ("ablate_pruning", "ablate", "pruning"):
-        meta = getattr(config, key, None)
-        if isinstance(meta, Mapping):
-            return dict(meta)
+def _pruning_metadata(model: nn.Module) -> dict[str, Any]:
+    """What a pruning recorded about the student (kept layer / hidden-channel indices), if anything.
+
+    Looks at, in order: the `ablate_kept` bookkeeping `prune_model` attaches to the model it returns,
+    an `ablate_pruning` mapping in the config, and `ablate-prune.json` beside a checkpoint on disk.
+    """
+    kept = getattr(model, "ablate_kept", None)
+    if kept is not None and hasattr(kept, "layers"):
+        meta: dict[str, Any] = {"kept_layers": list(kept.layers)}
+        hidden = getattr(kept, "hidden", None)
+        if hidden is not None:
+            meta["kept_hidden"] = [int(i) for i in hidden.tolist()]
+        return meta
+    meta = getattr(model.config, "ablate_pruning", None)
+    if isinstance(meta, Mapping):
+        return dict(meta)
+    source = getattr(model.config, "_name_or_path", None) or getattr(model, "name_or_path", None)
+    if source:
+        path = Path(str(source)) / "ablate-prune.json"
+        if path.is_file():
+            try:
+                data = json.loads(path.read_text())
+            except (OSError, json.JSONDecodeError):
+                return {}
+            return data if isinstance(data, dict) else {}
     return {}
 
 
@@ -344,7 +363,7 @@ def resolve_layer_map(student: nn.Module, teacher: nn.Module, explicit: Sequence
         )
     if ls == lt:
         return [(i, i) for i in range(ls)]
-    kept = _kept(_pruning_metadata(sc), "kept_layers", "layers")
+    kept = _kept(_pruning_metadata(student), "kept_layers")
     if kept is not None and len(kept) == ls and all(0 <= k < lt for k in kept):
         return list(enumerate(kept))
     if ls == 1:
@@ -559,9 +578,7 @@ def train(
             student.to(device)
         projection: HiddenProjection | None = None
         if config.loss == "kld+intermediate":  # seeded: created after manual_seed
-            kept_hidden = _kept(
-                _pruning_metadata(student.config), "kept_hidden", "hidden_channels", "kept_hidden_channels"
-            )
+            kept_hidden = _kept(_pruning_metadata(student), "kept_hidden")
             projection = HiddenProjection(student.config.hidden_size, teacher.config.hidden_size, kept_hidden)
             projection.to(device)
         modules: list[nn.Module] = [student] + ([projection] if projection is not None else [])
@@ -619,6 +636,7 @@ def train(
             s_capture = _Capture(_norm_modules(student, [s for s, _ in layer_map]))
             t_capture = _Capture(_norm_modules(teacher, [t for _, t in layer_map]))
         student.train()
+        optimizer.zero_grad(set_to_none=True)  # gradients the caller left behind are not ours
         try:
             for step in range(start_step, total):
                 lr = lr_at(step, total, config)

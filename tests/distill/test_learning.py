@@ -1,43 +1,39 @@
 """A real learning check: distillation must close most of the gap a pruning opened."""
 
-import torch
-
+from ablate.data.corpus import batches, token_splits
 from ablate.distill.correction import correct_teacher, correction_config
-from ablate.distill.losses import kl_div_loss
 from ablate.distill.train import TrainConfig, train
-from tests.distill.conftest import slice_prune, text_batches, tiny_model
+from ablate.evaluate import evaluate
+from ablate.models.registry import load_model
+from ablate.prune.apply import prune_model
+from ablate.prune.importance import compute_importance
 
 SEQ = 64
 
 
-def held_out_kl(student, teacher, batches) -> float:
-    with torch.inference_mode():
-        return kl_div_loss(student(batches).logits, teacher(batches).logits).item()
-
-
 def test_distilling_a_pruned_tiny_mistral_halves_the_held_out_kl(tmp_path):
-    train_split, eval_split = text_batches(SEQ, 240), text_batches(SEQ, 32, offset=240)
-    teacher = tiny_model(seed=0)
-    # Give the random teacher real structure first (teacher correction on the same text).
+    teacher, tokenizer = load_model("builtin:tiny-mistral")
+    splits = token_splits(tokenizer, "builtin:pydoc", SEQ, eval_tokens=32 * SEQ, calibration_samples=16)
+    # The built-in teacher is random; give it real structure first (teacher correction on the corpus).
     corrected = correct_teacher(
-        teacher, train_split, correction_config(tokens=150 * 8 * SEQ, lr=3e-3, warmup_steps=10, global_batch=8,
-                                                micro_batch=8, seq_len=SEQ),
+        teacher, splits.train, correction_config(tokens=150 * 8 * SEQ, lr=3e-3, warmup_steps=10, global_batch=8,
+                                                 micro_batch=8, seq_len=SEQ),
         tmp_path / "correction",
     )  # fmt: skip
     assert corrected.final_loss < corrected.loss_curve[0] - 1.5  # it learned the text
-    teacher.eval()
 
-    student = slice_prune(teacher, hidden=48, ffn=32)
-    start = held_out_kl(student, teacher, eval_split)
+    scores = compute_importance(teacher, "activation", batches(splits.calibration, 8))
+    student = prune_model(teacher, scores, {"hidden_size": 48, "intermediate_size": 32})
+    start = evaluate(student, splits.eval, teacher=teacher)["kl_to_teacher"]
     assert start > 0.05  # the pruning did hurt
     cfg = TrainConfig(
         loss="kld", tokens=200 * 8 * SEQ, global_batch=8, micro_batch=8, seq_len=SEQ, lr=3e-3, min_lr=3e-4,
         warmup_steps=10, checkpoint_every=100,
     )  # fmt: skip
     result = train(
-        student, teacher, train_split, cfg, tmp_path / "distill",
-        eval_fn=lambda m: {"kl": held_out_kl(m, teacher, eval_split)}, eval_every=50,
+        student, teacher, splits.train, cfg, tmp_path / "distill",
+        eval_fn=lambda m: {"kl": evaluate(m, splits.eval, teacher=teacher)["kl_to_teacher"]}, eval_every=50,
     )  # fmt: skip
     end = result.evals[-1]["kl"]
     assert end < 0.5 * start, (start, result.evals)
-    assert result.loss_curve[-1] < result.loss_curve[0]
+    assert result.steps == 200 and result.tokens == 200 * 8 * SEQ

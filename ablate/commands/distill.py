@@ -1,0 +1,374 @@
+"""`ablate distill` and `ablate correct`: retrain a pruned student from its teacher, or fine-tune the
+teacher on the distillation corpus first (teacher correction), without a spec.
+
+Both are resumable: running the same command again continues from `OUT/train/checkpoint.pt`, and a
+finished run only re-saves and re-evaluates. Layout of OUT:
+
+    train/checkpoint.pt, train/train_result.json   trainer state (see ablate.distill.train)
+    model/                                          the trained model as a plain HF checkpoint
+    eval_before.json                                held-out metrics of the model as given
+    distill.json / correct.json                     what the command printed with --json
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ablate.errors import DataError, TrainError
+from ablate.spec.units import parse_tokens
+
+log = logging.getLogger(__name__)
+
+
+def _tokens(value: str, what: str) -> int:
+    try:
+        return parse_tokens(value)
+    except ValueError as exc:
+        raise TrainError(f"{what}: {exc}") from None
+
+
+def _device(name: str | None) -> str:
+    import torch
+
+    if name:
+        if name.startswith("cuda") and not torch.cuda.is_available():
+            raise TrainError(f"--device {name}: no CUDA device is visible here; use --device cpu")
+        return name
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _check_out(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise TrainError(f"--out '{out}' exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()) and not (out / "train").is_dir():
+        raise TrainError(
+            f"--out '{out}' is not empty and holds no ablate training run; choose a new directory "
+            "(an existing run directory is resumed)"
+        )
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+    tmp.replace(path)
+
+
+def _save_model(model, tokenizer, out: Path, extra_files: dict[str, Path] | None = None) -> Path:
+    """Atomically (temp dir + rename) write a plain HF checkpoint to `out`, replacing an older one."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        for name, src in (extra_files or {}).items():
+            shutil.copyfile(src, tmp / name)
+        if out.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+            out.rename(old / out.name)
+            tmp.rename(out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+class _Progress:
+    """A rich progress bar on stderr for the training steps (nothing with --json)."""
+
+    def __init__(self, enabled: bool, total: int, what: str):
+        self.bar = None
+        if enabled:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.bar = Progress(
+                TextColumn(f"{what}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("loss {task.fields[loss]}"),
+                TimeRemainingColumn(),
+                transient=True,
+            )
+            self.task = self.bar.add_task(what, total=total, loss="-")
+
+    def __enter__(self):
+        if self.bar is not None:
+            self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.__exit__(*exc)
+
+    def step(self, metrics: dict[str, Any]) -> None:
+        if self.bar is not None:
+            self.bar.update(self.task, completed=metrics["step"], loss=f"{metrics['loss']:.4f}")
+
+
+def _train_options(f):
+    options = [
+        click.option("--lr", type=float, default=None, help="Peak learning rate."),
+        click.option("--min-lr", type=float, default=None, help="Learning rate at the end of the cosine."),
+        click.option("--warmup-steps", type=click.IntRange(min=0), default=None),
+        click.option("--schedule", type=click.Choice(["cosine", "linear", "constant"]), default="cosine"),
+        click.option("--global-batch", type=click.IntRange(min=1), default=8, show_default=True),
+        click.option("--micro-batch", type=click.IntRange(min=1), default=4, show_default=True),
+        click.option("--seq-len", type=click.IntRange(min=2), default=128, show_default=True),
+        click.option("--weight-decay", type=click.FloatRange(min=0), default=0.0, show_default=True),
+        click.option(
+            "--grad-clip", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True
+        ),
+        click.option("--seed", type=int, default=0, show_default=True),
+        click.option(
+            "--checkpoint-every", type=click.IntRange(min=1), default=50, show_default=True, help="Steps."
+        ),
+        click.option("--corpus", default="builtin:pydoc", show_default=True, help="Training corpus."),
+        click.option(
+            "--eval-tokens", default="8k", show_default=True, help="Held-out tokens kept out of training."
+        ),
+        click.option("--eval-batch-size", type=click.IntRange(min=1), default=8, show_default=True),
+        click.option("--device", default=None, help="cpu, cuda, cuda:N (default: cuda when visible)."),
+        click.option(
+            "--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Run directory."
+        ),
+        click.option("--json", "as_json", is_flag=True, help="Machine-readable output."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def _quiet_transformers() -> None:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
+def _run(
+    *,
+    kind: str,
+    model_ref: str,
+    teacher_ref: str | None,
+    config,
+    corpus: str,
+    eval_count: int,
+    eval_batch_size: int,
+    device: str,
+    out: Path,
+    as_json: bool,
+) -> dict[str, Any]:
+    """Shared body of `distill` and `correct`: load, evaluate, train (resuming), save, evaluate."""
+    from ablate.models.registry import load_config
+
+    load_config(model_ref)  # family and reference checks before any weights are read
+    if teacher_ref:
+        load_config(teacher_ref)
+    _quiet_transformers()
+    from ablate.data.corpus import token_splits
+    from ablate.distill.train import check_compatible, train
+    from ablate.evaluate import evaluate
+    from ablate.models.registry import load_model
+
+    started = time.perf_counter()
+    model, tokenizer = load_model(model_ref, device=device)
+    teacher = None
+    if teacher_ref:
+        teacher, teacher_tokenizer = load_model(teacher_ref, device=device)
+        check_compatible(model, teacher, config, tokenizer, teacher_tokenizer)
+        if not config.needs_teacher and teacher_tokenizer.get_vocab() != tokenizer.get_vocab():
+            teacher = None  # ce/scratch train without it; KL to a different vocabulary means nothing
+    splits = token_splits(tokenizer, corpus, config.seq_len, eval_count, 0)
+    if len(splits.train) == 0:
+        raise DataError(f"corpus '{corpus}' leaves no training sequences after {eval_count} eval tokens")
+
+    out.mkdir(parents=True, exist_ok=True)
+    before_path = out / "eval_before.json"
+    if before_path.is_file():
+        before = json.loads(before_path.read_text())
+    else:
+        before = evaluate(model, splits.eval, teacher=teacher, batch_size=eval_batch_size)
+        _write_json(before_path, before)
+
+    with _Progress(not as_json, config.steps, kind) as progress:
+        result = train(model, teacher, splits.train, config, out / "train", on_step=progress.step)
+    model.eval()
+    extra = {}
+    if Path(model_ref).is_dir() and (Path(model_ref) / "ablate-prune.json").is_file():
+        extra["ablate-prune.json"] = Path(model_ref) / "ablate-prune.json"  # still a pruned child
+    saved = _save_model(model, tokenizer, (out / "model").resolve(), extra)
+    after = evaluate(model, splits.eval, teacher=teacher, batch_size=eval_batch_size)
+    return {
+        "model": model_ref,
+        "teacher": teacher_ref,
+        "corpus": corpus,
+        "device": device,
+        "out": str(saved),
+        "config": config.to_dict(),
+        "train_sequences": len(splits.train),
+        "epochs": round(result.steps * config.global_batch / len(splits.train), 3),
+        "result": {k: v for k, v in result.to_dict().items() if k not in ("loss_curve", "lr_curve")},
+        "before": before,
+        "after": after,
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+
+
+def _echo(info: dict[str, Any], kind: str, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(info, indent=2, default=str))
+        return
+    r, b, a = info["result"], info["before"], info["after"]
+    resumed = f" (resumed from step {r['resumed_from_step']})" if r["resumed_from_step"] is not None else ""
+    line = (
+        f"{kind}: {r['steps']} steps, {r['tokens']} tokens (budget {r['tokens_budget']}){resumed}, "
+        f"final loss {r['final_loss']:.4f}\n"
+        f"  held-out perplexity {b['perplexity']:.3f} -> {a['perplexity']:.3f}"
+    )
+    if "kl_to_teacher" in a and "kl_to_teacher" in b:
+        line += f", KL to teacher {b['kl_to_teacher']:.4f} -> {a['kl_to_teacher']:.4f}"
+    click.echo(line + f"\n  model saved to {info['out']}")
+
+
+@click.command("distill")
+@click.option(
+    "--teacher", "teacher_ref", required=True, help="builtin:NAME, a local HF directory, or a cached HF id."
+)
+@click.option("--student", "student_ref", required=True, help="The pruned student (a local HF directory).")
+@click.option("--tokens", "tokens_text", required=True, help="Training budget, e.g. 20k, 1.8B.")
+@click.option(
+    "--loss",
+    type=click.Choice(["kld", "ce", "kld+intermediate", "scratch"]),
+    default="kld",
+    show_default=True,
+    help="kld: forward KL to the teacher; ce: LM loss only; scratch: random init + ce.",
+)
+@click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True)
+@click.option(
+    "--intermediate-layers",
+    default=None,
+    help="kld+intermediate layer map 'S:T,S:T' (student:teacher); default: from the pruning.",
+)
+@_train_options
+def distill_command(
+    teacher_ref: str,
+    student_ref: str,
+    tokens_text: str,
+    loss: str,
+    temperature: float,
+    intermediate_layers: str | None,
+    lr: float | None,
+    min_lr: float | None,
+    warmup_steps: int | None,
+    schedule: str,
+    global_batch: int,
+    micro_batch: int,
+    seq_len: int,
+    weight_decay: float,
+    grad_clip: float,
+    seed: int,
+    checkpoint_every: int,
+    corpus: str,
+    eval_tokens: str,
+    eval_batch_size: int,
+    device: str | None,
+    out_dir: str,
+    as_json: bool,
+) -> None:
+    """Retrain a pruned student from its teacher (or with ce / from scratch, as baselines)."""
+    from ablate.distill.train import TrainConfig
+
+    layers = None
+    if intermediate_layers:
+        try:
+            layers = [
+                tuple(int(x) for x in pair.split(":")) for pair in intermediate_layers.split(",") if pair
+            ]
+            if any(len(pair) != 2 for pair in layers):
+                raise ValueError
+        except ValueError:
+            raise TrainError(
+                f"--intermediate-layers {intermediate_layers!r} must look like 0:0,1:2 (student:teacher)"
+            ) from None
+    config = TrainConfig(
+        loss=loss, temperature=temperature, tokens=_tokens(tokens_text, "--tokens"),
+        lr=1e-4 if lr is None else lr, min_lr=4.5e-7 if min_lr is None else min_lr,
+        warmup_steps=0 if warmup_steps is None else warmup_steps, schedule=schedule, global_batch=global_batch,
+        micro_batch=micro_batch, seq_len=seq_len, seed=seed, grad_clip=grad_clip, weight_decay=weight_decay,
+        checkpoint_every=checkpoint_every, intermediate_layers=layers,
+    )  # fmt: skip
+    config.validate()
+    eval_count = _tokens(eval_tokens, "--eval-tokens")
+    out = Path(out_dir)
+    _check_out(out)
+    info = _run(
+        kind="distill", model_ref=student_ref, teacher_ref=teacher_ref, config=config, corpus=corpus,
+        eval_count=eval_count, eval_batch_size=eval_batch_size, device=_device(device), out=out, as_json=as_json,
+    )  # fmt: skip
+    info["loss"] = loss
+    _write_json(out / "distill.json", info)
+    _echo(info, "distill", as_json)
+
+
+@click.command("correct")
+@click.option(
+    "--teacher", "teacher_ref", required=True, help="builtin:NAME, a local HF directory, or a cached HF id."
+)
+@click.option("--tokens", "tokens_text", required=True, help="Fine-tuning budget, e.g. 100k, 1.8B.")
+@_train_options
+def correct_command(
+    teacher_ref: str,
+    tokens_text: str,
+    lr: float | None,
+    min_lr: float | None,
+    warmup_steps: int | None,
+    schedule: str,
+    global_batch: int,
+    micro_batch: int,
+    seq_len: int,
+    weight_decay: float,
+    grad_clip: float,
+    seed: int,
+    checkpoint_every: int,
+    corpus: str,
+    eval_tokens: str,
+    eval_batch_size: int,
+    device: str | None,
+    out_dir: str,
+    as_json: bool,
+) -> None:
+    """Teacher correction: fine-tune the teacher on the distillation corpus (loss ce) before pruning.
+
+    Defaults follow the Minitron paper: 120 warm-up steps and a small peak LR (about 1/5 of the
+    teacher's pre-training LR; 2e-5 here unless --lr says otherwise).
+    """
+    from ablate.distill.correction import PAPER_WARMUP_STEPS, correction_config
+
+    config = correction_config(
+        tokens=_tokens(tokens_text, "--tokens"), lr=2e-5 if lr is None else lr,
+        min_lr=0.0 if min_lr is None else min_lr,
+        warmup_steps=PAPER_WARMUP_STEPS if warmup_steps is None else warmup_steps, schedule=schedule,
+        global_batch=global_batch, micro_batch=micro_batch, seq_len=seq_len, seed=seed, grad_clip=grad_clip,
+        weight_decay=weight_decay, checkpoint_every=checkpoint_every,
+    )  # fmt: skip
+    config.validate()
+    eval_count = _tokens(eval_tokens, "--eval-tokens")
+    out = Path(out_dir)
+    _check_out(out)
+    info = _run(
+        kind="correct", model_ref=teacher_ref, teacher_ref=None, config=config, corpus=corpus,
+        eval_count=eval_count, eval_batch_size=eval_batch_size, device=_device(device), out=out, as_json=as_json,
+    )  # fmt: skip
+    _write_json(out / "correct.json", info)
+    _echo(info, "correct", as_json)
