@@ -3,9 +3,10 @@
 `builtin:pydoc` is the English text of the standard library's `pydoc_data.topics`; user corpora are
 `.txt` files (one document) or `.jsonl` files with a `text` field per line. Documents are joined with
 the tokenizer's EOS token, the token stream is cut into sequences of exactly `seq_len` tokens (the tail
-that does not fill a sequence is dropped), and the sequences are dealt into eval / calibration / train
-by a fixed permutation. The eval split depends only on the corpus, tokenizer, seq_len and eval size,
-so it stays the same whatever the calibration size; the three splits never share a sequence.
+that does not fill a sequence is dropped), and the sequences are dealt by one fixed permutation: eval
+from its front, calibration from its back, train in between. So the eval split depends only on the
+corpus, tokenizer, seq_len and eval size, the calibration split only on its own size (calibration of
+one run never overlaps eval of another with a different eval size), and no two splits share a sequence.
 """
 
 from __future__ import annotations
@@ -191,8 +192,8 @@ def token_splits(
         )
     order = torch.randperm(n, generator=torch.Generator().manual_seed(SPLIT_SEED))
     eval_idx = order[:n_eval].sort().values
-    cal_idx = order[n_eval : n_eval + calibration_samples].sort().values
-    train_idx = order[n_eval + calibration_samples :].sort().values
+    cal_idx = order[n - calibration_samples :].sort().values
+    train_idx = order[n_eval : n - calibration_samples].sort().values
     return Splits(
         train=sequences[train_idx].clone(),
         eval=sequences[eval_idx].clone(),

@@ -407,9 +407,9 @@ def _lm_loss_sum(model: PreTrainedModel, batch: Tensor) -> Tensor:
 
 
 def _next_token_nll(logits: Tensor, batch: Tensor) -> Tensor:
-    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), batch[:, 1:].flatten(), reduction="sum").to(
-        torch.float64
-    )
+    """Summed next-token NLL: per-token losses in float32, summed in float64."""
+    losses = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), batch[:, 1:].flatten(), reduction="none")
+    return losses.sum(dtype=torch.float64)
 
 
 def estimate_importance(
