@@ -13,6 +13,7 @@ from rich.table import Table
 from ablate.errors import SpecError
 from ablate.plan.estimate import H100_BF16_DENSE_FLOPS, estimate
 from ablate.plan.graph import build_graph
+from ablate.plan.memory import GPUS
 from ablate.spec.units import format_tokens
 from ablate.spec.validate import LoadedSpec, load_spec
 
@@ -51,13 +52,39 @@ def validate_command(spec_path: str, as_json: bool) -> None:
         click.echo(summary_line(loaded))
 
 
-def plan_dict(loaded: LoadedSpec, mfu: float) -> dict:
+def memory_warnings(est) -> list[str]:
+    """One line per trial that will not fit its GPU as configured, with the way out."""
+    out = []
+    for t in est.trials:
+        m = t.memory
+        if m is None or m.fits:
+            continue
+        need = (
+            f"{m.total_bytes / 2**30:.0f} GiB per device > {m.usable_bytes / 2**30:.0f} GiB usable on {m.gpu}"
+        )
+        if m.min_gpus_fsdp is not None:
+            fix = f"shard it: strategy fsdp with at least {m.min_gpus_fsdp} GPUs"
+        else:
+            fix = "activations alone do not fit: lower micro_batch or seq_len"
+        if m.min_gpus_fsdp_checkpointed is not None:
+            fix += f" ({m.min_gpus_fsdp_checkpointed} with activation checkpointing)"
+        out.append(f"trial {t.key} ({t.strategy}, {t.workers} worker(s)) needs {need}; {fix}")
+    return out
+
+
+def plan_dict(loaded: LoadedSpec, mfu: float, gpu: str = "h100-80gb") -> dict:
     graph = build_graph(loaded.trials)
-    est = estimate(loaded.teacher_config, loaded.trials, mfu=mfu)
+    est = estimate(loaded.teacher_config, loaded.trials, mfu=mfu, gpu=gpu)
     return {
         "name": loaded.spec.name,
         "spec": str(loaded.path),
-        "assumption": {"mfu": mfu, "peak_flops": H100_BF16_DENSE_FLOPS, "gpu": "H100 SXM dense BF16"},
+        "assumption": {
+            "mfu": mfu,
+            "peak_flops": H100_BF16_DENSE_FLOPS,
+            "gpu": "H100 SXM dense BF16",
+            "memory_gpu": gpu,
+        },
+        "warnings": memory_warnings(est),
         "trials": [{**row, "stages": graph.trial_stages[row["key"]]} for row in est.to_dict()["trials"]],
         "stages": {"run": graph.counts(), "naive": graph.naive_counts()},
         "teacher": {
@@ -126,10 +153,11 @@ def print_plan(plan: dict, console: Console) -> None:
         )
     console.print(targets)
     trials = Table(title=f"{len(plan['trials'])} trials")
-    for col in ("key", "overrides", "params", "tokens", "FLOPs", "GPU-h"):
-        trials.add_column(col, justify="right" if col in ("params", "tokens", "FLOPs", "GPU-h") else "left")
+    for col in ("key", "overrides", "params", "tokens", "FLOPs", "GPU-h", "workers", "mem/device"):
+        trials.add_column(col, justify="left" if col in ("key", "overrides") else "right")
     for t in plan["trials"]:
         overrides = ", ".join(f"{k}={v}" for k, v in t["overrides"].items())
+        memory = t["memory"]
         trials.add_row(
             t["key"],
             overrides,
@@ -137,6 +165,8 @@ def print_plan(plan: dict, console: Console) -> None:
             format_tokens(t["tokens"]),
             f"{t['flops']:.3g}",
             f"{t['gpu_hours']:,.3g}",
+            f"{t['workers']} {t['strategy']}",
+            f"{memory['total_bytes'] / 2**30:.1f} GiB" + ("" if memory["fits"] else " (!)"),
         )
     console.print(trials)
     stages = Table(title="stages after de-duplication")
@@ -150,6 +180,8 @@ def print_plan(plan: dict, console: Console) -> None:
         str(sum(plan["stages"]["naive"].values())),
     )
     console.print(stages)
+    for warning in plan["warnings"]:
+        console.print(f"[yellow]warning:[/yellow] {warning}")
     a = plan["assumption"]
     console.print(
         f"total compute: {plan['total_flops']:.3g} FLOPs = {plan['total_gpu_hours']:,.3g} GPU-hours "
@@ -167,11 +199,18 @@ def print_plan(plan: dict, console: Console) -> None:
     show_default=True,
     help="Model FLOPs utilisation assumed for GPU-hours (of 989 TFLOP/s dense BF16 H100).",
 )
-def plan_command(spec_path: str, as_json: bool, mfu: float) -> None:
+@click.option(
+    "--gpu",
+    type=click.Choice(sorted(GPUS)),
+    default="h100-80gb",
+    show_default=True,
+    help="GPU the per-device memory estimate is checked against.",
+)
+def plan_command(spec_path: str, as_json: bool, mfu: float, gpu: str) -> None:
     """Show SPEC's trials, shared stages, exact parameter counts and compute, without loading weights."""
     started = time.perf_counter()
     loaded = _load_or_exit(spec_path, as_json)
-    plan = plan_dict(loaded, mfu)
+    plan = plan_dict(loaded, mfu, gpu)
     plan["seconds"] = round(time.perf_counter() - started, 3)
     if as_json:
         click.echo(json.dumps(plan, indent=2))

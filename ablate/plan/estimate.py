@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 from transformers import PretrainedConfig
 
 from ablate.models.arch import count_parameters, pruned_config, shape_of
+from ablate.plan.memory import MemoryEstimate, estimate_memory
 from ablate.spec.sweep import Trial
 
 H100_BF16_DENSE_FLOPS = 989e12
@@ -35,6 +36,9 @@ class TrialEstimate:
     tokens: int
     flops: float
     gpu_hours: float
+    workers: int = 1
+    strategy: str = "single"
+    memory: MemoryEstimate | None = None
 
 
 @dataclass
@@ -73,6 +77,7 @@ def estimate(
     trials: list[Trial],
     mfu: float = 0.4,
     peak_flops: float = H100_BF16_DENSE_FLOPS,
+    gpu: str = "h100-80gb",
 ) -> Estimate:
     teacher_params = count_parameters(teacher_config)
     teacher = ModelEstimate("teacher", teacher_params, shape_of(teacher_config))
@@ -86,7 +91,35 @@ def estimate(
         d = trial.spec.distill
         params = targets[trial.target].params
         flops = distill_flops(params, teacher_params, d.tokens, d.loss)
-        rows.append(TrialEstimate(trial.key, trial.overrides, trial.target, params, d.tokens, flops, 0.0))
+        res = trial.spec.resources.trial
+        shape = targets[trial.target].shape
+        memory = estimate_memory(
+            student_params=params,
+            teacher_params=teacher_params,
+            layers=shape["num_hidden_layers"],
+            hidden=shape["hidden_size"],
+            vocab=shape["vocab_size"],
+            seq_len=trial.spec.data.seq_len,
+            micro_batch=d.micro_batch,
+            needs_teacher=d.loss in TEACHER_LOSSES,
+            workers=res.workers,
+            strategy=res.strategy,
+            gpu=gpu,
+        )
+        rows.append(
+            TrialEstimate(
+                trial.key,
+                trial.overrides,
+                trial.target,
+                params,
+                d.tokens,
+                flops,
+                0.0,
+                res.workers,
+                res.strategy,
+                memory,
+            )
+        )
     spec = trials[0].spec if trials else None
     correction = spec.teacher.correction if spec else None
     correction_tokens = correction.tokens if correction else 0

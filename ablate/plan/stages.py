@@ -48,7 +48,9 @@ def trial_stages(trial: Trial) -> dict[str, Stage]:
             "model": resolved["teacher"]["model"],
             "correction": correction,
             # Correction trains on the corpus's train split, so the data is part of a corrected teacher.
-            "data": {"data": resolved["data"], "calibration": resolved["calibration"]} if correction else None,
+            "data": {"data": resolved["data"], "calibration": resolved["calibration"]}
+            if correction
+            else None,
         },
     )
     # Splits (train / eval / calibration) are cut from one packed stream using data and calibration
@@ -56,6 +58,8 @@ def trial_stages(trial: Trial) -> dict[str, Stage]:
     data = {"data": resolved["data"], "calibration": resolved["calibration"]}
     importance = Stage("importance", {"importance": resolved["importance"], **data}, (teacher.hash,))
     prune = Stage("prune", {"target": resolved["target"]}, (importance.hash,))
-    distill = Stage("distill", {"distill": resolved["distill"], "seed": trial.seed, **data}, (prune.hash, teacher.hash))
+    distill = Stage(
+        "distill", {"distill": resolved["distill"], "seed": trial.seed, **data}, (prune.hash, teacher.hash)
+    )
     evaluate = Stage("eval", data, (distill.hash, teacher.hash))
     return {s.kind: s for s in (teacher, importance, prune, distill, evaluate)}

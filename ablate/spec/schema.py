@@ -130,8 +130,38 @@ class Sweep(Strict):
 
 
 class TrialResources(Strict):
+    """What one trial gets: `cpu` and `gpu` are totals for the trial, split evenly over its workers."""
+
     cpu: float = Field(1.0, gt=0)
     gpu: float = Field(0.0, ge=0)
+    workers: PositiveInt = Field(1, description="processes per trial (Ray Train workers)")
+    strategy: Literal["single", "ddp", "fsdp"] = Field(
+        "single",
+        description="single process; DDP (model fits one device); FSDP2 (parameters, gradients, optimizer state sharded)",
+    )
+
+    @model_validator(mode="after")
+    def _whole_devices(self) -> TrialResources:
+        if self.strategy == "single" and self.workers != 1:
+            raise ValueError(
+                f"strategy single runs one process (got workers {self.workers}; expected ddp or fsdp for more)"
+            )
+        if self.workers > 1 or self.strategy != "single":
+            per_worker = self.gpu / self.workers
+            if self.gpu and not float(per_worker).is_integer():
+                raise ValueError(
+                    f"gpu {self.gpu} over {self.workers} workers is {per_worker:g} per worker "
+                    "(expected a whole number of GPUs per worker)"
+                )
+        return self
+
+    @property
+    def gpu_per_worker(self) -> float:
+        return self.gpu / self.workers
+
+    @property
+    def cpu_per_worker(self) -> float:
+        return self.cpu / self.workers
 
 
 class Resources(Strict):
@@ -166,6 +196,16 @@ class Spec(Strict):
     resources: Resources = Resources()
     tracking: Tracking = Tracking()
     build: Build = Build()
+
+    @model_validator(mode="after")
+    def _batch_divides_over_workers(self) -> Spec:
+        workers, micro = self.resources.trial.workers, self.distill.micro_batch
+        if self.distill.global_batch % (workers * micro):
+            raise ValueError(
+                f"distill.global_batch ({self.distill.global_batch}) must be a multiple of resources.trial.workers x "
+                f"distill.micro_batch ({workers} x {micro} = {workers * micro}), so every worker runs whole micro-batches"
+            )
+        return self
 
     @model_validator(mode="after")
     def _distill_fits_one_step(self) -> Spec:

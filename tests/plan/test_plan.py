@@ -79,3 +79,46 @@ def test_graph_shares_teacher_and_importance_across_targets():
     assert len(teachers) == 1 and len(prunes) == 2
     for stage in graph.stages.values():
         assert all(parent in graph.stages for parent in stage.parents)
+
+
+def test_8b_trial_needs_sharding_with_the_arithmetic():
+    result = CliRunner().invoke(
+        main, ["plan", str(SPECS / "mistral-nemo-minitron-8b.yaml"), "--gpu", "h100-80gb", "--json"]
+    )
+    plan = json.loads(result.output)
+    memory = plan["trials"][0]["memory"]
+    assert not memory["fits"]
+    # by hand: 16 B x 8.414B student states + 2 B x 12.25B teacher, all on one device
+    assert memory["student_state_bytes"] == 16 * 8_414_105_600
+    assert memory["teacher_bytes"] == 2 * 12_247_782_400
+    assert memory["activation_bytes"] == 34 * 8192 * 4096 * 40
+    usable = 0.9 * 81559 * 2**20
+    room = usable - memory["activation_bytes"] - memory["logits_bytes"]
+    expected = -(-(memory["student_state_bytes"] + memory["teacher_bytes"]) // room)
+    assert memory["min_gpus_fsdp"] == expected > 8
+    assert set(memory["arithmetic"]) >= {"student_state", "teacher", "activations", "logits", "total"}
+    assert any("shard it: strategy fsdp with at least" in w for w in plan["warnings"])
+    h200 = json.loads(
+        CliRunner()
+        .invoke(main, ["plan", str(SPECS / "mistral-nemo-minitron-8b.yaml"), "--gpu", "h200-141gb", "--json"])
+        .output
+    )
+    assert h200["trials"][0]["memory"]["min_gpus_fsdp"] < memory["min_gpus_fsdp"]
+
+
+def test_fsdp_workers_shard_states_in_the_estimate(tmp_path):
+    text = (SPECS / "mistral-nemo-minitron-8b.yaml").read_text()
+    text = text.replace("trial: {cpu: 64, gpu: 8}", "trial: {cpu: 256, gpu: 32, workers: 32, strategy: fsdp}")
+    text = text.replace("micro_batch: 1", "micro_batch: 1\n  global_batch: 768")
+    text = text.replace(
+        "  global_batch: 768\n  micro_batch: 1\n  global_batch: 768", "  global_batch: 768\n  micro_batch: 1"
+    )
+    spec = tmp_path / "sharded.yaml"
+    spec.write_text(
+        text.replace("configs/mistral-nemo-12b.json", str(SPECS / "configs/mistral-nemo-12b.json"))
+    )
+    plan = json.loads(CliRunner().invoke(main, ["plan", str(spec), "--json"]).output)
+    memory = plan["trials"][0]["memory"]
+    assert memory["workers"] == 32 and memory["strategy"] == "fsdp"
+    assert memory["student_state_bytes"] == 16 * 8_414_105_600 / 32
+    assert memory["fits"] and not plan["warnings"]

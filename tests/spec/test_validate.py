@@ -213,3 +213,18 @@ def test_relation_between_two_swept_fields_names_the_trial(problems):
 def test_unknown_builtin_teacher(problems):
     found = problems(BASE.replace("builtin:tiny-mistral", "builtin:gpt5"))
     assert "teacher.model: unknown built-in model 'builtin:gpt5'" in found[0] and line_of(found[0]) == 3
+
+
+def test_global_batch_must_divide_over_workers(problems):
+    found = problems(BASE + "resources:\n  trial: {cpu: 2, gpu: 0, workers: 3, strategy: ddp}\n")
+    assert (
+        len(found) == 1
+        and "multiple of resources.trial.workers x distill.micro_batch (3 x 4 = 12)" in found[0]
+    )
+
+
+def test_gpus_whole_per_worker_and_single_means_one(problems):
+    found = problems(BASE + "resources:\n  trial: {cpu: 2, gpu: 1, workers: 2, strategy: fsdp}\n")
+    assert "0.5 per worker (expected a whole number of GPUs per worker)" in found[0]
+    found = problems(BASE + "resources:\n  trial: {workers: 2}\n")
+    assert "strategy single runs one process" in found[0]
