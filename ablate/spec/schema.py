@@ -123,10 +123,19 @@ class Distill(Strict):
 
 
 class Sweep(Strict):
-    grid: dict[str, list[Any]] = Field(default_factory=dict)
+    # One grid, or a list of grids whose trials are pooled (a main grid plus side studies, say);
+    # a trial two grids both produce runs once.
+    grid: dict[str, list[Any]] | list[dict[str, list[Any]]] = Field(default_factory=dict)
     exclude: list[dict[str, Any]] = Field(default_factory=list)
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     max_trials: PositiveInt = 1000
+
+    def grids(self) -> list[dict[str, list[Any]]]:
+        return list(self.grid) if isinstance(self.grid, list) else [self.grid]
+
+    def axes(self) -> list[str]:
+        """Every swept path over all grids, in first-seen order."""
+        return list(dict.fromkeys(axis for grid in self.grids() for axis in grid))
 
 
 class TrialResources(Strict):

@@ -128,18 +128,32 @@ def normalise(raw: dict, path: str, value: Any) -> Any:
     return adapter.dump_python(adapter.validate_python(value), mode="json")
 
 
-def grid_points(grid: dict[str, list[Any]], targets: list[str]) -> list[dict[str, Any]]:
-    """Every combination of the grid's axes; without a `target` axis every target is swept."""
-    axes = dict(grid)
-    if TARGET_AXIS not in axes:
-        axes = {TARGET_AXIS: list(targets), **axes}
-    names = list(axes)
-    return [dict(zip(names, values, strict=True)) for values in itertools.product(*(axes[n] for n in names))]
+def grid_points(
+    grids: dict[str, list[Any]] | list[dict[str, list[Any]]], targets: list[str]
+) -> list[dict[str, Any]]:
+    """Every combination of each grid's axes, pooled over grids; without a `target` axis every target
+    is swept."""
+    points: list[dict[str, Any]] = []
+    for grid in grids if isinstance(grids, list) else [grids]:
+        axes = dict(grid)
+        if TARGET_AXIS not in axes:
+            axes = {TARGET_AXIS: list(targets), **axes}
+        names = list(axes)
+        points += [
+            dict(zip(names, values, strict=True)) for values in itertools.product(*(axes[n] for n in names))
+        ]
+    return points
 
 
 def expand(raw: dict, spec: Spec) -> list[Trial]:
-    """The trials of an already validated spec (sweep.check reports problems before this is called)."""
+    """The trials of an already validated spec (sweep.check reports problems before this is called).
+
+    Every trial's overrides name every swept axis of every grid (an axis its own grid does not sweep
+    shows the value the trial runs with), so trials from different grids compare axis by axis.
+    """
     trials: list[Trial] = []
+    seen: set[str] = set()
+    axes = spec.sweep.axes()
     normalised_excludes = [
         {path: normalise(raw, path, value) for path, value in rule.items()} for rule in spec.sweep.exclude
     ]
@@ -152,10 +166,21 @@ def expand(raw: dict, spec: Spec) -> list[Trial]:
             if path != TARGET_AXIS:
                 trial_raw = set_path(trial_raw, path, value)
         trial_spec = Spec.model_validate(trial_raw)
+        dumped = trial_spec.model_dump(mode="json")
+        full = {TARGET_AXIS: normal[TARGET_AXIS]}
+        full.update(
+            {
+                axis: normal[axis] if axis in normal else get_path(dumped, axis)
+                for axis in axes
+                if axis != TARGET_AXIS
+            }
+        )
         for seed in spec.sweep.seeds:
             key = stable_hash(resolved_config(trial_spec, normal[TARGET_AXIS], seed))
-            overrides = {**normal, "seed": seed}
-            trials.append(Trial(key, overrides, normal[TARGET_AXIS], seed, trial_spec))
+            if key in seen:
+                continue
+            seen.add(key)
+            trials.append(Trial(key, {**full, "seed": seed}, normal[TARGET_AXIS], seed, trial_spec))
     return trials
 
 

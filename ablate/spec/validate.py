@@ -173,24 +173,23 @@ def _check_teacher(
     return config, problems
 
 
-def _check_sweep(raw: dict, spec: Spec | None, source: SourceMap) -> list[Problem]:
-    sweep = raw.get("sweep") if isinstance(raw.get("sweep"), dict) else {}
-    grid = sweep.get("grid", {})
-    if not isinstance(grid, dict):
-        return []  # the schema already reported the wrong type
+def _check_grid(
+    raw: dict,
+    spec: Spec | None,
+    source: SourceMap,
+    grid: dict,
+    prefix: Path_,
+    targets: list[str],
+    written: bool,
+) -> list[Problem]:
+    """Problems of one grid: empty, unknown paths, and values invalid on their own."""
     problems: list[Problem] = []
-    if "grid" in sweep and not grid:
+    if written and not grid:
         problems.append(
-            _problem(
-                source,
-                ("sweep", "grid"),
-                "empty grid (got {}; expected at least one axis, or omit sweep.grid)",
-            )
+            _problem(source, prefix, "empty grid (got {}; expected at least one axis, or omit sweep.grid)")
         )
-    targets = list(raw.get("targets") or {}) if isinstance(raw.get("targets"), dict) else []
-    valid_axes: list[str] = []
     for axis, values in grid.items():
-        where = ("sweep", "grid", axis)
+        where = (*prefix, axis)
         if axis != TARGET_AXIS and not schema_has_path(Spec, axis.split("."), raw):
             guess = difflib.get_close_matches(axis, _all_paths(raw), n=1)
             hint = f"; did you mean '{guess[0]}'?" if guess else ""
@@ -207,7 +206,6 @@ def _check_sweep(raw: dict, spec: Spec | None, source: SourceMap) -> list[Proble
         if not values:
             problems.append(_problem(source, where, "empty grid axis (got []; expected at least one value)"))
             continue
-        valid_axes.append(axis)
         if spec is None:
             continue
         for i, value in enumerate(values):
@@ -227,6 +225,27 @@ def _check_sweep(raw: dict, spec: Spec | None, source: SourceMap) -> list[Proble
                 # The value's own errors only: relations with other fields are checked per trial,
                 # since another axis (or an exclude) may make the combination valid.
                 problems.append(_problem(source, (*where, i), describe_error(exc.errors()[0], raw)))
+    return problems
+
+
+def _check_sweep(raw: dict, spec: Spec | None, source: SourceMap) -> list[Problem]:
+    sweep = raw.get("sweep") if isinstance(raw.get("sweep"), dict) else {}
+    grid = sweep.get("grid", {})
+    if isinstance(grid, dict):
+        grids, prefixes = [grid], [("sweep", "grid")]
+    elif isinstance(grid, list) and all(isinstance(g, dict) for g in grid):
+        grids, prefixes = grid, [("sweep", "grid", i) for i in range(len(grid))]
+    else:
+        return []  # the schema already reported the wrong type
+    problems: list[Problem] = []
+    if "grid" in sweep and not grids:
+        problems.append(
+            _problem(source, ("sweep", "grid"), "empty list of grids (got []; expected at least one grid)")
+        )
+    targets = list(raw.get("targets") or {}) if isinstance(raw.get("targets"), dict) else []
+    for sub, prefix in zip(grids, prefixes, strict=True):
+        problems += _check_grid(raw, spec, source, sub, prefix, targets, "grid" in sweep)
+    grid = {axis: values for sub in grids for axis, values in sub.items()}  # every axis, for excludes
     if spec is None or problems:
         return problems
     points = grid_points(spec.sweep.grid, targets)

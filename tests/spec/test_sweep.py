@@ -65,3 +65,28 @@ def test_swept_values_are_normalised(write):
 def test_no_target_axis_sweeps_every_target(write):
     loaded = load_spec(write(BASE.replace("    target: [width, depth]\n", "")))
     assert sorted(t.target for t in loaded.trials) == ["depth", "depth", "width", "width"]
+
+
+def test_list_of_grids_pools_trials_and_fills_every_axis(write):
+    text = BASE.replace(
+        "  grid:\n    target: [width, depth]\n    distill.loss: [kld, ce]\n",
+        "  grid:\n    - {target: [width, depth], distill.loss: [kld, ce]}\n"
+        "    - {target: [width], importance.width.batch_agg: [l2, mean]}\n",
+    )
+    loaded = load_spec(write(text))
+    # 4 from the main grid; (width, l2) of the side grid is the main grid's (width, kld): pooled once
+    assert len(loaded.trials) == 5
+    for trial in loaded.trials:
+        assert set(trial.overrides) == {"target", "distill.loss", "importance.width.batch_agg", "seed"}
+    side = [t for t in loaded.trials if t.overrides["importance.width.batch_agg"] == "mean"]
+    assert len(side) == 1 and side[0].overrides["distill.loss"] == "kld"
+
+
+def test_problems_in_the_second_grid_name_its_index(problems):
+    found = problems(
+        BASE.replace(
+            "  grid:\n    target: [width, depth]\n    distill.loss: [kld, ce]\n",
+            "  grid:\n    - {distill.loss: [kld]}\n    - {distill.loss: [mse]}\n",
+        )
+    )
+    assert len(found) == 1 and "sweep.grid[1].distill.loss[0]" in found[0]
