@@ -119,9 +119,18 @@ class _Progress:
 
 def _train_options(f):
     options = [
-        click.option("--lr", type=float, default=None, help="Peak learning rate."),
-        click.option("--min-lr", type=float, default=None, help="Learning rate at the end of the cosine."),
-        click.option("--warmup-steps", type=click.IntRange(min=0), default=None),
+        click.option(
+            "--lr", type=float, default=None, help="Peak learning rate [distill: 1e-4; correct: 2e-5]."
+        ),
+        click.option(
+            "--min-lr",
+            type=float,
+            default=None,
+            help="LR at the end of the decay [distill: 4.5e-7; correct: 0].",
+        ),
+        click.option(
+            "--warmup-steps", type=click.IntRange(min=0), default=None, help="[distill: 0; correct: 120]"
+        ),
         click.option("--schedule", type=click.Choice(["cosine", "linear", "constant"]), default="cosine"),
         click.option("--global-batch", type=click.IntRange(min=1), default=8, show_default=True),
         click.option("--micro-batch", type=click.IntRange(min=1), default=4, show_default=True),
