@@ -16,6 +16,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 from ablate.spec.schema import TRIAL_SECTIONS, Spec
 
 TARGET_AXIS = "target"
+SEED_AXIS = "seed"  # in a grid: the seeds of that grid's trials (instead of sweep.seeds)
 
 
 @dataclass(frozen=True)
@@ -124,6 +125,8 @@ def normalise(raw: dict, path: str, value: Any) -> Any:
     """The value as the schema understands it (20k -> 20000, '3e-4' -> 0.0003); raises ValidationError."""
     if path == TARGET_AXIS:
         return value
+    if path == SEED_AXIS:
+        return TypeAdapter(int).validate_python(value, strict=True)
     adapter = field_adapter(path)
     return adapter.dump_python(adapter.validate_python(value), mode="json")
 
@@ -163,7 +166,7 @@ def expand(raw: dict, spec: Spec) -> list[Trial]:
             continue
         trial_raw = raw
         for path, value in point.items():
-            if path != TARGET_AXIS:
+            if path not in (TARGET_AXIS, SEED_AXIS):
                 trial_raw = set_path(trial_raw, path, value)
         trial_spec = Spec.model_validate(trial_raw)
         dumped = trial_spec.model_dump(mode="json")
@@ -172,10 +175,11 @@ def expand(raw: dict, spec: Spec) -> list[Trial]:
             {
                 axis: normal[axis] if axis in normal else get_path(dumped, axis)
                 for axis in axes
-                if axis != TARGET_AXIS
+                if axis not in (TARGET_AXIS, SEED_AXIS)
             }
         )
-        for seed in spec.sweep.seeds:
+        seeds = [normal[SEED_AXIS]] if SEED_AXIS in normal else spec.sweep.seeds
+        for seed in seeds:
             key = stable_hash(resolved_config(trial_spec, normal[TARGET_AXIS], seed))
             if key in seen:
                 continue

@@ -21,6 +21,7 @@ from ablate.models.registry import load_config
 from ablate.spec.load import Path_, Problem, SourceMap, dotted, load_document
 from ablate.spec.schema import Spec
 from ablate.spec.sweep import (
+    SEED_AXIS,
     TARGET_AXIS,
     Trial,
     expand,
@@ -190,7 +191,7 @@ def _check_grid(
         )
     for axis, values in grid.items():
         where = (*prefix, axis)
-        if axis != TARGET_AXIS and not schema_has_path(Spec, axis.split("."), raw):
+        if axis not in (TARGET_AXIS, SEED_AXIS) and not schema_has_path(Spec, axis.split("."), raw):
             guess = difflib.get_close_matches(axis, _all_paths(raw), n=1)
             hint = f"; did you mean '{guess[0]}'?" if guess else ""
             problems.append(
@@ -252,7 +253,7 @@ def _check_sweep(raw: dict, spec: Spec | None, source: SourceMap) -> list[Proble
     normal_points = [{p: normalise(raw, p, v) for p, v in point.items()} for point in points]
     for i, rule in enumerate(spec.sweep.exclude):
         where = ("sweep", "exclude", i)
-        unknown = [p for p in rule if p not in grid and p != TARGET_AXIS]
+        unknown = [p for p in rule if p not in grid and p not in (TARGET_AXIS, SEED_AXIS)]
         if unknown:
             problems.append(
                 _problem(
@@ -297,9 +298,9 @@ def _check_sweep(raw: dict, spec: Spec | None, source: SourceMap) -> list[Proble
             continue
         trial_raw = raw
         for path, value in point.items():
-            if path != TARGET_AXIS:
+            if path not in (TARGET_AXIS, SEED_AXIS):
                 trial_raw = set_path(trial_raw, path, value)
-        changed = {p: v for p, v in point.items() if p != TARGET_AXIS}
+        changed = {p: v for p, v in point.items() if p not in (TARGET_AXIS, SEED_AXIS)}
         _, trial_problems = _validate_schema(
             trial_raw, source, ("sweep", "grid"), f" [in the trial {changed}]"
         )

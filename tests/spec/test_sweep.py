@@ -90,3 +90,13 @@ def test_problems_in_the_second_grid_name_its_index(problems):
         )
     )
     assert len(found) == 1 and "sweep.grid[1].distill.loss[0]" in found[0]
+
+
+def test_seed_axis_in_a_grid_overrides_sweep_seeds(write):
+    text = BASE.replace(
+        "  grid:\n    target: [width, depth]\n    distill.loss: [kld, ce]\n",
+        "  grid:\n    - {target: [width, depth], distill.loss: [kld, ce]}\n    - {target: [width], seed: [1, 2]}\n",
+    )
+    loaded = load_spec(write(text))
+    assert sorted(t.seed for t in loaded.trials) == [0, 0, 0, 0, 1, 2]
+    assert all(t.overrides["distill.loss"] == "kld" for t in loaded.trials if t.seed)
