@@ -18,6 +18,12 @@ from ablate.spec.units import format_tokens
 from ablate.spec.validate import LoadedSpec, load_spec
 
 
+def wide_console(stderr: bool = False) -> Console:
+    """Tables of trials are wide: when output goes to a file or pipe, do not squeeze them into 80 columns."""
+    stream = sys.stderr if stderr else sys.stdout
+    return Console(stderr=stderr, width=None if stream.isatty() else 200, log_path=False)
+
+
 def _load_or_exit(spec_path: str, as_json: bool) -> LoadedSpec:
     try:
         return load_spec(spec_path)
@@ -215,4 +221,4 @@ def plan_command(spec_path: str, as_json: bool, mfu: float, gpu: str) -> None:
     if as_json:
         click.echo(json.dumps(plan, indent=2))
     else:
-        print_plan(plan, Console())
+        print_plan(plan, wide_console())
