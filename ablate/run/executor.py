@@ -2,30 +2,40 @@
 
 The SQL records are the source of truth; MLflow mirrors them. Both are written from the driver only
 (parallel writers lock SQLite): trial workers send their metrics through `tune.report`, and the
-driver's Tune callback records them. Ray Tune neither de-duplicates re-runs nor nests MLflow runs, so
-ablate does both: finished stages and trials are skipped, an interrupted distillation resumes from its
-checkpoint in the artifact store, and each trial keeps its one MLflow child run across submissions.
+driver's Tune callback records them in batches. Ray Tune neither de-duplicates re-runs nor nests MLflow
+runs, so ablate does both:
+
+- a stage whose artifact is in the store is never run again (in this submission or a later one, by this
+  experiment or another); a trial whose distill and eval artifacts exist is recorded from them in the
+  driver without starting Ray at all;
+- an interrupted distillation resumes from its checkpoint in `<artifacts>/.work/<distill hash>`;
+- each trial keeps its one MLflow child run (found by tag) across submissions, and a submission with
+  nothing to do opens neither Ray nor MLflow.
+
+A deterministic trial failure (an `AblateError` in the trial: divergence, a bad model) is reported by the
+trial itself and recorded as failed without retries; a crash counts against `resources.max_failures`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ablate.errors import AblateError, RunError
+from ablate.errors import RunError
 from ablate.plan.graph import StageGraph, build_graph
 from ablate.plan.stages import Stage
+from ablate.run import runners
 from ablate.run.artifacts import ArtifactStore
-from ablate.run.runners import run_stage
+from ablate.run.runners import error_line, run_stage
 from ablate.spec.validate import LoadedSpec
-from ablate.track.db import Records, connect
+from ablate.track.db import Records, TrialInfo, connect
 from ablate.track.mlflow import MlflowMirror
 
 log = logging.getLogger(__name__)
@@ -33,6 +43,16 @@ SHARED_KINDS = ("teacher", "importance", "prune")
 TRIAL_KINDS = ("distill", "eval")
 OBJECT_STORE_BYTES = 256 * 1024**2  # trials exchange paths, not tensors: keep Ray's shared memory small
 Progress = Callable[[str, dict[str, Any]], None]
+KEY_DISTILL_PARAMS = ("loss", "lr", "tokens", "global_batch", "micro_batch", "warmup_steps", "schedule")
+
+__all__ = [  # noqa: F822 - the two Tune classes are defined on first use (module __getattr__)
+    "CancelStopper",
+    "Executor",
+    "RecordingCallback",
+    "SubmitResult",
+    "init_ray",
+    "submit",
+]
 
 
 @dataclass
@@ -70,60 +90,56 @@ def _absolute_sqlite(url: str) -> str:
     return url
 
 
-def init_ray(address: str | None) -> None:
-    """Local Ray sized to this machine (dashboard off, object store capped), or a cluster by address."""
+def _ray_env() -> None:
+    """Process-wide settings for Ray and Tune, before either starts."""
+    os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # we record results ourselves
+    os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")  # start/done reports carry no loss
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+
+
+def init_ray(address: str | None = None) -> None:
+    """Local Ray sized to this machine (dashboard off, object store capped), or a cluster by address
+    (`address`, else $RAY_ADDRESS). A no-op when Ray is already initialised in this process."""
     import ray
 
     if ray.is_initialized():
         return
-    os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
-    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    _ray_env()
     address = address or os.environ.get("RAY_ADDRESS") or None
     common = {"logging_level": logging.WARNING, "log_to_driver": False, "configure_logging": True}
-    if address:
-        ray.init(address=address, **common)
-    else:
-        ray.init(
-            num_cpus=os.cpu_count(), include_dashboard=False, object_store_memory=OBJECT_STORE_BYTES, **common
-        )
+    try:
+        if address:
+            ray.init(address=address, **common)
+        else:
+            ray.init(include_dashboard=False, object_store_memory=OBJECT_STORE_BYTES, **common)
+    except ConnectionError as exc:
+        raise RunError(
+            f"cannot connect to the Ray cluster at {address}: {error_line(exc)}; "
+            "check --address / RAY_ADDRESS (and that `ray start --head` is running there)"
+        ) from None
 
 
-def _stage_task(stage: Stage, parents: dict[str, Stage], store_url: str, base_dir: str, *deps: Any) -> dict:
+def _stage_task(
+    stage: Stage, parents: dict[str, Stage], store_url: str, base_dir: str, threads: int, *deps: Any
+) -> dict:
     """Body of the Ray task of a shared stage (its parent tasks' results arrive as `deps`)."""
     import torch
 
-    torch.set_num_threads(max(1, int(os.environ.get("ABLATE_STAGE_THREADS", "1"))))
-    return run_stage(stage, ArtifactStore(store_url), parents, base_dir)
+    torch.set_num_threads(max(1, threads))
+    started = time.perf_counter()
+    facts = run_stage(stage, ArtifactStore(store_url), parents, base_dir)
+    return {**facts, "seconds": round(time.perf_counter() - started, 3)}
 
 
 def _trial_body(config: dict, payloads: dict[str, dict]) -> None:
-    """Body of one Ray Tune trial: the trial's distill and eval stages, metrics through tune.report."""
-    import torch
-    from ray import tune
+    """Kept for callers of the old name: the trial body is `ablate.run.runners.tune_trial`."""
+    runners.tune_trial(config, payloads)
 
-    payload = payloads[config["key"]]
-    torch.set_num_threads(max(1, int(payload["cpu"])))
-    store = ArtifactStore(payload["store"])
-    stages: dict[str, Stage] = payload["stages"]
-    distill, evaluate = stages["distill"], stages["eval"]
 
-    def on_step(metrics: dict[str, Any]) -> None:
-        tune.report({k: v for k, v in metrics.items() if isinstance(v, (int, float))} | {"phase": "distill"})
-
-    facts = run_stage(
-        distill, store, {"prune": stages["prune"], "teacher": stages["teacher"]}, payload["base_dir"], on_step
-    )
-    metrics = run_stage(
-        evaluate, store, {"distill": distill, "teacher": stages["teacher"]}, payload["base_dir"]
-    )
-    if metrics.get("reused"):
-        import json
-
-        metrics = json.loads((store.local_path(evaluate.hash) / "metrics.json").read_text())
-    final = {f"final_{k}": v for k, v in metrics.items()}
-    extra = {k: v for k, v in facts.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    tune.report({**final, **{f"distill_{k}": v for k, v in extra.items()}, "phase": "done"})
+def _scalars(d: dict[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in d.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
 class Executor:
@@ -139,10 +155,48 @@ class Executor:
         self.base_dir = str(loaded.path.parent.resolve())
         self.store = ArtifactStore(_absolute(self.spec.tracking.artifacts))
         self.records: Records = connect(_absolute_sqlite(self.spec.tracking.db))
-        self.mirror = MlflowMirror(_absolute_sqlite(self.spec.tracking.mlflow), self.name)
+        self.mlflow_uri = _absolute_sqlite(self.spec.tracking.mlflow)
+        self._mirror: MlflowMirror | None = None
         self.trial_ids: dict[str, int] = {}
+        self.trial_infos: dict[str, TrialInfo] = {}
         self.run_ids: dict[str, str] = {}
+        self.stage_status: dict[str, str] = {}
+        self.mlflow_after_step: dict[str, int] = {}  # trial key -> last step MLflow already has
         self.result = SubmitResult(self.name)
+
+    # ---------------------------------------------------------------- MLflow, opened only when needed
+    @property
+    def mirror(self) -> MlflowMirror:
+        if self._mirror is None:
+            self._mirror = MlflowMirror(self.mlflow_uri, self.name)
+            parent = self._mirror.parent_run()
+            self.records.set_experiment_mlflow(self.name, self._mirror.experiment_id, parent)
+        return self._mirror
+
+    def _mlflow_sqlite_missing(self) -> bool:
+        prefix = "sqlite:///"
+        return self.mlflow_uri.startswith(prefix) and not Path(self.mlflow_uri[len(prefix) :]).exists()
+
+    def run_id(self, key: str) -> str:
+        """The trial's MLflow child run, found or created on first use (params + stage hashes as tags)."""
+        if key not in self.run_ids:
+            trial = next(t for t in self.loaded.trials if t.key == key)
+            stages = self.graph.trial_stages[key]
+            resolved = trial.resolved()
+            params = {f"distill.{k}": resolved["distill"].get(k) for k in KEY_DISTILL_PARAMS}
+            params |= {
+                "data.seq_len": resolved["data"]["seq_len"],
+                "target": trial.target,
+                "seed": trial.seed,
+            }
+            params |= {k: str(v) for k, v in trial.overrides.items()}  # what the sweep varied, as given
+            tags = {f"ablate.stage.{kind}": h for kind, h in stages.items()} | {"ablate.target": trial.target}
+            run_id = self.mirror.child_run(key, params=params, tags=tags)
+            self.run_ids[key] = run_id
+            info = self.trial_infos.get(key)
+            if info is None or info.mlflow_run_id != run_id:
+                self.records.set_trial_mlflow_run(self.trial_ids[key], run_id)
+        return self.run_ids[key]
 
     # ---------------------------------------------------------------- records
     def register(self) -> None:
@@ -150,62 +204,78 @@ class Executor:
         self.records.upsert_experiment(
             self.name, spec_text, hashlib.sha256(spec_text.encode()).hexdigest()[:16]
         )
-        self.records.recover_interrupted(self.name)
+        recovered = self.records.recover_interrupted(self.name)
+        if any(recovered.values()):
+            self.records.log_event(
+                f"recovered after an interrupted submission: {recovered['trials']} trial(s), "
+                f"{recovered['stages']} stage(s) were running",
+                level="warning",
+                experiment=self.name,
+            )
+        known = {s.hash: s.status for s in self.records.stages()}
         for stage in self.graph.stages.values():
-            self.records.upsert_stage(stage.hash, stage.kind, stage.config, stage.parents)
-            status = self.records.stage_status(stage.hash)
+            status = known.get(stage.hash)
+            if status is None:
+                self.records.upsert_stage(stage.hash, stage.kind, stage.config, stage.parents)
+                status = "pending"
             present = self.store.exists(stage.hash)
             if status == "completed" and not present:
                 self.records.reset_stage(stage.hash)  # its artifact vanished: run it again
+                status = "pending"
             elif present and status != "completed":
                 self.records.mark_stage_completed(stage.hash, self.store.path_for(stage.hash))
-        parent = self.mirror.parent_run()
-        self.records.set_experiment_mlflow(self.name, self.mirror.experiment_id, parent)
+                status = "completed"
+            self.stage_status[stage.hash] = status
+        existing = {t.key: t for t in self.records.trials(self.name)}
         for trial in self.loaded.trials:
-            stages = self.graph.trial_stages[trial.key]
-            info = self.records.upsert_trial(
-                self.name, trial.key, trial.overrides, config=trial.resolved(), stages=list(stages.values())
-            )
+            info = existing.get(trial.key)
+            if info is None or info.status != "completed":
+                stages = self.graph.trial_stages[trial.key]
+                info = self.records.upsert_trial(
+                    self.name,
+                    trial.key,
+                    trial.overrides,
+                    config=trial.resolved(),
+                    stages=list(stages.values()),
+                )
+            self.trial_infos[trial.key] = info
             self.trial_ids[trial.key] = info.id
-            params = {**{k: str(v) for k, v in trial.overrides.items()}, "params": None}
-            params.pop("params")
-            tags = {f"ablate.stage.{kind}": h for kind, h in stages.items()} | {"ablate.target": trial.target}
-            run_id = self.mirror.child_run(trial.key, params=params, tags=tags)
-            self.run_ids[trial.key] = run_id
-            if info.mlflow_run_id != run_id:
-                self.records.set_trial_mlflow_run(info.id, run_id)
+            if info.mlflow_run_id:
+                self.run_ids[trial.key] = info.mlflow_run_id
 
     def _count(self, bucket: dict[str, int], kind: str) -> None:
         bucket[kind] = bucket.get(kind, 0) + 1
 
+    def _done(self, h: str) -> bool:
+        return self.stage_status.get(h) == "completed"
+
     # ---------------------------------------------------------------- shared stages
     def run_shared_stages(self) -> dict[str, str]:
         """Teacher, importance and prune stages as Ray tasks in dependency order; returns failures."""
-        trial_res = self.spec.resources.trial
-        todo = [
-            s
-            for s in self.graph.stages.values()
-            if s.kind in SHARED_KINDS and self.records.stage_status(s.hash) != "completed"
-        ]
-        if todo:
-            init_ray(self.address)
+        shared = [s for s in self.graph.stages.values() if s.kind in SHARED_KINDS]
+        for stage in shared:
+            if self._done(stage.hash):
+                self._count(self.result.stages_reused, stage.kind)
+        todo = [s for s in shared if not self._done(s.hash)]
+        failures: dict[str, str] = {}
+        if not todo:
+            return failures
+        init_ray(self.address)
         import ray
 
+        trial_res = self.spec.resources.trial
         remote = ray.remote(_stage_task)
         refs: dict[str, Any] = {}
         pending: dict[Any, Stage] = {}
-        failures: dict[str, str] = {}
-        for stage in self.graph.stages.values():  # insertion order is a topological order
-            if stage.kind not in SHARED_KINDS:
-                continue
-            if self.records.stage_status(stage.hash) == "completed":
-                self._count(self.result.stages_reused, stage.kind)
-                continue
+        for stage in todo:  # insertion order is a topological order
             parents = {self.graph.stages[p].kind: self.graph.stages[p] for p in stage.parents}
             deps = [refs[p] for p in stage.parents if p in refs]
-            ref = remote.options(num_cpus=trial_res.cpu, num_gpus=trial_res.gpu, max_retries=0).remote(
-                stage, parents, self.store.url, self.base_dir, *deps
-            )
+            ref = remote.options(
+                num_cpus=trial_res.cpu,
+                num_gpus=trial_res.gpu,
+                max_retries=self.spec.resources.max_failures,
+                retry_exceptions=False,
+            ).remote(stage, parents, self.store.url, self.base_dir, max(1, int(trial_res.cpu)), *deps)
             refs[stage.hash] = ref
             pending[ref] = stage
             self.records.mark_stage_running(stage.hash)
@@ -214,46 +284,99 @@ class Executor:
             done, _ = ray.wait(list(pending), num_returns=1)
             stage = pending.pop(done[0])
             try:
-                ray.get(done[0])
+                facts = ray.get(done[0])
             except Exception as exc:  # noqa: BLE001 - a stage failure is recorded, not raised
-                message = _error_text(exc)
+                message = error_line(exc)
+                if "upstream" not in message and isinstance(exc, ray.exceptions.RayTaskError):
+                    parent_failed = [p for p in stage.parents if p in failures]
+                    if parent_failed:
+                        message = f"not run: its parent stage {parent_failed[0]} failed"
                 failures[stage.hash] = message
+                self.stage_status[stage.hash] = "failed"
                 self.records.mark_stage_failed(stage.hash, message)
+                self.records.log_event(
+                    f"{stage.kind} stage {stage.hash} failed: {message}",
+                    level="error",
+                    experiment=self.name,
+                    stage_hash=stage.hash,
+                )
                 self._count(self.result.stages_failed, stage.kind)
                 self.progress("stage_failed", {"kind": stage.kind, "hash": stage.hash, "error": message})
                 continue
+            self.stage_status[stage.hash] = "completed"
             self.records.mark_stage_completed(stage.hash, self.store.path_for(stage.hash))
             self._count(self.result.stages_run, stage.kind)
-            self.progress("stage_done", {"kind": stage.kind, "hash": stage.hash})
+            self.progress("stage_done", {"kind": stage.kind, "hash": stage.hash, "facts": facts})
         return failures
 
     # ---------------------------------------------------------------- trials
-    def run_trials(self, failures: dict[str, str]) -> None:
-        from ray import tune
+    def _trial_done(self, key: str) -> bool:
+        info = self.trial_infos[key]
+        stages = self.graph.trial_stages[key]
+        return info.status == "completed" and all(self._done(stages[k]) for k in TRIAL_KINDS)
 
-        todo = []
+    def run_trials(self, failures: dict[str, str]) -> None:
+        todo, from_artifacts = [], []
         for trial in self.loaded.trials:
-            stages = self.graph.trial_stages[trial.key]
-            info = self.records.get_trial(self.name, trial.key)
-            if (
-                info is not None
-                and info.status == "completed"
-                and all(self.store.exists(stages[k]) for k in TRIAL_KINDS)
-            ):
+            key = trial.key
+            stages = self.graph.trial_stages[key]
+            if self._trial_done(key):
                 for kind in TRIAL_KINDS:
                     self._count(self.result.stages_reused, kind)
+                if key not in self.run_ids and not self._mlflow_sqlite_missing():
+                    self.run_id(key)  # completed before MLflow was mirrored: give it its run now
                 continue
             broken = [h for h in stages.values() if h in failures]
             if broken:
                 error = f"upstream stage {broken[0]} failed: {failures[broken[0]]}"
-                self.records.set_trial_status(self.trial_ids[trial.key], "failed", error=error)
-                self.mirror.set_terminated(self.run_ids[trial.key], "FAILED")
+                self.records.set_trial_status(self.trial_ids[key], "failed", error=error)
+                self.mirror.set_terminated(self.run_id(key), "FAILED")
+                self.progress("trial_failed", {"key": key, "error": error})
                 continue
-            todo.append(trial)
-        if not todo:
-            return
+            if all(self._done(stages[k]) for k in TRIAL_KINDS):
+                from_artifacts.append(key)
+            else:
+                todo.append(trial)
+        for key in from_artifacts:
+            self._record_from_artifacts(key)
+        if todo:
+            self._tune(todo)
+
+    def _record_from_artifacts(self, key: str) -> None:
+        """A trial whose distill and eval artifacts exist (another experiment made them, or a killed
+        submission published them before recording): record it from the store, no Ray involved."""
+        stages = self.graph.trial_stages[key]
+        facts = runners.read_distill_facts(self.store, stages["distill"])
+        final = runners.read_eval_metrics(self.store, stages["eval"])
+        tpp = facts.get("tokens_per_step") or 0
+        rows = [("loss", i + 1, v) for i, v in enumerate(facts["loss_curve"])]
+        rows += [("lr", i + 1, v) for i, v in enumerate(facts["lr_curve"])]
+        rows += (
+            [("tokens", i + 1, float((i + 1) * tpp)) for i in range(len(facts["loss_curve"]))] if tpp else []
+        )
+        trial_id, run_id = self.trial_ids[key], self.run_id(key)
+        self.records.log_metrics(trial_id, rows)
+        self.records.log_final_metrics(trial_id, final)
+        self.records.set_trial_status(trial_id, "completed")
+        self.mirror.log_step_metrics(run_id, rows + _final_rows(final, facts.get("steps") or 0))
+        self.mirror.set_terminated(run_id, "FINISHED")
+        for kind in TRIAL_KINDS:
+            self._count(self.result.stages_reused, kind)
+        self.progress("trial_done", {"key": key, "metrics": final, "reused": True})
+
+    def _tune(self, todo: list) -> None:
         init_ray(self.address)
+        from ray import tune
+
         trial_res = self.spec.resources.trial
+        for t in todo:
+            self.run_id(t.key)  # every child run exists before the first result arrives
+            info = self.trial_infos[t.key]
+            if info.attempts:  # an earlier attempt logged steps to MLflow: do not log them twice
+                self.mlflow_after_step[t.key] = self._mlflow_last_step(self.run_ids[t.key])
+            stages = self.graph.trial_stages[t.key]
+            if self._done(stages["distill"]):
+                self._count(self.result.stages_reused, "distill")
         payloads = {
             t.key: {
                 "stages": {k: self.graph.stages[h] for k, h in self.graph.trial_stages[t.key].items()},
@@ -263,20 +386,24 @@ class Executor:
             }
             for t in todo
         }
-        for t in todo:
-            for kind in TRIAL_KINDS:
-                h = self.graph.trial_stages[t.key][kind]
-                if self.store.exists(h):
-                    self._count(self.result.stages_reused, kind)
         trainable = tune.with_resources(
-            tune.with_parameters(_trial_body, payloads=payloads), {"cpu": trial_res.cpu, "gpu": trial_res.gpu}
+            tune.with_parameters(runners.tune_trial, payloads=payloads),
+            {"cpu": trial_res.cpu, "gpu": trial_res.gpu},
         )
         scheduler = None
         if self.spec.resources.asha:
             from ray.tune.schedulers import ASHAScheduler
 
-            scheduler = ASHAScheduler(metric="loss", mode="min", time_attr="step", grace_period=max(1, 10))
-        callback = RecordingCallback(self)
+            steps = max(
+                1,
+                math.ceil(
+                    self.spec.distill.tokens / (self.spec.distill.global_batch * self.spec.data.seq_len)
+                ),
+            )
+            scheduler = ASHAScheduler(
+                metric="loss", mode="min", time_attr="step", max_t=steps, grace_period=max(1, steps // 8)
+            )
+        callback = __getattr__("RecordingCallback")(self)
         storage = Path(self.store.root if self.store.is_local else "~/.cache/ablate").expanduser() / ".tune"
         tuner = tune.Tuner(
             trainable,
@@ -289,22 +416,33 @@ class Executor:
                 trial_dirname_creator=lambda tr: tr.config["key"],
             ),
             run_config=tune.RunConfig(
-                name=f"{self.name}-{int(time.time())}",
+                name=f"{self.name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}",
                 storage_path=str(storage),
                 failure_config=tune.FailureConfig(max_failures=self.spec.resources.max_failures),
                 callbacks=[callback],
-                stop=CancelStopper(self.records, self.name),
+                stop=__getattr__("CancelStopper")(self.records, self.name),
                 verbose=0,
+                log_to_file=False,
             ),
         )
-        logging.getLogger("ray.tune").setLevel(logging.ERROR)  # no result.json by design: we record results
+        for name in ("ray.tune", "ray.train"):
+            logging.getLogger(name).setLevel(logging.ERROR)  # no result files by design: we record results
         tuner.fit()
         callback.flush_all()
         for t in todo:  # anything Tune stopped (cancel) without a terminal callback
             info = self.records.get_trial(self.name, t.key)
             if info is not None and info.status in ("pending", "running"):
                 self.records.set_trial_status(info.id, "cancelled", error="cancelled before it finished")
+                self.mirror.set_terminated(self.run_ids[t.key], "KILLED")
 
+    def _mlflow_last_step(self, run_id: str) -> int:
+        try:
+            history = self.mirror.client.get_metric_history(run_id, "loss")
+        except Exception:  # noqa: BLE001 - only an optimisation against duplicate points
+            return 0
+        return max((m.step for m in history), default=0)
+
+    # ---------------------------------------------------------------- the whole submission
     def submit(self) -> SubmitResult:
         started = time.perf_counter()
         self.register()
@@ -325,6 +463,9 @@ class Executor:
             if t.key in keys
         ]
         self.result.wall_s = time.perf_counter() - started
+        ran = sum(self.result.stages_run.values()) + sum(self.result.stages_failed.values())
+        if self._mirror is not None and ran:
+            self.mirror.set_terminated(self.mirror.parent_run(), "FINISHED" if self.result.ok else "FAILED")
         self.records.log_event(
             f"submission finished in {self.result.wall_s:.1f}s: {sum(self.result.stages_run.values())} stages run, "
             f"{sum(self.result.stages_reused.values())} reused, {sum(self.result.stages_failed.values())} failed",
@@ -332,25 +473,25 @@ class Executor:
         )
         return self.result
 
+    def close(self) -> None:
+        self.records.close()
+
+
+def _final_rows(final: dict[str, float], step: int) -> list[tuple[str, int, float]]:
+    """Final eval metrics for MLflow: `eval_<name>` at the last step, the same series as periodic evals
+    (`distill.eval_every`), so the run table shows them and they never mix with per-step values."""
+    return [(f"eval_{k}", step, v) for k, v in final.items() if v is not None]
+
 
 def _error_text(exc: BaseException) -> str:
-    """The innermost meaningful message of a (possibly Ray-wrapped) exception, one line first."""
-    cause = getattr(exc, "cause", None) or exc
-    if isinstance(cause, AblateError):
-        return f"{type(cause).__name__}: {cause}"
-    text = str(cause).strip()
-    return f"{type(cause).__name__}: {text}" if text else type(cause).__name__
+    """Kept for callers of the old name: see `ablate.run.runners.error_line`."""
+    return error_line(exc)
 
 
-try:
-    from ray.tune import Callback as _TuneCallback
-    from ray.tune import Stopper as _TuneStopper
-except ImportError:  # pragma: no cover - ray is a hard dependency
-    _TuneCallback = object  # type: ignore[assignment,misc]
-    _TuneStopper = object  # type: ignore[assignment,misc]
-
-
+# ---------------------------------------------------------------------------------------------- Tune hooks
+# Defined on first use, so that a submission with nothing to run never imports Ray Tune (~1 s).
 _LIVE: dict[int, Any] = {}
+_TUNE_CLASSES: dict[str, type] = {}
 
 
 class _DriverOnly:
@@ -365,107 +506,22 @@ class _DriverOnly:
         self.__dict__.update(_LIVE.get(state["_live_id"], {}))
 
 
-class RecordingCallback(_DriverOnly, _TuneCallback):
-    """Runs in the driver: turns Tune's trial events into SQL records and MLflow metrics.
-
-    Per-step metrics are buffered and written in batches (one SQL insert and one MLflow log_batch per
-    flush), so recording costs a few calls per trial rather than one per value.
-    """
-
-    FLUSH_S = 2.0
-
-    def __init__(self, executor: Executor):
-        self.ex = executor
-        self.buffer: dict[str, list[tuple[str, int, float]]] = {}
-        self.last_flush = time.monotonic()
-        self.lock = threading.Lock()
-
-    def _key(self, trial) -> str:
-        return trial.config["key"]
-
-    def on_trial_start(self, iteration, trials, trial, **info):
-        key = self._key(trial)
-        self.ex.records.set_trial_status(self.ex.trial_ids[key], "running")
-        self.ex.mirror.set_status(self.ex.run_ids[key], "RUNNING")
-        self.ex.progress("trial_start", {"key": key})
-
-    def on_trial_result(self, iteration, trials, trial, result, **info):
-        key = self._key(trial)
-        if result.get("phase") == "distill" and "step" in result:
-            step = int(result["step"])
-            rows = self.buffer.setdefault(key, [])
-            for name in ("loss", "lr", "tokens", "grad_norm", "loss_kld", "loss_ce", "loss_intermediate"):
-                if name in result:
-                    rows.append((name, step, float(result[name])))
-            for name, value in result.items():
-                if name.startswith("eval_") and isinstance(value, (int, float)):
-                    rows.append((name, step, float(value)))
-            self.ex.progress(
-                "trial_step",
-                {"key": key, "step": step, "steps": result.get("steps"), "loss": result.get("loss")},
-            )
-        if time.monotonic() - self.last_flush > self.FLUSH_S:
-            self.flush_all()
-
-    def flush(self, key: str) -> None:
-        rows = self.buffer.pop(key, [])
-        if rows:
-            self.ex.records.log_metrics(self.ex.trial_ids[key], rows)
-            self.ex.mirror.log_step_metrics(self.ex.run_ids[key], rows)
-
-    def flush_all(self) -> None:
-        for key in list(self.buffer):
-            self.flush(key)
-        self.last_flush = time.monotonic()
-
-    def on_trial_complete(self, iteration, trials, trial, **info):
-        key = self._key(trial)
-        self.flush(key)
-        last = trial.last_result or {}
-        final = {k.removeprefix("final_"): float(v) for k, v in last.items() if k.startswith("final_")}
-        trial_id, run_id = self.ex.trial_ids[key], self.ex.run_ids[key]
-        stages = self.ex.graph.trial_stages[key]
-        if last.get("phase") != "done" or not final:
-            self.ex.records.set_trial_status(trial_id, "cancelled", error="stopped before it finished")
-            self.ex.mirror.set_terminated(run_id, "KILLED")
-            return
-        for kind in TRIAL_KINDS:
-            if self.ex.records.stage_status(stages[kind]) != "completed":
-                self.ex.records.mark_stage_completed(stages[kind], self.ex.store.path_for(stages[kind]))
-                self.ex._count(self.ex.result.stages_run, kind)
-        self.ex.records.log_final_metrics(trial_id, final)
-        self.ex.mirror.log_final_metrics(run_id, final)
-        self.ex.records.set_trial_status(trial_id, "completed")
-        self.ex.mirror.set_terminated(run_id, "FINISHED")
-        self.ex.progress("trial_done", {"key": key, "metrics": final})
-
-    def on_trial_error(self, iteration, trials, trial, **info):
-        key = self._key(trial)
-        self.flush(key)
-        error = _tune_error(trial)
-        trial_id, run_id = self.ex.trial_ids[key], self.ex.run_ids[key]
-        for kind in TRIAL_KINDS:
-            h = self.ex.graph.trial_stages[key][kind]
-            if not self.ex.store.exists(h):
-                self.ex.records.mark_stage_failed(h, error)
-                self.ex._count(self.ex.result.stages_failed, kind)
-                break
-        self.ex.records.set_trial_status(trial_id, "failed", error=error)
-        self.ex.records.log_event(
-            f"trial {key} failed: {error}", level="error", experiment=self.ex.name, trial_id=trial_id
-        )
-        self.ex.mirror.set_terminated(run_id, "FAILED")
-        self.ex.progress("trial_failed", {"key": key, "error": error})
+def __getattr__(name: str) -> Any:
+    if name in ("RecordingCallback", "CancelStopper"):
+        if not _TUNE_CLASSES:
+            _define_tune_classes()
+        return _TUNE_CLASSES[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def _tune_error(trial) -> str:
+def _trial_error(trial: Any) -> str:
     """The trial's exception as one readable line (Tune keeps the full traceback in error_file)."""
     try:
         exc = trial.get_error()
     except Exception:  # noqa: BLE001
         exc = None
     if exc is not None:
-        return _error_text(exc)
+        return error_line(exc)
     path = getattr(trial, "error_file", None)
     if path and Path(path).exists():
         lines = [line for line in Path(path).read_text().strip().splitlines() if line.strip()]
@@ -473,27 +529,196 @@ def _tune_error(trial) -> str:
     return "failed (no error recorded by Ray Tune)"
 
 
-class CancelStopper(_DriverOnly, _TuneStopper):
-    """Stops every trial once `ablate cancel NAME` has asked for it (polled every few seconds)."""
+def _define_tune_classes() -> None:
+    from ray.tune import Callback, Stopper
 
-    POLL_S = 2.0
+    class RecordingCallback(_DriverOnly, Callback):
+        """Runs in the driver: turns the trials' reports into SQL records and MLflow metrics.
 
-    def __init__(self, records: Records, name: str):
-        self.records, self.name = records, name
-        self.last, self.cancelled = 0.0, False
+        Per-step values are buffered and written every FLUSH_S seconds per trial (one multi-row SQL
+        insert and one MLflow log_batch per flush), and once more when the trial ends, so recording
+        costs a handful of calls per trial rather than one per value.
+        """
 
-    def __call__(self, trial_id, result) -> bool:
-        return self.stop_all()
+        FLUSH_S = 2.0
 
-    def stop_all(self) -> bool:
-        now = time.monotonic()
-        if not self.cancelled and now - self.last > self.POLL_S:
-            self.last = now
-            self.cancelled = self.records.cancel_requested(self.name)
-        return self.cancelled
+        def __init__(self, executor: Executor):
+            self.ex = executor
+            self.buffer: dict[str, list[tuple[str, int, float]]] = {}
+            self.tags: dict[str, dict[str, str]] = {}
+            self.outcome: dict[str, dict[str, Any]] = {}
+            self.last_flush = time.monotonic()
+
+        @staticmethod
+        def _key(trial: Any) -> str:
+            return trial.config["key"]
+
+        def on_trial_start(self, iteration, trials, trial, **info):
+            key = self._key(trial)
+            ex = self.ex
+            ex.records.set_trial_status(ex.trial_ids[key], "running")
+            distill = ex.graph.trial_stages[key]["distill"]
+            if not ex._done(distill):
+                ex.records.mark_stage_running(distill)
+            ex.mirror.set_status(ex.run_ids[key], "RUNNING")
+            ex.progress("trial_start", {"key": key})
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            key = self._key(trial)
+            phase = result.get("phase")
+            if phase == runners.PHASE_STEP:
+                step = int(result["step"])
+                rows = self.buffer.setdefault(key, [])
+                rows.extend((name, step, value) for name, value in (result.get("m") or {}).items())
+                self.ex.progress(
+                    "trial_step",
+                    {"key": key, "step": step, "steps": result.get("steps"), "loss": result.get("loss")},
+                )
+            elif phase == runners.PHASE_START:
+                node, host = str(result.get("node") or ""), str(result.get("host") or "")
+                self.tags[key] = {"ablate.node": node, "ablate.host": host}
+                self.ex.records.log_event(
+                    f"trial {key} started on node {node[:16]} ({host}, pid {result.get('pid')})",
+                    experiment=self.ex.name,
+                    trial_id=self.ex.trial_ids[key],
+                )
+            elif phase in (runners.PHASE_DONE, runners.PHASE_FAILED):
+                self.outcome[key] = dict(result)
+            if time.monotonic() - self.last_flush > self.FLUSH_S:
+                self.flush_all()
+
+        def flush(self, key: str) -> None:
+            rows = self.buffer.pop(key, [])
+            if not rows:
+                return
+            self.ex.records.log_metrics(self.ex.trial_ids[key], rows)
+            after = self.ex.mlflow_after_step.get(key, 0)
+            fresh = [r for r in rows if r[1] > after] if after else rows
+            if fresh:
+                self.ex.mirror.log_step_metrics(self.ex.run_ids[key], fresh)
+
+        def flush_all(self) -> None:
+            for key in list(self.buffer):
+                self.flush(key)
+            self.last_flush = time.monotonic()
+
+        def _finish_tags(self, key: str) -> None:
+            tags = self.tags.pop(key, None)
+            if tags:
+                self.ex.mirror.set_tags(self.ex.run_ids[key], tags)
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            key = self._key(trial)
+            ex = self.ex
+            out = self.outcome.pop(key, None) or {}
+            if out.get("phase") == runners.PHASE_FAILED:
+                self.flush(key)
+                self._fail(
+                    key,
+                    f"{out.get('stage', 'distill')} failed: {out.get('error', 'failed')}",
+                    out.get("stage"),
+                )
+                return
+            if out.get("phase") != runners.PHASE_DONE:
+                self.flush(key)
+                stopped = "cancelled" if ex.records.cancel_requested(ex.name) else "stopped early by ASHA"
+                ex.records.set_trial_status(
+                    ex.trial_ids[key], "cancelled", error=f"{stopped} before it finished"
+                )
+                self._finish_tags(key)
+                ex.mirror.set_terminated(ex.run_ids[key], "KILLED")
+                ex.progress("trial_cancelled", {"key": key})
+                return
+            final = _scalars(out.get("final") or {})
+            facts = out.get("facts") or {}
+            steps = int(facts.get("steps") or 0)
+            for i, v in enumerate(facts.get("loss_curve") or []):  # distill published by an earlier attempt
+                self.buffer.setdefault(key, []).append(("loss", i + 1, float(v)))
+            self.flush(key)
+            trial_id, run_id = ex.trial_ids[key], ex.run_ids[key]
+            stages = ex.graph.trial_stages[key]
+            for kind in TRIAL_KINDS:
+                if not ex._done(stages[kind]):
+                    ex.records.mark_stage_completed(stages[kind], ex.store.path_for(stages[kind]))
+                    ex.stage_status[stages[kind]] = "completed"
+                    ex._count(ex.result.stages_run, kind)
+            ex.records.log_final_metrics(trial_id, final)
+            ex.records.set_trial_status(trial_id, "completed")
+            resumed = facts.get("resumed_from_step")
+            if resumed is not None:
+                ex.records.log_event(
+                    f"trial {key}: distillation resumed from its checkpoint at step {resumed}",
+                    experiment=ex.name,
+                    trial_id=trial_id,
+                )
+            ex.mirror.log_step_metrics(run_id, _final_rows(final, steps))
+            self._finish_tags(key)
+            ex.mirror.set_terminated(run_id, "FINISHED")
+            ex.progress("trial_done", {"key": key, "metrics": final, "resumed_from_step": resumed})
+
+        def _fail(self, key: str, error: str, kind: str | None) -> None:
+            ex = self.ex
+            trial_id, run_id = ex.trial_ids[key], ex.run_ids[key]
+            stages = ex.graph.trial_stages[key]
+            kinds = [kind] if kind in TRIAL_KINDS else [k for k in TRIAL_KINDS if not ex._done(stages[k])][:1]
+            for k in kinds:
+                ex.records.mark_stage_failed(stages[k], error)
+                ex.stage_status[stages[k]] = "failed"
+                ex._count(ex.result.stages_failed, k)
+            ex.records.set_trial_status(trial_id, "failed", error=error)
+            ex.records.log_event(
+                f"trial {key} failed: {error}", level="error", experiment=ex.name, trial_id=trial_id
+            )
+            self._finish_tags(key)
+            ex.mirror.set_terminated(run_id, "FAILED")
+            ex.progress("trial_failed", {"key": key, "error": error})
+
+        def on_trial_recover(self, iteration, trials, trial, **info):
+            key = self._key(trial)
+            self.flush(key)
+            self.ex.records.log_event(
+                f"trial {key} crashed and is retried (resources.max_failures): {_trial_error(trial)}",
+                level="warning",
+                experiment=self.ex.name,
+                trial_id=self.ex.trial_ids[key],
+            )
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            key = self._key(trial)
+            self.flush(key)
+            self.outcome.pop(key, None)
+            self._fail(key, _trial_error(trial), None)
+
+    class CancelStopper(_DriverOnly, Stopper):
+        """Stops every trial once `ablate cancel NAME` has asked for it (polled every few seconds)."""
+
+        POLL_S = 2.0
+
+        def __init__(self, records: Records, name: str):
+            self.records, self.name = records, name
+            self.last, self.cancelled = 0.0, False
+
+        def __call__(self, trial_id, result) -> bool:
+            return self.stop_all()
+
+        def stop_all(self) -> bool:
+            now = time.monotonic()
+            if not self.cancelled and now - self.last > self.POLL_S:
+                self.last = now
+                self.cancelled = self.records.cancel_requested(self.name)
+            return self.cancelled
+
+    for cls in (RecordingCallback, CancelStopper):
+        cls.__module__, cls.__qualname__ = __name__, cls.__name__
+        _TUNE_CLASSES[cls.__name__] = cls
 
 
 def submit(loaded: LoadedSpec, address: str | None = None, progress: Progress | None = None) -> SubmitResult:
+    """Run `loaded` (see the module docstring); the records and MLflow hold the outcome."""
     if not loaded.trials:
         raise RunError(f"spec {loaded.path} has no trials to run")
-    return Executor(loaded, address, progress).submit()
+    executor = Executor(loaded, address, progress)
+    try:
+        return executor.submit()
+    finally:
+        executor.close()

@@ -15,6 +15,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
+import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -22,7 +25,7 @@ from typing import Any
 
 import torch
 
-from ablate.errors import RunError
+from ablate.errors import AblateError, RunError
 from ablate.plan.stages import Stage
 from ablate.run.artifacts import ArtifactStore
 
@@ -94,6 +97,7 @@ def run_teacher(
             model.train()
             work = store_work_dir(store, stage.hash)
             result = train(model, None, splits.train, config, work, on_step=on_step)
+            model.eval()
             model.save_pretrained(out / "model")
             tokenizer.save_pretrained(out / "model")
             facts["correction"] = {
@@ -102,6 +106,8 @@ def run_teacher(
                 "final_loss": result.final_loss,
             }
         (out / "teacher.json").write_text(json.dumps(facts, indent=1))
+    if correction:
+        shutil.rmtree(store_work_dir(store, stage.hash), ignore_errors=True)
     return facts
 
 
@@ -185,23 +191,43 @@ def run_distill(
 
     prune, teacher_stage = parents["prune"], parents["teacher"]
     distill = dict(stage.config["distill"])
-    distill.pop("eval_every", None)
+    eval_every = distill.pop("eval_every", None)
     config = TrainConfig.from_mapping(
         distill, seq_len=stage.config["data"]["seq_len"], seed=stage.config["seed"]
     )
     student, tokenizer = load_model(str(store.local_path(prune.hash) / "model"))
     teacher = None
-    if config.needs_teacher:
+    if config.needs_teacher or eval_every:
         teacher, _ = load_teacher(store, teacher_stage.hash)
     splits = splits_for(stage.config, tokenizer, base_dir)
+    eval_fn = None
+    if eval_every:  # periodic held-out metrics (eval_lm_loss, eval_kl_to_teacher, ...) in the step stream
+        from ablate.evaluate import evaluate
+
+        batch_size = stage.config["calibration"]["batch_size"]
+        eval_fn = lambda model: evaluate(model, splits.eval, teacher=teacher, batch_size=batch_size)  # noqa: E731
     work = store_work_dir(store, stage.hash)
     student.train()
-    result = train(student, teacher, splits.train, config, work, on_step=on_step)
+    result = train(
+        student,
+        teacher if config.needs_teacher else None,
+        splits.train,
+        config,
+        work,
+        on_step=on_step,
+        eval_fn=eval_fn,
+        eval_every=eval_every,
+    )
     student.eval()
+    record = result.to_dict()
+    record["checkpoint"] = ""  # the work folder goes once the artifact is published
     with store.write(stage.hash) as out:
         student.save_pretrained(out / "model")
         tokenizer.save_pretrained(out / "model")
-        (out / "result.json").write_text(json.dumps(result.to_dict(), indent=1))
+        (out / "result.json").write_text(json.dumps(record, indent=1))
+    # Published: the resume checkpoint (weights + optimizer state, several times the model) is no longer
+    # needed; a later submission reuses the artifact instead.
+    shutil.rmtree(work, ignore_errors=True)
     return {
         "steps": result.steps,
         "tokens": result.tokens,
@@ -256,3 +282,117 @@ def run_stage(
     if stage.kind not in RUNNERS:
         raise RunError(f"no runner for stage kind {stage.kind!r}")
     return RUNNERS[stage.kind](stage, store, parents, base_dir, on_step)
+
+
+# ---------------------------------------------------------------------------------------------------- trials
+# Keys of what a trial reports through tune.report (read by the executor's RecordingCallback).
+PHASE_START, PHASE_STEP, PHASE_DONE, PHASE_FAILED = "start", "distill", "done", "failed"
+_BOOKKEEPING = ("step", "steps")
+
+
+def error_line(exc: BaseException) -> str:
+    """An exception as one readable line: the innermost cause of a Ray/Tune wrapper, its type and the
+    first line of its message (or the last line of a traceback text)."""
+    seen = set()
+    while id(exc) not in seen:
+        seen.add(id(exc))
+        inner = getattr(exc, "cause", None) or getattr(exc, "__cause__", None)
+        if not isinstance(inner, BaseException):
+            break
+        exc = inner
+    text = str(exc).strip()
+    if "Traceback (most recent call last)" in text:
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
+        return lines[-1] if lines else type(exc).__name__
+    first = text.splitlines()[0].strip() if text else ""
+    name = type(exc).__name__
+    if first.startswith(name + ":") or first.startswith(name + " "):
+        return first
+    return f"{name}: {first}" if first else name
+
+
+def tune_trial(config: dict[str, Any], payloads: dict[str, dict[str, Any]]) -> None:
+    """Body of one Ray Tune trial: the trial's distill and eval stages, everything reported through
+    `tune.report` (the driver records it; workers never write to the records or MLflow).
+
+    Reports, in order: `phase=start` (node, host, pid, time), one `phase=distill` per optimizer step
+    (`step`, `steps`, `loss` at the top for schedulers, every numeric value under `m`), then
+    `phase=done` (`final`: eval metrics, `facts`: steps, tokens, resumed_from_step) or `phase=failed`
+    (`error`: one line, `stage`: its kind). A deterministic failure (an AblateError: divergence, a bad
+    model, bad data) is reported and the function returns, so Ray Tune neither retries it nor tears
+    down the reusable actor; anything else (a crash, lost node) raises and counts against
+    `resources.max_failures`.
+    """
+    import ray
+    from ray import tune
+
+    payload = payloads[config["key"]]
+    torch.set_num_threads(max(1, int(payload["cpu"])))
+    try:
+        node = ray.get_runtime_context().get_node_id()
+    except Exception:  # noqa: BLE001 - informational only
+        node = ""
+    tune.report(
+        {
+            "phase": PHASE_START,
+            "node": node,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "started": time.time(),
+        }
+    )
+    store = ArtifactStore(payload["store"])
+    stages: dict[str, Stage] = payload["stages"]
+    distill, evaluate, teacher = stages["distill"], stages["eval"], stages["teacher"]
+    base_dir = payload["base_dir"]
+
+    def on_step(metrics: dict[str, Any]) -> None:
+        values = {
+            k: float(v)
+            for k, v in metrics.items()
+            if k not in _BOOKKEEPING and isinstance(v, (int, float)) and not isinstance(v, bool)
+        }
+        tune.report(
+            {
+                "phase": PHASE_STEP,
+                "step": int(metrics["step"]),
+                "steps": int(metrics.get("steps", 0)),
+                "loss": values.get("loss", float("nan")),
+                "m": values,
+            }
+        )
+
+    kind = "distill"
+    try:
+        facts = run_stage(distill, store, {"prune": stages["prune"], "teacher": teacher}, base_dir, on_step)
+        if facts.get("reused"):  # published by an earlier attempt: the driver records its curves
+            facts = read_distill_facts(store, distill.hash)
+        kind = "eval"
+        metrics = run_stage(evaluate, store, {"distill": distill, "teacher": teacher}, base_dir)
+        if metrics.get("reused"):
+            metrics = read_eval_metrics(store, evaluate.hash)
+    except AblateError as exc:
+        tune.report({"phase": PHASE_FAILED, "stage": kind, "error": error_line(exc)})
+        return
+    tune.report({"phase": PHASE_DONE, "final": metrics, "facts": facts, "finished": time.time()})
+
+
+def read_eval_metrics(store: ArtifactStore, eval_hash: str) -> dict[str, float]:
+    """The metrics of a published eval artifact."""
+    with store.open(eval_hash, "metrics.json", "r") as f:
+        return {k: float(v) for k, v in json.load(f).items()}
+
+
+def read_distill_facts(store: ArtifactStore, distill_hash: str) -> dict[str, Any]:
+    """What a published distill artifact says about its run (scalars, and the loss and lr curves)."""
+    with store.open(distill_hash, "result.json", "r") as f:
+        result = json.load(f)
+    return {
+        "steps": result.get("steps"),
+        "tokens": result.get("tokens"),
+        "final_loss": result.get("final_loss"),
+        "resumed_from_step": result.get("resumed_from_step"),
+        "loss_curve": result.get("loss_curve") or [],
+        "lr_curve": result.get("lr_curve") or [],
+        "tokens_per_step": result.get("tokens_per_step"),
+    }
