@@ -1,0 +1,372 @@
+"""Which model `ablate build` makes: the experiment, the chosen trial, and the exact stages behind it.
+
+A build starts from a spec file (its trials, tracking and build sections) or from an experiment name
+(the trials are rebuilt from the configs the results database recorded for them, and their keys are
+checked against the recorded ones, so the stage hashes are those the executor used). The recipe is the
+chosen trial's stage chain, teacher -> importance -> prune -> distill -> eval, plus, when `build.tokens`
+is larger than the trial's budget, a final distill stage that is the trial's with only `tokens`
+changed (so it has its own hash and is itself reused by the next build) and its eval stage.
+
+The best trial is, for now, the completed trial with the lowest final `lm_loss`; `choose_best` switches
+to the report's choice (`ablate.report.build_report(...).best_trial`) once that module provides it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ablate.errors import AblateError
+from ablate.plan.stages import Stage, trial_stages
+from ablate.spec.schema import TRIAL_SECTIONS, Build, Spec, Tracking
+from ablate.spec.sweep import Trial, stable_hash
+from ablate.spec.units import format_tokens, parse_tokens
+
+log = logging.getLogger(__name__)
+
+DEFAULT_DB = Tracking().db
+METRIC = "lm_loss"
+
+
+class BuildError(AblateError):
+    """The build cannot proceed (nothing finished to build, unknown trial, output folder in the way)."""
+
+
+def absolute_store(url: str) -> str:
+    return url if "://" in url else str(Path(url).expanduser().resolve())
+
+
+def absolute_sqlite(url: str) -> str:
+    """sqlite:///relative.db is relative to where `ablate` runs (as the executor reads it)."""
+    prefix = "sqlite:///"
+    if url.startswith(prefix) and not url.startswith(prefix + "/"):
+        return prefix + str(Path(url[len(prefix) :]).resolve())
+    return url
+
+
+def sqlite_missing(url: str) -> bool:
+    """True for a file-backed SQLite URL whose file does not exist (opening it would create it)."""
+    prefix = "sqlite:///"
+    return url.startswith(prefix) and not Path(url[len(prefix) :]).exists()
+
+
+@dataclass
+class Source:
+    """Where the experiment's definition and records come from."""
+
+    name: str
+    spec_path: Path | None
+    spec_text: str
+    base_dir: str
+    db_url: str
+    artifacts: str
+    build: Build
+    teacher_config_path: str | None = None
+    trials: list[Trial] = field(default_factory=list)  # from the spec file (empty in name mode)
+
+    def records(self, create: bool = False):
+        """The results database, or None when it does not exist yet (and `create` is False)."""
+        from ablate.track.db import connect
+
+        if not create and sqlite_missing(self.db_url):
+            return None
+        return connect(self.db_url)
+
+
+def open_source(name_or_spec: str, db: str | None = None, artifacts: str | None = None) -> Source:
+    """A spec file path, or the name of an experiment in the results database (`db`)."""
+    path = Path(name_or_spec)
+    if path.is_file() or name_or_spec.endswith((".yaml", ".yml")):
+        if not path.is_file():
+            raise BuildError(f"spec file '{name_or_spec}' does not exist")
+        from ablate.spec.validate import load_spec
+
+        loaded = load_spec(path)
+        spec = loaded.spec
+        config_path = None
+        if spec.teacher.config:
+            from ablate.spec.validate import resolve_relative
+
+            config_path = resolve_relative(path, spec.teacher.config)
+        return Source(
+            name=spec.name,
+            spec_path=path,
+            spec_text=path.read_text(),
+            base_dir=str(path.parent.resolve()),
+            db_url=absolute_sqlite(db or spec.tracking.db),
+            artifacts=absolute_store(artifacts or spec.tracking.artifacts),
+            build=spec.build,
+            teacher_config_path=config_path,
+            trials=list(loaded.trials),
+        )
+    db_url = absolute_sqlite(db or DEFAULT_DB)
+    if sqlite_missing(db_url):
+        raise BuildError(
+            f"'{name_or_spec}' is neither a spec file nor an experiment in a results database: there is no "
+            f"database at {db_url.removeprefix('sqlite:///')}; pass the spec file, or --db with the spec's tracking.db"
+        )
+    from ablate.track.db import connect
+
+    records = connect(db_url)
+    info = records.get_experiment(name_or_spec)
+    if info is None:
+        known = ", ".join(e.name for e in records.list_experiments()) or "none"
+        raise BuildError(
+            f"no experiment named '{name_or_spec}' in {records.redacted_url} (known: {known}); "
+            "pass the spec file or the name `ablate status` shows"
+        )
+    raw = _safe_yaml(info.spec_text)
+    tracking = _section(Tracking, raw.get("tracking"))
+    build = _section(Build, raw.get("build"))
+    return Source(
+        name=info.name,
+        spec_path=None,
+        spec_text=info.spec_text,
+        base_dir=str(Path.cwd()),
+        db_url=db_url,
+        artifacts=absolute_store(artifacts or tracking.artifacts),
+        build=build,
+    )
+
+
+def _safe_yaml(text: str) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _section(model, value):
+    try:
+        return model.model_validate(value or {})
+    except Exception:  # noqa: BLE001 - a recorded spec that no longer validates falls back to defaults
+        return model()
+
+
+def trial_from_record(experiment: str, key: str, overrides: dict[str, Any], config: dict[str, Any]) -> Trial:
+    """The Trial a recorded trial config describes, checked to hash to the recorded key."""
+    target = str(overrides.get("target") or "target")
+    data = {
+        "name": experiment,
+        **{k: config[k] for k in TRIAL_SECTIONS},
+        "targets": {target: config["target"]},
+    }
+    try:
+        spec = Spec.model_validate(data)
+    except Exception as exc:  # noqa: BLE001
+        raise BuildError(
+            f"trial {key}: its recorded config no longer validates ({exc}); build from the spec file"
+        ) from exc
+    trial = Trial(key, dict(overrides), target, int(config["seed"]), spec)
+    if stable_hash(trial.resolved()) != key:
+        raise BuildError(
+            f"trial {key}: its recorded config hashes to another key (the spec schema changed since it ran); "
+            "build from the spec file"
+        )
+    return trial
+
+
+@dataclass
+class Candidate:
+    key: str
+    status: str
+    metrics: dict[str, float]
+    trial: Trial | None
+
+
+def candidates(source: Source, records) -> dict[str, Candidate]:
+    """Every trial known to the spec or the records, with its recorded status and final metrics."""
+    out: dict[str, Candidate] = {t.key: Candidate(t.key, "not run", {}, t) for t in source.trials}
+    if records is None or records.get_experiment(source.name) is None:
+        return out
+    summary = {t.key: t for t in records.experiment_summary(source.name).trials}
+    for info in records.trials(source.name):
+        s = summary.get(info.key)
+        status, metrics = (s.status, dict(s.final_metrics)) if s else (info.status, {})
+        trial = out[info.key].trial if info.key in out else None
+        if trial is None and info.config:
+            try:
+                trial = trial_from_record(source.name, info.key, info.overrides, info.config)
+            except BuildError as exc:  # an old trial: only an error if it is the one chosen
+                log.warning("%s", exc)
+        out[info.key] = Candidate(info.key, status, metrics, trial)
+    return out
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def choose_best(
+    records, experiment: str, pool: dict[str, Candidate], metric: str = METRIC
+) -> tuple[str, str]:
+    """(trial key, why): the report's best trial when ablate.report provides one, else the completed
+    trial with the lowest final `metric`."""
+    report_choice = _report_choice(records, experiment, metric)
+    if report_choice is not None and report_choice in pool and pool[report_choice].status == "completed":
+        return report_choice, f"best trial of the report (`ablate report {experiment}`)"
+    done = [c for c in pool.values() if c.status == "completed" and _finite(c.metrics.get(metric))]
+    if not done:
+        statuses = ", ".join(f"{c.key} {c.status}" for c in pool.values()) or "no trials recorded"
+        raise BuildError(
+            f"experiment '{experiment}' has no finished trial with a final {metric} ({statuses}); "
+            "run `ablate submit SPEC` first, or see what the build would do with --dry-run"
+        )
+    best = min(done, key=lambda c: (c.metrics[metric], c.key))
+    return best.key, f"lowest final {metric} ({best.metrics[metric]:.4f}) of {len(done)} completed trial(s)"
+
+
+def _report_choice(records, experiment: str, metric: str) -> str | None:
+    """The report's best trial; None without records, without the report module, or when the report
+    cannot be made (then the fallback rule decides, and explains an empty experiment itself)."""
+    if records is None:
+        return None
+    try:
+        from ablate.report import build_report  # type: ignore[attr-defined]
+    except ImportError:
+        return None
+    try:
+        report = build_report(records, experiment, metric)
+    except AblateError as exc:
+        log.info("no best trial from the report: %s", exc)
+        return None
+    best = getattr(report, "best_trial", None)
+    if best is None:
+        return None
+    return best if isinstance(best, str) else getattr(best, "key", None)
+
+
+@dataclass
+class Recipe:
+    """The chosen trial and the stages that make the final model."""
+
+    source: Source
+    trial: Trial
+    chosen_by: str
+    status: str
+    trial_metrics: dict[str, float]
+    stages: dict[str, Stage]  # the trial's own chain
+    final_distill: Stage
+    final_eval: Stage
+    trial_tokens: int
+    tokens: int  # of the final distillation
+    formats: list[str]
+    pool: dict[str, Candidate] = field(default_factory=dict)
+
+    @property
+    def extra_distill(self) -> bool:
+        return self.final_distill.hash != self.stages["distill"].hash
+
+    @property
+    def id(self) -> str:
+        """Identity of what the build produces: the final distill and eval stages."""
+        return stable_hash([self.final_distill.hash, self.final_eval.hash], 16)
+
+    @property
+    def chain(self) -> list[Stage]:
+        """Every stage the final model needs, in the order they run: the trial's teacher, importance and
+        prune stages, then the final distill and eval (the trial's own when no longer run was asked for)."""
+        return [
+            self.stages["teacher"],
+            self.stages["importance"],
+            self.stages["prune"],
+            self.final_distill,
+            self.final_eval,
+        ]
+
+    def parents(self, stage: Stage) -> dict[str, Stage]:
+        by_hash = {s.hash: s for s in [*self.stages.values(), self.final_distill, self.final_eval]}
+        return {by_hash[h].kind: by_hash[h] for h in stage.parents}
+
+    def default_out(self) -> Path:
+        return Path("builds") / self.source.name / f"{self.trial.key}-{format_tokens(self.tokens)}"
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "experiment": self.source.name,
+            "trial": self.trial.key,
+            "chosen_by": self.chosen_by,
+            "overrides": self.trial.overrides,
+            "target": {self.trial.target: self.trial.shape},
+            "trial_tokens": self.trial_tokens,
+            "tokens": self.tokens,
+            "extra_distill": self.extra_distill,
+            "recipe_id": self.id,
+            "stages": [{"kind": s.kind, "hash": s.hash, "parents": list(s.parents)} for s in self.chain],
+        }
+
+
+def resolve(
+    source: Source,
+    trial: str | None = None,
+    tokens: str | int | None = None,
+    dry_run: bool = False,
+) -> Recipe:
+    """The recipe to build: trial `trial` (a key, or 'best'; default the spec's build.trial)."""
+    records = source.records()
+    pool = candidates(source, records)
+    wanted = trial or source.build.trial
+    if wanted == "best":
+        try:
+            key, why = choose_best(records, source.name, pool)
+        except BuildError:
+            if not dry_run or not pool:
+                raise
+            key = next(iter(pool))
+            why = (
+                f"no finished trial yet: the recipe of trial {key} is shown (of {len(pool)}); the real build "
+                "uses the best completed one"
+            )
+    else:
+        if wanted not in pool:
+            known = ", ".join(pool) or "none"
+            raise BuildError(
+                f"unknown trial '{wanted}' in experiment '{source.name}' (known trials: {known})"
+            )
+        key, why = wanted, "named with --trial"
+        if pool[wanted].status != "completed" and not dry_run:
+            raise BuildError(
+                f"trial {wanted} has not finished (status: {pool[wanted].status}); run `ablate submit SPEC` "
+                "first, or see the plan with --dry-run"
+            )
+    chosen = pool[key]
+    if chosen.trial is None:
+        raise BuildError(f"trial {key} has no recorded config; build from the spec file")
+    stages = trial_stages(chosen.trial)
+    trial_tokens = int(stages["distill"].config["distill"]["tokens"])
+    wanted_tokens = tokens if tokens is not None else source.build.tokens
+    if wanted_tokens is None:
+        final_tokens = trial_tokens
+    else:
+        try:
+            final_tokens = parse_tokens(wanted_tokens)
+        except ValueError as exc:
+            raise BuildError(f"--tokens: {exc}") from exc
+    final_distill, final_eval = stages["distill"], stages["eval"]
+    if final_tokens > trial_tokens:
+        config = dict(stages["distill"].config)
+        config["distill"] = {**config["distill"], "tokens": final_tokens}
+        final_distill = Stage("distill", config, stages["distill"].parents)
+        final_eval = Stage("eval", dict(stages["eval"].config), (final_distill.hash, stages["teacher"].hash))
+    else:
+        final_tokens = trial_tokens
+    return Recipe(
+        source=source,
+        trial=chosen.trial,
+        chosen_by=why,
+        status=chosen.status,
+        trial_metrics=chosen.metrics,
+        stages=stages,
+        final_distill=final_distill,
+        final_eval=final_eval,
+        trial_tokens=trial_tokens,
+        tokens=final_tokens,
+        formats=list(source.build.formats),
+        pool=pool,
+    )

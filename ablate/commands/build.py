@@ -1,0 +1,175 @@
+"""`ablate build`: the final model of an experiment (HF checkpoint + card, throughput, TensorRT-LLM engines)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+
+def _ints(text: str | None) -> tuple[int, ...] | None:
+    if not text:
+        return None
+    try:
+        return tuple(int(x) for x in text.split(","))
+    except ValueError as exc:
+        raise click.BadParameter(f"expected comma-separated integers (got {text!r})") from exc
+
+
+def _lengths(text: str | None) -> tuple[tuple[int, int], ...] | None:
+    if not text:
+        return None
+    from ablate.build.trtllm import parse_lengths
+
+    try:
+        return parse_lengths(text)
+    except ValueError as exc:
+        raise click.BadParameter(f"expected INPUT:OUTPUT pairs separated by commas (got {text!r})") from exc
+
+
+class _StepBar:
+    """One rich bar for an in-process distillation (the final run at build.tokens)."""
+
+    def __init__(self, console: Console):
+        self.bars = Progress(
+            TextColumn("distill"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[loss]}"),
+            TimeElapsedColumn(), console=console, transient=True,
+        )  # fmt: skip
+        self.task: Any = None
+
+    def __call__(self, metrics: dict[str, Any]) -> None:
+        if self.task is None:
+            self.bars.start()
+            self.task = self.bars.add_task("distill", total=metrics.get("steps"), loss="")
+        loss = metrics.get("loss")
+        self.bars.update(
+            self.task, completed=metrics.get("step", 0), total=metrics.get("steps"),
+            loss=f"loss {loss:.3f}" if isinstance(loss, float) else "",
+        )  # fmt: skip
+
+    def close(self) -> None:
+        if self.task is not None:
+            self.bars.stop()
+
+
+@click.command("build")
+@click.argument("name_or_spec", metavar="NAME_OR_SPEC")
+@click.option("--trial", default=None, help="Trial key, or 'best' (default: the spec's build.trial).")
+@click.option(
+    "--tokens", default=None, help="Final distillation budget, e.g. 100k or 1.8B (default: build.tokens)."
+)
+@click.option(
+    "--out",
+    default=None,
+    type=click.Path(file_okay=False),
+    help="Build folder (default: builds/NAME/KEY-TOKENS).",
+)
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Write config.json, the card skeleton and the exact stages/commands; no weights.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option(
+    "--db",
+    default=None,
+    help="Results database URL (default: the spec's tracking.db, else .ablate/ablate.db).",
+)
+@click.option("--artifacts", default=None, help="Artifact store (default: the spec's tracking.artifacts).")
+@click.option("--dtype", default="auto", type=click.Choice(["auto", "float32", "bfloat16", "float16"]),
+              show_default=True, help="Dtype of the exported weights (auto: as trained).")  # fmt: skip
+@click.option(
+    "--formats", default=None, help="Comma list of hf, trtllm-bf16, trtllm-fp8 (default: build.formats)."
+)
+@click.option(
+    "--throughput/--no-throughput", default=True, show_default=True, help="Measure generation throughput."
+)
+@click.option(
+    "--device", default=None, help="Device for the throughput table (default: cuda if available, else cpu)."
+)
+@click.option("--batch-sizes", default=None, help="Throughput batch sizes, e.g. 1,8,32.")
+@click.option("--lengths", default=None, help="Throughput INPUT:OUTPUT lengths, e.g. 128:128,512:128.")
+@click.option("--reports", default="reports", show_default=True, type=click.Path(file_okay=False),
+              help="Where reports/<experiment>/build.md goes.")  # fmt: skip
+def build_command(
+    name_or_spec: str,
+    trial: str | None,
+    tokens: str | None,
+    out: str | None,
+    dry_run: bool,
+    as_json: bool,
+    db: str | None,
+    artifacts: str | None,
+    dtype: str,
+    formats: str | None,
+    throughput: bool,
+    device: str | None,
+    batch_sizes: str | None,
+    lengths: str | None,
+    reports: str,
+) -> None:
+    """Build the final model of an experiment (NAME) or spec file (SPEC).
+
+    Resolves the best trial (or --trial KEY), reuses every stage already in the artifact store, runs the
+    final distillation at build.tokens when that exceeds the trial's budget, and writes a self-contained
+    Hugging Face folder with a model card, the generation-throughput table, TensorRT-LLM engines (or the
+    exact commands when TensorRT-LLM is not installed) and reports/<experiment>/build.md.
+    """
+    from ablate.build.pipeline import build
+    from ablate.build.recipe import open_source
+
+    console = Console(stderr=True)
+    say = (lambda m: None) if as_json else (lambda m: console.print(m, highlight=False))
+    bar = None if as_json else _StepBar(console)
+    wanted_formats = [f.strip() for f in formats.split(",")] if formats else None
+    allowed = {"hf", "trtllm-bf16", "trtllm-fp8"}
+    if wanted_formats and set(wanted_formats) - allowed:
+        raise click.BadParameter(f"--formats: each of {', '.join(sorted(allowed))} (got {formats!r})")
+    source = open_source(name_or_spec, db=db, artifacts=artifacts)
+    try:
+        result = build(
+            source,
+            trial=trial,
+            tokens=tokens,
+            out=out,
+            dry_run=dry_run,
+            dtype=dtype,
+            formats=wanted_formats,
+            throughput=throughput,
+            device=device,
+            batch_sizes=_ints(batch_sizes),
+            lengths=_lengths(lengths),
+            reports_dir=reports,
+            say=say,
+            on_step=bar,
+        )
+    finally:
+        if bar is not None:
+            bar.close()
+    if as_json:
+        click.echo(json.dumps(result.to_dict(), indent=2, default=str))
+        return
+    out_console = Console()
+    p = result.params
+    what = "planned" if result.dry_run else "built"
+    out_console.print(
+        f"{what} {result.experiment} trial {result.trial}: {p.get('student', 0):,} parameters "
+        f"(teacher {p.get('teacher', 0):,}) -> {result.model_dir}",
+        highlight=False,
+    )
+    if result.metrics:
+        t = result.teacher_metrics.get("lm_loss")
+        out_console.print(
+            f"eval LM loss {result.metrics['lm_loss']:.4f}"
+            + (f" (teacher {t:.4f})" if t is not None else ""),
+            highlight=False,
+        )
+    out_console.print(
+        f"stages: {result.stages_run} run, {result.stages_reused} reused"
+        + (", export reused" if result.export_reused else "")
+        + f"; report {result.report}",
+        highlight=False,
+    )
