@@ -40,6 +40,7 @@ from ablate.commands.build import build_command  # noqa: E402
 from ablate.commands.plan import plan_command, validate_command  # noqa: E402
 from ablate.commands.submit import cancel_command, status_command, submit_command  # noqa: E402
 from ablate.commands.prune import eval_command, prune_command  # noqa: E402
+from ablate.commands.report import report_command, ui_command  # noqa: E402
 
 main.add_command(build_command)
 main.add_command(eval_command)
@@ -51,3 +52,5 @@ main.add_command(status_command)
 main.add_command(cancel_command)
 main.add_command(distill_command)
 main.add_command(correct_command)
+main.add_command(report_command)
+main.add_command(ui_command)

@@ -1,0 +1,252 @@
+"""`ablate report` (reports/<name>/report.md with findings and plots) and `ablate ui` (the MLflow UI on the
+experiment's tracking store, opened on the run-comparison view of its trials)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ablate.errors import AblateError
+from ablate.report.findings import ReportError, compare_runs_url
+
+DEFAULT_DB = "sqlite:///.ablate/ablate.db"
+DEFAULT_MLFLOW = "sqlite:///.ablate/mlflow.db"
+
+
+def open_records(db: str) -> Any:
+    """The records at ``db``, read as they are: a SQLite file that does not exist is an error here (a
+    report must not create an empty database where the user mistyped a path)."""
+    from ablate.track.db import connect, normalize_url, redact_url
+
+    url = normalize_url(db)
+    if url.drivername.startswith("sqlite") and url.database and url.database != ":memory:":
+        if not Path(url.database).is_file():
+            raise ReportError(
+                f"no results database at {redact_url(db)} (looked for {url.database}); run `ablate submit` "
+                "in this folder first, or pass --db with the spec's tracking.db"
+            )
+    return connect(db)
+
+
+@click.command("report")
+@click.argument("name")
+@click.option(
+    "--metric",
+    default="lm_loss",
+    show_default=True,
+    help="Final metric to compare on (lm_loss, perplexity, kl_to_teacher, top1_agreement, ...).",
+)
+@click.option(
+    "--db", default=DEFAULT_DB, show_default=True, help="Results database URL (the spec's tracking.db)."
+)
+@click.option(
+    "--out",
+    default="reports",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="Folder for reports; the report goes to OUT/NAME/.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the report's data as JSON.")
+def report_command(name: str, metric: str, db: str, out: str, as_json: bool) -> None:
+    """Write OUT/NAME/report.md: trial table, paired comparisons with best-practice verdicts, plots, the
+    best trial and the recipe `ablate build` will use. Same records, same files.
+
+    Exit 2 (and nothing written) for an unknown experiment, no finished trials or an unknown metric.
+    """
+    from ablate.report.findings import build_report
+    from ablate.report.markdown import write_report
+
+    records = open_records(db)
+    try:
+        report = build_report(records, name, metric)
+        paths = write_report(report, Path(out) / name)
+    finally:
+        records.close()
+    if as_json:
+        data = report.to_dict()
+        data["files"] = [str(p) for p in paths]
+        click.echo(json.dumps(data, indent=2, sort_keys=True))
+        return
+    _print_summary(report, paths)
+
+
+def _print_summary(report: Any, paths: list[Path]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from ablate.report.findings import PRACTICES, fmt_value
+
+    console = Console()
+    table = Table(title=f"{report.experiment}: paired comparisons on {report.metric}")
+    for col in ("comparison", "pairs", "mean Δ (A−B)", "95% interval", "verdict", "paper"):
+        table.add_column(col)
+    for f in report.findings:
+        verdict = f.verdict + (f": {fmt_value(f.winner)}" if f.winner is not None else "")
+        paper = f"{PRACTICES[f.practice].title}: {f.agreement or '-'}" if f.practice else "-"
+        table.add_row(
+            f.title, str(f.n), f"{f.mean_diff:+.4g}", f"[{f.ci[0]:+.4g}, {f.ci[1]:+.4g}]", verdict, paper
+        )
+    if report.findings:
+        console.print(table)
+    b = report.best_trial
+    console.print(
+        f"best trial {b.key} ({', '.join(f'{k}={fmt_value(v)}' for k, v in b.overrides.items())}): "
+        f"{report.metric} {b.value:.4g}"
+    )
+    console.print(f"wrote {paths[0]} and {len(paths) - 1} figures")
+
+
+# ====================================================================== ui
+
+
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def _server_uri(uri: str) -> str:
+    """A tracking URI as `mlflow server --backend-store-uri` wants it (absolute SQLite path, psycopg)."""
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        return "sqlite:///" + str(Path(uri[len("sqlite:///") :]).expanduser().resolve())
+    if uri.startswith(("postgres://", "postgresql://")):
+        return "postgresql+psycopg://" + uri.split("://", 1)[1]
+    if "://" not in uri:
+        return Path(uri).expanduser().resolve().as_uri()
+    return uri
+
+
+def ui_target(records: Any | None, name: str | None) -> dict[str, Any]:
+    """Which tracking store to serve and what to open: {tracking_uri, experiment_id, run_ids, name}."""
+    from ablate.report.findings import _get, _parse_spec
+
+    if records is None:
+        return {"tracking_uri": DEFAULT_MLFLOW, "experiment_id": None, "run_ids": [], "name": None}
+    if name is None:
+        exps = records.list_experiments()
+        if len(exps) != 1:
+            return {"tracking_uri": DEFAULT_MLFLOW, "experiment_id": None, "run_ids": [], "name": None}
+        name = exps[0].name
+    exp = records.get_experiment(name)
+    if exp is None:
+        records.experiment_summary(name)  # raises UnknownExperiment naming the known experiments
+        raise ReportError(f"no experiment named {name!r} in the records")
+    uri = str(_get(_parse_spec(exp.spec_text), "tracking.mlflow") or DEFAULT_MLFLOW)
+    runs = [t.mlflow_run_id for t in records.trials(name) if t.mlflow_run_id]
+    return {"tracking_uri": uri, "experiment_id": exp.mlflow_experiment_id, "run_ids": runs, "name": name}
+
+
+@click.command("ui")
+@click.argument("name", required=False)
+@click.option(
+    "--db", default=DEFAULT_DB, show_default=True, help="Results database URL (the spec's tracking.db)."
+)
+@click.option("--port", default=5000, show_default=True, type=click.IntRange(1, 65535))
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Interface to bind; the default keeps the UI on this machine.",
+)
+@click.option(
+    "--tracking-uri", default=None, help="Serve this MLflow store instead of the spec's tracking.mlflow."
+)
+def ui_command(name: str | None, db: str, port: int, host: str, tracking_uri: str | None) -> None:
+    """Start the MLflow UI on NAME's tracking store and print the URL of the run-comparison view with
+    NAME's trials selected (without NAME: the only experiment in the records, else the experiment list).
+
+    Runs until interrupted (Ctrl-C). When tracking.mlflow is an MLflow server, only prints its URL.
+    """
+    from ablate.track.db import redact_url
+
+    try:
+        records = open_records(db)
+    except ReportError:
+        if name is not None:
+            raise
+        records = None
+    try:
+        target = ui_target(records, name)
+    finally:
+        if records is not None:
+            records.close()
+    uri = tracking_uri or target["tracking_uri"]
+    remote = uri.startswith(("http://", "https://"))
+    show_host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    base = (
+        uri.rstrip("/")
+        if remote
+        else f"http://{'[' + show_host + ']' if ':' in show_host else show_host}:{port}"
+    )
+    if target["experiment_id"] and target["run_ids"]:
+        url = compare_runs_url(base, target["experiment_id"], target["run_ids"])
+        what = f"{len(target['run_ids'])} trials of '{target['name']}' in the run-comparison view"
+    elif target["experiment_id"]:
+        url = f"{base}/#/experiments/{target['experiment_id']}"
+        what = f"experiment '{target['name']}'"
+    else:
+        url = f"{base}/#/experiments"
+        what = "the experiment list"
+    if remote:
+        click.echo(f"tracking.mlflow is an MLflow server; open {what}:\n{url}")
+        return
+    server_uri = _server_uri(uri)
+    if server_uri.startswith("sqlite:///"):
+        path = Path(server_uri[len("sqlite:///") :])
+        if not path.is_file():
+            raise AblateError(
+                f"no MLflow store at {path}; run `ablate submit` in this folder first, or pass --tracking-uri"
+            )
+    if not _port_free(host, port):
+        raise AblateError(f"port {port} on {host} is in use (another `ablate ui`?); pass --port")
+    cmd = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--backend-store-uri",
+        server_uri,
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
+    if server_uri.startswith("sqlite:///"):
+        artifacts = Path(server_uri[len("sqlite:///") :]).parent / "mlartifacts"
+        cmd += ["--artifacts-destination", artifacts.as_uri()]
+    click.echo(f"MLflow UI on {redact_url(server_uri)} at {base} (Ctrl-C stops it)")
+    click.echo(f"{what}:")
+    click.echo(url, nl=True)
+    sys.stdout.flush()
+    proc = subprocess.Popen(cmd)
+
+    def _stop(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, _stop)
+    try:
+        rc = proc.wait()
+    except KeyboardInterrupt:
+        proc.terminate()
+        try:
+            rc = proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            rc = proc.wait()
+        rc = 0
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    if rc:
+        raise AblateError(f"the MLflow server exited with status {rc}")

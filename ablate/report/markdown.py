@@ -1,0 +1,450 @@
+"""``reports/<experiment>/report.md`` and its figures.
+
+:func:`render_markdown` turns a :class:`~ablate.report.findings.Report` into the markdown text;
+:func:`write_report` renders everything in memory first (so a failure leaves no partial report), then
+writes each file atomically and removes figures of an earlier version that no longer exist. Nothing in the
+output depends on when or where it was generated, so the same records give byte-identical files.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ablate.report.findings import (
+    AGREES,
+    CLEAR,
+    DISAGREES,
+    PRACTICES,
+    RULES,
+    Finding,
+    Report,
+    TrialRow,
+    fmt_value,
+    shape_kind,
+)
+
+__all__ = ["REPORT_MD", "finding_file", "render_markdown", "write_report"]
+
+REPORT_MD = "report.md"
+METRIC_COLUMNS = (
+    ("lm_loss", "LM loss"),
+    ("perplexity", "perplexity"),
+    ("kl_to_teacher", "KL to teacher"),
+    ("top1_agreement", "top-1 agreement"),
+)
+FINDING_PREFIX = "finding_"
+
+
+def finding_file(index: int, finding: Finding) -> str:
+    return f"{FINDING_PREFIX}{index:02d}_{finding.slug}.png"
+
+
+# ====================================================================== formatting
+
+
+def _num(v: float | None, digits: int = 4) -> str:
+    if v is None or not isinstance(v, int | float):
+        return "-"
+    if math.isnan(v):
+        return "nan"
+    if math.isinf(v):
+        return "inf" if v > 0 else "-inf"
+    if v != 0 and (abs(v) >= 1e5 or abs(v) < 1e-3):
+        return f"{v:.{digits - 1}e}"
+    return f"{v:.{digits}g}" if abs(v) >= 1 else f"{v:.{digits}f}"
+
+
+def _signed(v: float) -> str:
+    if math.isnan(v):
+        return "nan"
+    if v != 0 and (abs(v) >= 1e5 or abs(v) < 1e-3):
+        return f"{v:+.3e}"
+    return f"{v:+.4f}"
+
+
+def _params(p: int | None) -> str:
+    if not p:
+        return "-"
+    if p >= 1e9:
+        return f"{p / 1e9:.2f}B"
+    if p >= 1e6:
+        return f"{p / 1e6:.2f}M"
+    if p >= 1e3:
+        return f"{p / 1e3:.1f}k"
+    return str(p)
+
+
+def _tokens(n: int | None) -> str:
+    if n is None:
+        return "-"
+    for div, suf in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if n >= div:
+            v = n / div
+            return f"{v:.3g}{suf}"
+    return str(n)
+
+
+def _time(s: float | None) -> str:
+    if s is None:
+        return "-"
+    if s < 60:
+        return f"{s:.1f} s"
+    if s < 3600:
+        return f"{s / 60:.1f} min"
+    return f"{s / 3600:.2f} h"
+
+
+def _cell(text: Any) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _shape(shape: dict[str, Any] | None) -> str:
+    if not shape:
+        return "-"
+    return ", ".join(f"{k}={v}" for k, v in shape.items())
+
+
+def _link(text: str, url: str | None) -> str:
+    return f"[{text}]({url})" if url else text
+
+
+# ====================================================================== sections
+
+
+def _spec_section(r: Report) -> list[str]:
+    cfg = next((t.config for t in r.trials if t.config), None) or {}
+    spec = r.spec
+    lines = ["## Spec", "", "| | |", "|---|---|"]
+
+    def row(k: str, v: str) -> None:
+        lines.append(f"| {k} | {_cell(v)} |")
+
+    teacher = cfg.get("teacher") or spec.get("teacher") or {}
+    t_extra = []
+    if r.teacher.get("params"):
+        t_extra.append(f"{_params(r.teacher['params'])} params")
+    if r.teacher.get("layers"):
+        t_extra.append(f"{r.teacher['layers']} layers")
+    row("teacher", f"`{teacher.get('model', '?')}`" + (f" ({', '.join(t_extra)})" if t_extra else ""))
+    corr = teacher.get("correction")
+    row(
+        "teacher correction", "off" if not corr else ", ".join(f"{k} {fmt_value(v)}" for k, v in corr.items())
+    )
+    data = cfg.get("data") or {}
+    if data:
+        row(
+            "data",
+            f"`{data.get('corpus')}`, sequence {data.get('seq_len')}, held-out {_tokens(data.get('eval_tokens'))} tokens",
+        )
+    cal = cfg.get("calibration") or {}
+    if cal:
+        row("calibration", f"{cal.get('samples')} samples, batch {cal.get('batch_size')}")
+    imp = cfg.get("importance") or {}
+    if imp:
+        w, d = imp.get("width") or {}, imp.get("depth") or {}
+        row(
+            "importance",
+            f"width: {w.get('method')} (batch {w.get('batch_agg')}, seq {w.get('seq_agg')}, "
+            f"MLP at {w.get('mlp_site')}); depth: {d.get('method')}",
+        )
+    targets: dict[str, TrialRow] = {}
+    for t in r.trials:
+        name = t.overrides.get("target")
+        if isinstance(name, str):
+            targets.setdefault(name, t)
+    if targets:
+        row(
+            "targets",
+            "; ".join(
+                f"**{n}**: {_shape(t.shape)} ({shape_kind(t.shape) or '?'}, {_params(t.params)} params)"
+                for n, t in targets.items()
+            ),
+        )
+    dist = cfg.get("distill") or {}
+    if dist:
+        row(
+            "distillation",
+            f"loss {dist.get('loss')}, temperature {fmt_value(dist.get('temperature'))}, "
+            f"{_tokens(dist.get('tokens'))} tokens, LR {fmt_value(dist.get('lr'))} → "
+            f"{fmt_value(dist.get('min_lr'))} ({dist.get('schedule')}, {dist.get('warmup_steps')} warm-up steps), "
+            f"global batch {dist.get('global_batch')} (micro {dist.get('micro_batch')})",
+        )
+    swept: dict[str, list[str]] = {}
+    seeds: list[str] = []
+    for t in r.trials:
+        for k, v in t.overrides.items():
+            if k == "seed":
+                if fmt_value(v) not in seeds:
+                    seeds.append(fmt_value(v))
+                continue
+            vals = swept.setdefault(k, [])
+            if fmt_value(v) not in vals:
+                vals.append(fmt_value(v))
+    row("sweep", "; ".join(f"`{k}`: {', '.join(v)}" for k, v in swept.items()) or "(none)")
+    row("seeds", ", ".join(seeds) or "-")
+    row("trials", ", ".join(f"{k} {v}" for k, v in r.counts.items() if v))
+    row("spec hash", f"`{r.spec_hash}`")
+    lines += ["", "The swept settings override the values above per trial (see the trial table)."]
+    return lines
+
+
+def _metric_columns(r: Report) -> list[tuple[str, str]]:
+    cols = list(METRIC_COLUMNS)
+    if r.metric not in {c for c, _ in cols}:
+        cols.insert(0, (r.metric, r.metric))
+    return cols
+
+
+def _trials_section(r: Report) -> list[str]:
+    cols = _metric_columns(r)
+    head = ["key", "overrides", "params", "tokens", *[f"{label}" for _, label in cols], "status", "time"]
+    lines = [
+        "## Trials",
+        "",
+        f"Metrics are measured on the held-out split after distillation. **{r.metric}** is the primary metric "
+        f"({'higher' if r.higher_is_better else 'lower'} is better); the best trial is in bold. "
+        "Keys link to the trial's MLflow run.",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "|".join("---" if i < 2 or i >= len(head) - 2 else "---:" for i in range(len(head))) + "|",
+    ]
+    for t in r.trials:
+        overrides = ", ".join(f"{k}={fmt_value(v)}" for k, v in t.overrides.items())
+        key = _link(f"`{t.key}`", r.run_url(t.mlflow_run_id))
+        if t.key == r.best_trial.key:
+            key = f"**{key}**"
+        cells = [key, _cell(overrides), _params(t.params), _tokens(t.tokens)]
+        cells += [_num(t.metrics.get(c)) for c, _ in cols]
+        cells += [t.status, _time(t.duration_s)]
+        lines.append("| " + " | ".join(cells) + " |")
+    failed = [t for t in r.trials if t.error]
+    if failed:
+        lines += ["", "Errors:", ""]
+        for t in failed:
+            first = (t.error or "").strip().splitlines()[0] if (t.error or "").strip() else ""
+            lines.append(f"- `{t.key}` ({t.status}): {_cell(first[:300])}")
+    return lines
+
+
+def _agreement(f: Finding) -> str:
+    if f.agreement is None:
+        return "-"
+    mark = {AGREES: "✅ agrees", DISAGREES: "❌ disagrees"}.get(f.agreement, "❔ inconclusive")
+    return mark
+
+
+def _verdict(f: Finding) -> str:
+    if f.verdict == CLEAR:
+        return f"**clear win: {fmt_value(f.winner)}**"
+    return f.verdict
+
+
+def _findings_section(r: Report) -> list[str]:
+    better = "higher" if r.higher_is_better else "lower"
+    lines = [
+        "## Findings",
+        "",
+        f"Primary metric **{r.metric}** ({better} is better). {RULES}",
+        "",
+    ]
+    if not r.findings:
+        lines += [
+            "No paired comparisons: the experiment sweeps no axis with at least two finished values that "
+            "share everything else.",
+            "",
+        ]
+    else:
+        lines += [
+            "| # | comparison (A vs B) | pairs | wins A / B / tie | mean Δ (A − B) | 95% interval | verdict | paper | this experiment |",
+            "|---:|---|---:|---|---:|---|---|---|---|",
+        ]
+        for i, f in enumerate(r.findings, 1):
+            paper = PRACTICES[f.practice].title if f.practice else "-"
+            lines.append(
+                f"| {i} | [{_cell(f.title)}](#finding-{i}) | {f.n} | {f.wins_a} / {f.wins_b} / {f.ties} | "
+                f"{_signed(f.mean_diff)} | [{_signed(f.ci[0])}, {_signed(f.ci[1])}] | {_verdict(f)} | "
+                f"{paper} | {_agreement(f)} |"
+            )
+        lines.append("")
+        for i, f in enumerate(r.findings, 1):
+            lines += _finding_block(r, i, f)
+    if r.untested:
+        lines += ["### Best practices this experiment does not test", ""]
+        for pid in r.untested:
+            p = PRACTICES[pid]
+            lines.append(f"- {p.title.capitalize()}: {p.claim}")
+        lines.append("")
+    return lines
+
+
+def _finding_block(r: Report, i: int, f: Finding) -> list[str]:
+    better = "higher" if f.higher_is_better else "lower"
+    lead = (
+        f"A = `{f.label_a}`, B = `{f.label_b}`; {f.n} pair{'s' if f.n != 1 else ''}"
+        f"{'' if f.scope == 'all pairs' else ' (' + f.scope + ')'}. "
+        f"A won {f.wins_a}, B won {f.wins_b}, {f.ties} tied ({better} {f.metric} wins). "
+        f"Mean Δ = {_signed(f.mean_diff)}, 95% interval [{_signed(f.ci[0])}, {_signed(f.ci[1])}]: "
+        f"{_verdict(f)}."
+    )
+    lines = [f'<a id="finding-{i}"></a>', "", f"### {i}. {f.title}", "", lead, ""]
+    if f.practice:
+        p = PRACTICES[f.practice]
+        lines += [f"*{p.title.capitalize()}*: {p.claim} → **{_agreement(f)}**. {f.explanation}", ""]
+    elif f.explanation:
+        lines += [f.explanation, ""]
+    if f.note and f.note != f.explanation:
+        lines += [f.note, ""]
+    lines += [
+        "| pair | A trial | B trial | A | B | Δ |",
+        "|---:|---|---|---:|---:|---:|",
+    ]
+    for j, p in enumerate(f.pairs, 1):
+        lines.append(
+            f"| {j} | `{p.key_a}` | `{p.key_b}` | {_num(p.value_a)} | {_num(p.value_b)} | {_signed(p.diff)} |"
+        )
+    lines += ["", f"![{_cell(f.title)}]({finding_file(i, f)})", ""]
+    return lines
+
+
+def _plots_section(r: Report) -> list[str]:
+    from ablate.report.plots import LOSS_PNG, QUALITY_PNG
+
+    return [
+        "## Plots",
+        "",
+        f"Training objective and held-out {r.metric} against training tokens, per trial:",
+        "",
+        f"![loss vs tokens]({LOSS_PNG})",
+        "",
+        f"Held-out {r.metric} against student size (the Pareto view; dashed: trials no smaller trial beats):",
+        "",
+        f"![quality vs parameters]({QUALITY_PNG})",
+        "",
+    ]
+
+
+def _best_section(r: Report) -> list[str]:
+    b = r.best_trial
+    over = ", ".join(f"{k}={fmt_value(v)}" for k, v in b.overrides.items())
+    seeds = f", mean {_num(b.group_mean)} over its {b.seeds} seeds" if b.seeds > 1 else ""
+    lines = [
+        "## Best trial and the build recipe",
+        "",
+        f"Best trial: **`{b.key}`** ({_cell(over)}): {r.metric} {_num(b.value)}{seeds}, "
+        f"{_params(b.params)} params. "
+        + ", ".join(f"{label} {_num(b.metrics.get(c))}" for c, label in METRIC_COLUMNS if c in b.metrics)
+        + ".",
+        "",
+        "The choice is the configuration with the best mean over its finished seeds, then its best seed.",
+        "",
+    ]
+    if r.run_url(b.mlflow_run_id):
+        lines += [f"MLflow run: {r.run_url(b.mlflow_run_id)}", ""]
+    rec = r.recipe
+    lines += [
+        f"`ablate build {r.experiment}` will start from trial `{rec['trial']}` ({rec['reason']}) with this recipe:",
+        "",
+        "```yaml",
+        yaml.safe_dump(rec, sort_keys=False, default_flow_style=False, allow_unicode=True).rstrip(),
+        "```",
+        "",
+    ]
+    return lines
+
+
+def _mlflow_section(r: Report) -> list[str]:
+    from ablate.report.findings import _redact
+
+    lines = ["## MLflow", ""]
+    if not r.mlflow_experiment_id:
+        return lines + ["This experiment has no MLflow mirror recorded.", ""]
+    local = not r.tracking_uri.startswith(("http://", "https://"))
+    lines.append(f"Tracking store `{_redact(r.tracking_uri)}`, experiment id {r.mlflow_experiment_id}.")
+    if local:
+        lines.append(
+            f"The links open in the MLflow UI that `ablate ui {r.experiment}` starts at {r.ui_base} "
+            "(from the folder the experiment was submitted in)."
+        )
+    lines.append("")
+    compare = r.compare_url()
+    if compare:
+        lines += [f"- [all trials in the run-comparison view]({compare})"]
+    if r.mlflow_parent_run_id:
+        lines += [f"- [experiment parent run]({r.run_url(r.mlflow_parent_run_id)})"]
+    for t in r.trials:
+        if t.mlflow_run_id:
+            lines.append(f"- [`{t.key}`]({r.run_url(t.mlflow_run_id)}): {_cell(t.label)} ({t.status})")
+    lines.append("")
+    return lines
+
+
+def render_markdown(report: Report) -> str:
+    r = report
+    lines = [f"# {r.experiment}: ablation report", ""]
+    if r.description:
+        lines += [r.description, ""]
+    b = r.best_trial
+    n_clear = sum(f.verdict == CLEAR for f in r.findings)
+    lines += [
+        f"{len(r.finished)} of {len(r.trials)} trials finished. Best trial `{b.key}` "
+        f"({_cell(', '.join(f'{k}={fmt_value(v)}' for k, v in b.overrides.items()))}): "
+        f"{r.metric} {_num(b.value)}. {len(r.findings)} paired comparison{'s' if len(r.findings) != 1 else ''}, "
+        f"{n_clear} with a clear winner.",
+        "",
+        f"Generated by `ablate report {r.experiment} --metric {r.metric}` from the experiment's records; "
+        "regenerating it on the same records gives the same files.",
+        "",
+    ]
+    for section in (
+        _spec_section,
+        _trials_section,
+        _findings_section,
+        _plots_section,
+        _best_section,
+        _mlflow_section,
+    ):
+        lines += section(r)
+        if lines[-1] != "":
+            lines.append("")
+    return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_report(report: Report, out_dir: str | os.PathLike[str]) -> list[Path]:
+    """Write report.md and its PNGs into ``out_dir`` (created); returns the paths written, report.md first.
+
+    Everything is rendered before the first file is written, so an error leaves no partial report.
+    """
+    from ablate.report.plots import render_plots
+
+    files = {REPORT_MD: render_markdown(report).encode()}
+    files.update(render_plots(report))
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, data in files.items():
+        path = out / name
+        if not path.exists() or path.read_bytes() != data:
+            _atomic_write(path, data)
+        written.append(path)
+    for old in out.glob(f"{FINDING_PREFIX}*.png"):
+        if old.name not in files:
+            old.unlink()
+    return written
