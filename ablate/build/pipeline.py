@@ -442,7 +442,7 @@ def _throughput(
         say(f"measuring generation throughput with transformers on {grid['device']}")
         table = tp.measure({"student": student, "teacher": teacher}, device, batch_sizes, lengths)
         tables.append(table.to_dict())
-    trt = _trtllm(recipe, out_dir, model_dir, saved, say)
+    trt = _trtllm(recipe, out_dir, model_dir, saved, say, batch_sizes, lengths)
     if trt.get("table"):
         tables = [t for t in tables if t["backend"] != "trtllm"] + [trt["table"]]
     result.throughput = tables
@@ -450,7 +450,9 @@ def _throughput(
     _atomic_json(path, {"grid": grid, "tables": tables, "trtllm": trt})
 
 
-def _trtllm(recipe: Recipe, out_dir: Path, model_dir: Path, saved: dict, say: Say) -> dict[str, Any]:
+def _trtllm(
+    recipe: Recipe, out_dir: Path, model_dir: Path, saved: dict, say: Say, batch_sizes=None, lengths=None
+) -> dict[str, Any]:
     commands_path = out_dir.resolve() / TRTLLM_DIR / COMMANDS
     wanted = [f.removeprefix("trtllm-") for f in recipe.formats if f.startswith("trtllm-")]
     if not trtllm.available():
@@ -475,7 +477,11 @@ def _trtllm(recipe: Recipe, out_dir: Path, model_dir: Path, saved: dict, say: Sa
         teacher_path = str(trtllm.materialize(builtin, trt_out / "teacher-hf"))
     say(f"building TensorRT-LLM engines ({', '.join(wanted)}) of the student and the teacher")
     table = trtllm.run_engines(
-        {"student": str(model_dir), "teacher": teacher_path}, trt_out, precisions=wanted
+        {"student": str(model_dir), "teacher": teacher_path},
+        trt_out,
+        batch_sizes=batch_sizes or trtllm.BATCH_SIZES,
+        lengths=lengths or trtllm.LENGTHS,
+        precisions=wanted,
     )
     data = table.to_dict()
     return {

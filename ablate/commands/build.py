@@ -118,9 +118,12 @@ def build_command(
     Hugging Face folder with a model card, the generation-throughput table, TensorRT-LLM engines (or the
     exact commands when TensorRT-LLM is not installed) and reports/<experiment>/build.md.
     """
+    from transformers.utils import logging as hf_logging
+
     from ablate.build.pipeline import build
     from ablate.build.recipe import open_source
 
+    hf_logging.disable_progress_bar()  # per-file load/save bars of tiny folders: noise next to ours
     console = Console(stderr=True)
     say = (lambda m: None) if as_json else (lambda m: console.print(m, highlight=False))
     bar = None if as_json else _StepBar(console)
