@@ -23,14 +23,24 @@ DEFAULT_MLFLOW = "sqlite:///.ablate/mlflow.db"
 def open_records(db: str) -> Any:
     """The records at ``db``, read as they are: a SQLite file that does not exist is an error here (a
     report must not create an empty database where the user mistyped a path)."""
-    from ablate.track.db import connect, normalize_url, redact_url
+    from sqlalchemy.engine import make_url
 
-    url = normalize_url(db)
-    if url.drivername.startswith("sqlite") and url.database and url.database != ":memory:":
-        if not Path(url.database).is_file():
+    from ablate.track.db import connect, redact_url
+
+    raw = db.strip()
+    path: str | None = None
+    if "://" not in raw:
+        path = raw
+    elif raw.startswith("sqlite"):
+        try:
+            path = make_url(raw).database
+        except Exception:
+            path = None
+    if path and path != ":memory:" and not path.startswith("file:"):
+        if not Path(path).expanduser().is_file():
             raise ReportError(
-                f"no results database at {redact_url(db)} (looked for {url.database}); run `ablate submit` "
-                "in this folder first, or pass --db with the spec's tracking.db"
+                f"no results database at {redact_url(db)} (looked for {Path(path).expanduser().resolve()}); "
+                "run `ablate submit` in this folder first, or pass --db with the spec's tracking.db"
             )
     return connect(db)
 
@@ -78,29 +88,26 @@ def report_command(name: str, metric: str, db: str, out: str, as_json: bool) -> 
 
 
 def _print_summary(report: Any, paths: list[Path]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
     from ablate.report.findings import PRACTICES, fmt_value
 
-    console = Console()
-    table = Table(title=f"{report.experiment}: paired comparisons on {report.metric}")
-    for col in ("comparison", "pairs", "mean Δ (A−B)", "95% interval", "verdict", "paper"):
-        table.add_column(col)
-    for f in report.findings:
-        verdict = f.verdict + (f": {fmt_value(f.winner)}" if f.winner is not None else "")
-        paper = f"{PRACTICES[f.practice].title}: {f.agreement or '-'}" if f.practice else "-"
-        table.add_row(
-            f.title, str(f.n), f"{f.mean_diff:+.4g}", f"[{f.ci[0]:+.4g}, {f.ci[1]:+.4g}]", verdict, paper
+    better = "higher" if report.higher_is_better else "lower"
+    click.echo(
+        f"{report.experiment}: {len(report.finished)} of {len(report.trials)} trials finished; "
+        f"paired comparisons on {report.metric} ({better} is better), A - B:"
+    )
+    for i, f in enumerate(report.findings, 1):
+        verdict = f.verdict + (f" ({fmt_value(f.winner)})" if f.winner is not None else "")
+        paper = f"; {PRACTICES[f.practice].title}: {f.agreement or 'for reference'}" if f.practice else ""
+        click.echo(
+            f"  {i:2d}. {f.title}: {f.n} pairs, mean {f.mean_diff:+.4g} "
+            f"[{f.ci[0]:+.4g}, {f.ci[1]:+.4g}], {verdict}{paper}"
         )
-    if report.findings:
-        console.print(table)
     b = report.best_trial
-    console.print(
+    click.echo(
         f"best trial {b.key} ({', '.join(f'{k}={fmt_value(v)}' for k, v in b.overrides.items())}): "
         f"{report.metric} {b.value:.4g}"
     )
-    console.print(f"wrote {paths[0]} and {len(paths) - 1} figures")
+    click.echo(f"wrote {paths[0]} and {len(paths) - 1} figures")
 
 
 # ====================================================================== ui

@@ -15,9 +15,9 @@ from tests.track.conftest import pg_schema, pg_server  # noqa: F401  (fixture re
 BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def known_sqlite(tmp_path_factory):
-    """One SQLite database with the known experiment, shared by a module's read-only tests."""
+    """One SQLite database with the known experiment, shared by the read-only tests."""
     from ablate.track.db import connect
 
     url = f"sqlite:///{tmp_path_factory.mktemp('known')}/ablate.db"
