@@ -183,25 +183,31 @@ def _is_hub_id(ref: str) -> bool:
 def evaluation_rows(
     recipe: Recipe, teacher_metrics: Mapping[str, float] | None, final_metrics, params
 ) -> list[dict]:
-    """Teacher, the trial's student at its budget, and (when a longer final run was made) the final student."""
-    rows = [{"model": "teacher", "tokens": None, "params": params.get("teacher"), **(teacher_metrics or {})}]
-    rows.append(
-        {
-            "model": f"student (trial {recipe.trial.key})",
-            "tokens": recipe.trial_tokens,
-            "params": params.get("student"),
-            **(recipe.trial_metrics or {}),
+    """Teacher, the trial's student at its budget, and (when a longer final run was made) the final student.
+    `eval_tokens` is how many tokens the evaluation scored; `distill_tokens` the distillation budget."""
+
+    def row(model: str, distill_tokens: int | None, n_params, metrics) -> dict:
+        metrics = dict(metrics or {})
+        eval_tokens = metrics.pop("tokens", None)
+        return {
+            **metrics,
+            "model": model,
+            "distill_tokens": distill_tokens,
+            "eval_tokens": eval_tokens,
+            "params": n_params,
         }
+
+    rows = [row("teacher", None, params.get("teacher"), teacher_metrics)]
+    rows.append(
+        row(
+            f"student (trial {recipe.trial.key})",
+            recipe.trial_tokens,
+            params.get("student"),
+            recipe.trial_metrics,
+        )
     )
     if recipe.extra_distill:
-        rows.append(
-            {
-                "model": "student (this build)",
-                "tokens": recipe.tokens,
-                "params": params.get("student"),
-                **(final_metrics or {}),
-            }
-        )
+        rows.append(row("student (this build)", recipe.tokens, params.get("student"), final_metrics))
     return rows
 
 
@@ -211,7 +217,7 @@ def evaluation_table(rows: list[dict]) -> list[str]:
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
-        tokens = format_tokens(r["tokens"]) if r.get("tokens") else "-"
+        tokens = format_tokens(r["distill_tokens"]) if r.get("distill_tokens") else "-"
         lines.append(
             f"| {r['model']} | {_fmt_params(r.get('params'))} | {tokens} | {_fmt(r.get('lm_loss'))} | "
             f"{_fmt(r.get('perplexity'), 2)} | {_fmt(r.get('kl_to_teacher'))} | {_fmt(r.get('top1_agreement'), 3)} |"
@@ -243,13 +249,12 @@ def model_card(
     teacher_ref = resolved["teacher"]["model"]
     d, data, cal, imp = resolved["distill"], resolved["data"], resolved["calibration"], resolved["importance"]
     correction = resolved["teacher"].get("correction")
-    name = f"{recipe.source.name}-{trial.target}"
     front = ["---", "library_name: transformers", "pipeline_tag: text-generation"]
     if _is_hub_id(teacher_ref):
         front += [f"base_model: {teacher_ref}", "base_model_relation: finetune"]
     front += ["tags:", "  - ablate", "  - minitron", "  - pruning", "  - distillation", "---", ""]
     ratio = params.get("student", 0) / params["teacher"] if params.get("teacher") else 0
-    lines = front + [f"# {name}", ""]
+    lines = front + [f"# {recipe.source.name}: {trial.target}", ""]
     if dry_run:
         lines += [
             "> **Dry run.** This card and config.json describe the model `ablate build` will make; no weights "
@@ -257,7 +262,7 @@ def model_card(
             "",
         ]
     lines += [
-        f"A {_fmt_params(params.get('student'))}-parameter model pruned from **{teacher_ref}** "
+        f"This model has {_fmt_params(params.get('student'))} parameters: it was pruned from **{teacher_ref}** "
         f"({_fmt_params(params.get('teacher'))}, {ratio:.1%} of its parameters kept) and retrained by "
         f"{_loss_words(d['loss'])} on {format_tokens(recipe.tokens)} tokens, following the Minitron recipe "
         "(structured pruning with activation-based importance, then knowledge distillation).",

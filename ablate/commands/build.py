@@ -124,7 +124,7 @@ def build_command(
     from ablate.build.recipe import open_source
 
     hf_logging.disable_progress_bar()  # per-file load/save bars of tiny folders: noise next to ours
-    console = Console(stderr=True)
+    console = Console(stderr=True, soft_wrap=True)
     say = (lambda m: None) if as_json else (lambda m: console.print(m, highlight=False))
     bar = None if as_json else _StepBar(console)
     wanted_formats = [f.strip() for f in formats.split(",")] if formats else None
@@ -155,7 +155,7 @@ def build_command(
     if as_json:
         click.echo(json.dumps(result.to_dict(), indent=2, default=str))
         return
-    out_console = Console()
+    out_console = Console(soft_wrap=True)
     p = result.params
     what = "planned" if result.dry_run else "built"
     out_console.print(

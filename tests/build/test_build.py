@@ -107,6 +107,7 @@ def test_build_exports_a_model_plain_transformers_loads_and_generates(tiny, tmp_
     ):
         assert needed in card, needed
     assert f"{recorded['lm_loss']:.4f}" in card
+    assert "| teacher | 205.9k | - |" in card and "| student (this build) | " in card
 
     report = Path(result.report).read_text()
     assert "## Quality against the teacher" in report and "## Generation throughput" in report

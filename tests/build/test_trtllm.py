@@ -43,7 +43,7 @@ def test_commands_cover_every_engine_and_measurement():
                         f"--engine_dir $OUT/engines/{label}-{precision} --dataset $OUT/dataset-{data}.jsonl --max_batch_size {b} "
                         in script
                     )
-    assert script.count("prepare_dataset.py") == 2
+    assert script.count("prepare_dataset.py --stdout") == 2
     completed = subprocess.run(["bash", "-n"], input=script, text=True, capture_output=True)
     assert completed.returncode == 0, completed.stderr
 
