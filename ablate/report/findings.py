@@ -43,6 +43,7 @@ __all__ = [
     "CLEAR",
     "FEW",
     "HEAVY_DEPTH_CUT",
+    "MAPPING",
     "MIN_PAIRS",
     "N_BOOT",
     "NO_DIFF",
@@ -89,6 +90,17 @@ RULES = (
     f"Verdict: *{FEW}* below {MIN_PAIRS} pairs (a bootstrap of two numbers is only their range); "
     f"*{CLEAR}* when the interval excludes 0 and the winner also won most pairs; "
     f"otherwise *{NO_DIFF}*. Add seeds for more pairs: a clear win on 3 to 5 pairs is a strong hint, not proof."
+)
+
+MAPPING = (
+    f"Checks against the papers: width vs depth targets within {SIZE_TOLERANCE:.0%} in size → best practice 4; "
+    "kld vs ce → best practice 5; scratch vs a distillation loss → the 40x claim; kld+intermediate vs kld "
+    f"with at least {HEAVY_DEPTH_CUT:.0%} of the teacher's layers removed → best practice 6, with fewer → "
+    "best practice 7; width-importance aggregation (importance.width.batch_agg / seq_agg) on targets that "
+    "prune width → best practice 2; distill.tokens budgets → best practice 9, judged on whether the smaller "
+    "budget already picks the same best configuration; teacher.correction off vs on → teacher correction "
+    "(paper 2). *agrees*: the side the paper expects clearly wins (best practice 7: the alternative does not "
+    "clearly win); *disagrees*: the other side clearly wins; *inconclusive*: anything else."
 )
 
 WIDTH_AXES = frozenset({"hidden_size", "intermediate_size", "num_attention_heads"})

@@ -20,6 +20,7 @@ from ablate.report.findings import (
     AGREES,
     CLEAR,
     DISAGREES,
+    MAPPING,
     PRACTICES,
     RULES,
     Finding,
@@ -251,6 +252,8 @@ def _findings_section(r: Report) -> list[str]:
         "## Findings",
         "",
         f"Primary metric **{r.metric}** ({better} is better). {RULES}",
+        "",
+        MAPPING,
         "",
     ]
     if not r.findings:

@@ -224,3 +224,29 @@ def test_browser_shows_every_trial_in_the_comparison_view(ui_server, tmp_path):
         assert key in dom, f"run {key} not on the comparison page"
     assert "Comparing 4 Runs from 1 Experiment" in dom and "lm_loss" in dom
     assert shot.is_file() and shot.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_ui_target_picks_the_only_experiment_and_a_remote_store_only_prints(tmp_path):
+    from ablate.commands.report import ui_target
+    from ablate.track.db import connect
+
+    url = f"sqlite:///{tmp_path}/ablate.db"
+    records = connect(url)
+    _small(records, "remote", mlflow_uri="http://mlflow.example:5000")
+    records.set_experiment_mlflow("remote", "12", "parent")
+    for trial in records.trials("remote"):
+        records.set_trial_mlflow_run(trial.id, f"r{trial.id}")
+    target = ui_target(records, None)  # the only experiment
+    assert target == {
+        "tracking_uri": "http://mlflow.example:5000",
+        "experiment_id": "12",
+        "run_ids": ["r1", "r2", "r3", "r4"],
+        "name": "remote",
+    }
+    _small(records, "other")
+    assert ui_target(records, None)["experiment_id"] is None  # several: the experiment list
+    records.close()
+    result = _invoke(["ui", "remote", "--db", url], tmp_path)
+    assert result.exit_code == 0, result.output
+    assert "tracking.mlflow is an MLflow server" in result.output
+    assert "http://mlflow.example:5000/#/compare-runs?runs=%5B%22r1%22%2C%22r2%22" in result.output
