@@ -181,6 +181,7 @@ def ui_server(tmp_path_factory):
             proc.wait()
 
 
+@pytest.mark.slow
 def test_ui_serves_the_experiment_and_prints_the_comparison_url(ui_server):
     lines, base = ui_server["lines"], ui_server["base"]
     assert lines[0].startswith(f"MLflow UI on sqlite:///{ui_server['folder']}/.ablate/mlflow.db at {base}")
@@ -196,6 +197,7 @@ def test_ui_serves_the_experiment_and_prints_the_comparison_url(ui_server):
         assert any(m["key"] == "lm_loss" for m in names[key]["data"]["metrics"])
 
 
+@pytest.mark.slow
 def test_ui_refuses_a_busy_port_and_an_unknown_experiment(ui_server, tmp_path):
     folder = ui_server["folder"]
     busy = _invoke(["ui", "small", "--port", str(ui_server["port"])], folder)
@@ -207,6 +209,7 @@ def test_ui_refuses_a_busy_port_and_an_unknown_experiment(ui_server, tmp_path):
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (apt-get install chromium)")
 def test_browser_shows_every_trial_in_the_comparison_view(ui_server, tmp_path):
     url = ui_server["lines"][2].strip()
