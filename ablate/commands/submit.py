@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import sys
+import time
+from pathlib import Path
 from typing import Any
 
 import click
@@ -11,24 +13,33 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from ablate.commands.plan import _load_or_exit
-from ablate.track.db import connect
+from ablate.errors import RunError
+
+DEFAULT_DB = "sqlite:///.ablate/ablate.db"
 
 
 class LiveProgress:
-    """Rich progress for humans: one line per shared stage event, one bar per running trial."""
+    """Live progress for humans on stderr: one line per stage and trial outcome, an overall trial bar, and
+    one bar per running trial (removed when it ends). Without a terminal (CI logs, pipes) rich draws no
+    bars and only the lines remain."""
 
-    def __init__(self, console: Console):
+    def __init__(self, console: Console, trials: int):
         self.console = console
         self.bars = Progress(
             TextColumn("{task.description}"),
-            BarColumn(),
+            BarColumn(bar_width=30),
             MofNCompleteColumn(),
-            TextColumn("{task.fields[loss]}"),
+            TextColumn("{task.fields[info]}"),
             TimeElapsedColumn(),
             console=console,
+            transient=True,
+            refresh_per_second=4,
         )
+        self.total = trials
+        self.overall = None
         self.tasks: dict[str, Any] = {}
+        self.started: dict[str, float] = {}
+        self.done = self.failed = 0
 
     def __enter__(self) -> LiveProgress:
         self.bars.__enter__()
@@ -37,26 +48,58 @@ class LiveProgress:
     def __exit__(self, *exc: object) -> None:
         self.bars.__exit__(*exc)
 
+    def _line(self, text: str) -> None:
+        self.bars.console.print(text, highlight=False)
+
+    def _overall(self) -> None:
+        info = f"[red]{self.failed} failed[/red]" if self.failed else ""
+        if self.overall is None:
+            self.overall = self.bars.add_task("trials", total=self.total, info=info)
+        self.bars.update(self.overall, completed=self.done + self.failed, info=info)
+
+    def _end(self, key: str) -> float | None:
+        task = self.tasks.pop(key, None)
+        if task is not None:
+            self.bars.remove_task(task)
+        started = self.started.pop(key, None)
+        return None if started is None else time.monotonic() - started
+
     def __call__(self, event: str, data: dict[str, Any]) -> None:
+        key = data.get("key", "")
         if event == "stage_start":
-            self.console.log(f"{data['kind']} stage {data['hash']} queued")
+            self._line(f"[dim]{data['kind']:<10}[/dim] {data['hash']} queued")
         elif event == "stage_done":
-            self.console.log(f"[green]{data['kind']} stage {data['hash']} done")
+            facts = data.get("facts") or {}
+            extra = f" in {facts['seconds']:.1f}s" if isinstance(facts.get("seconds"), (int, float)) else ""
+            self._line(f"[green]{data['kind']:<10}[/green] {data['hash']} done{extra}")
         elif event == "stage_failed":
-            self.console.log(f"[red]{data['kind']} stage {data['hash']} failed: {data['error']}")
+            self._line(f"[red]{data['kind']:<10}[/red] {data['hash']} failed: {data['error']}")
         elif event == "trial_start":
-            self.tasks[data["key"]] = self.bars.add_task(f"trial {data['key']}", total=None, loss="")
-        elif event == "trial_step" and data["key"] in self.tasks:
-            loss = f"loss {data['loss']:.3f}" if data.get("loss") is not None else ""
-            self.bars.update(
-                self.tasks[data["key"]], completed=data["step"], total=data.get("steps"), loss=loss
-            )
-        elif event == "trial_done" and data["key"] in self.tasks:
-            m = data["metrics"]
-            self.bars.update(self.tasks[data["key"]], loss=f"ppl {m.get('perplexity', float('nan')):.2f}")
-            self.bars.stop_task(self.tasks[data["key"]])
+            self._overall()
+            self.started[key] = time.monotonic()
+            self.tasks[key] = self.bars.add_task(f"trial {key}", total=None, info="starting")
+        elif event == "trial_step" and key in self.tasks:
+            loss = data.get("loss")
+            info = f"loss {loss:.4g}" if isinstance(loss, (int, float)) else ""
+            self.bars.update(self.tasks[key], completed=data["step"], total=data.get("steps"), info=info)
+        elif event == "trial_done":
+            took = self._end(key)
+            self.done += 1
+            self._overall()
+            ppl = (data.get("metrics") or {}).get("perplexity")
+            how = " (recorded from existing artifacts)" if data.get("reused") else ""
+            how += f" resumed from step {data['resumed_from_step']}" if data.get("resumed_from_step") else ""
+            ppl_text = f"ppl {ppl:.4g}" if isinstance(ppl, (int, float)) else ""
+            took_text = f" in {took:.1f}s" if took is not None else ""
+            self._line(f"[green]trial[/green]      {key} done{took_text}: {ppl_text}{how}")
         elif event == "trial_failed":
-            self.console.log(f"[red]trial {data['key']} failed: {data['error']}")
+            self._end(key)
+            self.failed += 1
+            self._overall()
+            self._line(f"[red]trial[/red]      {key} failed: {data['error']}")
+        elif event == "trial_cancelled":
+            self._end(key)
+            self._line(f"[yellow]trial[/yellow]      {key} stopped before it finished")
 
 
 def _fmt_metric(value: Any) -> str:
@@ -66,10 +109,11 @@ def _fmt_metric(value: Any) -> str:
 def print_trials(trials: list[dict[str, Any]], console: Console, title: str) -> None:
     table = Table(title=title)
     for col in ("key", "overrides", "status", "loss", "ppl", "KL", "top-1", "error"):
-        table.add_column(col)
+        table.add_column(col, overflow="fold" if col == "error" else "ellipsis")
     for t in trials:
         m = t.get("metrics") or {}
         overrides = ", ".join(f"{k}={v}" for k, v in (t.get("overrides") or {}).items())
+        error = t.get("error") or ""
         table.add_row(
             t["key"],
             overrides,
@@ -78,9 +122,14 @@ def print_trials(trials: list[dict[str, Any]], console: Console, title: str) -> 
             _fmt_metric(m.get("perplexity", "")),
             _fmt_metric(m.get("kl_to_teacher", "")),
             _fmt_metric(m.get("top1_agreement", "")),
-            (t.get("error") or "")[:80],
+            error if len(error) <= 60 else error[:57] + "...",
         )
     console.print(table)
+
+
+def _counts(counts: dict[str, int]) -> str:
+    total = sum(counts.values())
+    return f"{total}" + (" (" + ", ".join(f"{k} {v}" for k, v in counts.items()) + ")" if counts else "")
 
 
 @click.command("submit")
@@ -94,33 +143,56 @@ def submit_command(spec_path: str, address: str | None, as_json: bool) -> None:
 
     Exit 0 when every trial completed, 1 when any stage or trial failed, 2 for a bad spec.
     """
+    from ablate.commands.plan import _load_or_exit
     from ablate.run.executor import submit
 
     loaded = _load_or_exit(spec_path, as_json)
-    console = Console(stderr=as_json, log_path=False)
+    console = Console(stderr=True, log_path=False)
     if as_json:
         result = submit(loaded, address)
         click.echo(json.dumps(result.to_dict(), indent=2, default=str))
     else:
-        with LiveProgress(console) as progress:
+        with LiveProgress(console, len(loaded.trials)) as progress:
             result = submit(loaded, address, progress)
-        r = result.to_dict()
-        print_trials(result.trials, console, f"{result.experiment}: {len(result.trials)} trials")
-        s = r["stages"]
-        console.print(
-            f"stages run {sum(s['run'].values())} {s['run']}, reused {sum(s['reused'].values())}, "
-            f"failed {sum(s['failed'].values())}; {result.wall_s:.1f}s"
+        out = Console()
+        print_trials(result.trials, out, f"{result.experiment}: {len(result.trials)} trials")
+        out.print(
+            f"stages run {_counts(result.stages_run)}; reused {_counts(result.stages_reused)}; "
+            f"failed {_counts(result.stages_failed)}; {result.wall_s:.1f}s",
+            highlight=False,
         )
+        for t in result.trials:
+            if t["error"]:
+                out.print(f"[red]{t['key']}[/red] {t['status']}: {t['error']}", highlight=False)
+        if not result.ok:
+            out.print(
+                f"details: ablate status {result.experiment} --db {loaded.spec.tracking.db}", highlight=False
+            )
     sys.exit(0 if result.ok else 1)
 
 
 def _db_option(f):
     return click.option(
         "--db",
-        default="sqlite:///.ablate/ablate.db",
+        default=DEFAULT_DB,
         show_default=True,
         help="Results database URL (the spec's tracking.db).",
     )(f)
+
+
+def _records(db: str):
+    """The results database; a missing SQLite file is an error here (reading must not create one)."""
+    from ablate.track.db import connect
+
+    prefix = "sqlite:///"
+    if db.startswith(prefix) and ":memory:" not in db:
+        path = Path(db[len(prefix) :].split("?", 1)[0])
+        if not path.exists():
+            raise RunError(
+                f"no results database at {path.resolve()}: run this in the folder you submitted from, "
+                "or pass the spec's tracking.db with --db"
+            )
+    return connect(db)
 
 
 @click.command("status")
@@ -129,7 +201,7 @@ def _db_option(f):
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def status_command(name: str | None, db: str, as_json: bool) -> None:
     """What ran, what failed and why, what is left (all experiments without NAME)."""
-    records = connect(db)
+    records = _records(db)
     console = Console()
     if name is None:
         experiments = [e.to_dict() for e in records.list_experiments()]
@@ -156,10 +228,17 @@ def status_command(name: str | None, db: str, as_json: bool) -> None:
         }
         for t in summary.trials
     ]
+    problems = [e for e in records.events(name, min_level="warning", limit=10)]
     if as_json:
         click.echo(
             json.dumps(
-                {"experiment": name, "counts": summary.counts, "stages": summary.stages, "trials": trials},
+                {
+                    "experiment": name,
+                    "counts": summary.counts,
+                    "stages": summary.stages,
+                    "trials": trials,
+                    "events": [e.to_dict() for e in problems],
+                },
                 indent=2,
                 default=str,
             )
@@ -168,11 +247,18 @@ def status_command(name: str | None, db: str, as_json: bool) -> None:
     print_trials(trials, console, f"{name}: " + ", ".join(f"{k} {v}" for k, v in summary.counts.items() if v))
     console.print(
         "stages: "
-        + "; ".join(f"{k} " + ", ".join(f"{s} {n}" for s, n in v.items()) for k, v in summary.stages.items())
+        + "; ".join(f"{k} " + ", ".join(f"{s} {n}" for s, n in v.items()) for k, v in summary.stages.items()),
+        highlight=False,
     )
     for t in trials:
         if t["error"]:
-            console.print(f"[red]{t['key']}[/red]: {t['error']}")
+            console.print(f"[red]{t['key']}[/red] {t['status']}: {t['error']}", highlight=False)
+    if problems:
+        console.print("recent warnings and errors:")
+        for e in problems:
+            console.print(
+                f"  {e.time:%Y-%m-%d %H:%M:%S} {e.level}: {e.message}", highlight=False, markup=False
+            )
 
 
 @click.command("cancel")
@@ -180,5 +266,5 @@ def status_command(name: str | None, db: str, as_json: bool) -> None:
 @_db_option
 def cancel_command(name: str, db: str) -> None:
     """Ask a running submission of NAME to stop its trials (recorded results are kept)."""
-    connect(db).request_cancel(name)
+    _records(db).request_cancel(name)
     click.echo(f"cancel requested for '{name}'; running trials stop within a few seconds")

@@ -33,7 +33,7 @@ from ablate.plan.graph import StageGraph, build_graph
 from ablate.plan.stages import Stage
 from ablate.run import runners
 from ablate.run.artifacts import ArtifactStore
-from ablate.run.runners import error_line, run_stage
+from ablate.run.runners import error_line
 from ablate.spec.validate import LoadedSpec
 from ablate.track.db import Records, TrialInfo, connect
 from ablate.track.mlflow import MlflowMirror
@@ -99,6 +99,23 @@ def _ray_env() -> None:
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 
 
+def _token_auth_for_address() -> None:
+    """`ray start --head` enables token authentication when a token exists (~/.ray/auth_token,
+    $RAY_AUTH_TOKEN, $RAY_AUTH_TOKEN_PATH), but `ray.init(address=...)` does not, and then retries for
+    about 20 s before failing with InvalidAuthToken. With RAY_AUTH_MODE unset and a token at hand, send
+    it: a cluster without authentication accepts such a client too."""
+    if os.environ.get("RAY_AUTH_MODE") is not None:
+        return
+    try:
+        from ray._private.authentication.authentication_token_setup import (
+            maybe_enable_token_auth_if_token_available,
+        )
+
+        maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+    except Exception as exc:  # noqa: BLE001 - an older or newer Ray without this API: connect as is
+        log.debug("token authentication not set up: %s", exc)
+
+
 def init_ray(address: str | None = None) -> None:
     """Local Ray sized to this machine (dashboard off, object store capped), or a cluster by address
     (`address`, else $RAY_ADDRESS). A no-op when Ray is already initialised in this process."""
@@ -108,34 +125,24 @@ def init_ray(address: str | None = None) -> None:
         return
     _ray_env()
     address = address or os.environ.get("RAY_ADDRESS") or None
+    if address == "local":  # Ray's own word for "start a new local instance"
+        address = None
     common = {"logging_level": logging.WARNING, "log_to_driver": False, "configure_logging": True}
     try:
         if address:
+            _token_auth_for_address()
             ray.init(address=address, **common)
         else:
-            ray.init(include_dashboard=False, object_store_memory=OBJECT_STORE_BYTES, **common)
+            # "local": a new Ray of our own even when `ray start` runs on this machine (ray.init() without
+            # an address would join the cluster named in /tmp/ray/ray_current_cluster, stale or not).
+            ray.init(
+                address="local", include_dashboard=False, object_store_memory=OBJECT_STORE_BYTES, **common
+            )
     except ConnectionError as exc:
         raise RunError(
             f"cannot connect to the Ray cluster at {address}: {error_line(exc)}; "
             "check --address / RAY_ADDRESS (and that `ray start --head` is running there)"
         ) from None
-
-
-def _stage_task(
-    stage: Stage, parents: dict[str, Stage], store_url: str, base_dir: str, threads: int, *deps: Any
-) -> dict:
-    """Body of the Ray task of a shared stage (its parent tasks' results arrive as `deps`)."""
-    import torch
-
-    torch.set_num_threads(max(1, threads))
-    started = time.perf_counter()
-    facts = run_stage(stage, ArtifactStore(store_url), parents, base_dir)
-    return {**facts, "seconds": round(time.perf_counter() - started, 3)}
-
-
-def _trial_body(config: dict, payloads: dict[str, dict]) -> None:
-    """Kept for callers of the old name: the trial body is `ablate.run.runners.tune_trial`."""
-    runners.tune_trial(config, payloads)
 
 
 def _scalars(d: dict[str, Any]) -> dict[str, float]:
@@ -162,6 +169,7 @@ class Executor:
         self.run_ids: dict[str, str] = {}
         self.stage_status: dict[str, str] = {}
         self.mlflow_after_step: dict[str, int] = {}  # trial key -> last step MLflow already has
+        self.ran: dict[str, dict[str, Any]] = {}  # trial key -> node, start and end of its work (this run)
         self.result = SubmitResult(self.name)
 
     # ---------------------------------------------------------------- MLflow, opened only when needed
@@ -264,7 +272,7 @@ class Executor:
         import ray
 
         trial_res = self.spec.resources.trial
-        remote = ray.remote(_stage_task)
+        remote = ray.remote(runners.stage_task)
         refs: dict[str, Any] = {}
         pending: dict[Any, Stage] = {}
         for stage in todo:  # insertion order is a topological order
@@ -280,6 +288,10 @@ class Executor:
             pending[ref] = stage
             self.records.mark_stage_running(stage.hash)
             self.progress("stage_start", {"kind": stage.kind, "hash": stage.hash})
+        # While the stages run, the driver is idle: open MLflow and the runs of the trials to come now.
+        for trial in self.loaded.trials:
+            if not self._trial_done(trial.key):
+                self.run_id(trial.key)
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
             stage = pending.pop(done[0])
@@ -348,12 +360,7 @@ class Executor:
         stages = self.graph.trial_stages[key]
         facts = runners.read_distill_facts(self.store, stages["distill"])
         final = runners.read_eval_metrics(self.store, stages["eval"])
-        tpp = facts.get("tokens_per_step") or 0
-        rows = [("loss", i + 1, v) for i, v in enumerate(facts["loss_curve"])]
-        rows += [("lr", i + 1, v) for i, v in enumerate(facts["lr_curve"])]
-        rows += (
-            [("tokens", i + 1, float((i + 1) * tpp)) for i in range(len(facts["loss_curve"]))] if tpp else []
-        )
+        rows = _curve_rows(facts)
         trial_id, run_id = self.trial_ids[key], self.run_id(key)
         self.records.log_metrics(trial_id, rows)
         self.records.log_final_metrics(trial_id, final)
@@ -458,6 +465,7 @@ class Executor:
                 "metrics": t.final_metrics,
                 "error": t.error,
                 "duration_s": t.duration_s,
+                **({"ran": self.ran[t.key]} if t.key in self.ran else {}),
             }
             for t in summary.trials
             if t.key in keys
@@ -477,15 +485,20 @@ class Executor:
         self.records.close()
 
 
+def _curve_rows(facts: dict[str, Any]) -> list[tuple[str, int, float]]:
+    """Per-step loss, lr and tokens from a distillation's curves (steps 1..n)."""
+    rows = [("loss", i + 1, float(v)) for i, v in enumerate(facts.get("loss_curve") or [])]
+    rows += [("lr", i + 1, float(v)) for i, v in enumerate(facts.get("lr_curve") or [])]
+    tpp = facts.get("tokens_per_step") or 0
+    if tpp:
+        rows += [("tokens", i + 1, float((i + 1) * tpp)) for i in range(len(facts.get("loss_curve") or []))]
+    return rows
+
+
 def _final_rows(final: dict[str, float], step: int) -> list[tuple[str, int, float]]:
     """Final eval metrics for MLflow: `eval_<name>` at the last step, the same series as periodic evals
     (`distill.eval_every`), so the run table shows them and they never mix with per-step values."""
     return [(f"eval_{k}", step, v) for k, v in final.items() if v is not None]
-
-
-def _error_text(exc: BaseException) -> str:
-    """Kept for callers of the old name: see `ablate.run.runners.error_line`."""
-    return error_line(exc)
 
 
 # ---------------------------------------------------------------------------------------------- Tune hooks
@@ -576,6 +589,7 @@ def _define_tune_classes() -> None:
                 )
             elif phase == runners.PHASE_START:
                 node, host = str(result.get("node") or ""), str(result.get("host") or "")
+                self.ex.ran[key] = {"node": node, "started": result.get("started")}
                 self.tags[key] = {"ablate.node": node, "ablate.host": host}
                 self.ex.records.log_event(
                     f"trial {key} started on node {node[:16]} ({host}, pid {result.get('pid')})",
@@ -584,6 +598,10 @@ def _define_tune_classes() -> None:
                 )
             elif phase in (runners.PHASE_DONE, runners.PHASE_FAILED):
                 self.outcome[key] = dict(result)
+                ran = self.ex.ran.setdefault(key, {})
+                ran["finished"] = result.get("finished")
+                if ran.get("started") and ran.get("finished"):
+                    ran["work_s"] = round(ran["finished"] - ran["started"], 3)
             if time.monotonic() - self.last_flush > self.FLUSH_S:
                 self.flush_all()
 
@@ -632,8 +650,7 @@ def _define_tune_classes() -> None:
             final = _scalars(out.get("final") or {})
             facts = out.get("facts") or {}
             steps = int(facts.get("steps") or 0)
-            for i, v in enumerate(facts.get("loss_curve") or []):  # distill published by an earlier attempt
-                self.buffer.setdefault(key, []).append(("loss", i + 1, float(v)))
+            self.buffer.setdefault(key, []).extend(_curve_rows(facts))  # steps an earlier attempt ran
             self.flush(key)
             trial_id, run_id = ex.trial_ids[key], ex.run_ids[key]
             stages = ex.graph.trial_stages[key]

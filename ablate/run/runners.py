@@ -228,12 +228,23 @@ def run_distill(
     # Published: the resume checkpoint (weights + optimizer state, several times the model) is no longer
     # needed; a later submission reuses the artifact instead.
     shutil.rmtree(work, ignore_errors=True)
-    return {
+    facts: dict[str, Any] = {
         "steps": result.steps,
         "tokens": result.tokens,
         "final_loss": result.final_loss,
         "resumed_from_step": result.resumed_from_step,
     }
+    if result.resumed_from_step:
+        # Steps up to the checkpoint were reported by the interrupted attempt, but those reported after
+        # its last flush to the records (or after the checkpoint was written) never reached them: the
+        # curves up to the resume point let the driver fill those gaps.
+        n = result.resumed_from_step
+        facts |= {
+            "loss_curve": result.loss_curve[:n],
+            "lr_curve": result.lr_curve[:n],
+            "tokens_per_step": result.tokens_per_step,
+        }
+    return facts
 
 
 def run_eval(
@@ -282,6 +293,17 @@ def run_stage(
     if stage.kind not in RUNNERS:
         raise RunError(f"no runner for stage kind {stage.kind!r}")
     return RUNNERS[stage.kind](stage, store, parents, base_dir, on_step)
+
+
+def stage_task(
+    stage: Stage, parents: dict[str, Stage], store_url: str, base_dir: str, threads: int, *deps: Any
+) -> dict[str, Any]:
+    """Body of the Ray task of a shared stage (its parent tasks' results arrive as `deps`, which only
+    orders them). Lives here, not in the executor, so a worker imports no database or MLflow code."""
+    torch.set_num_threads(max(1, threads))
+    started = time.perf_counter()
+    facts = run_stage(stage, ArtifactStore(store_url), parents, base_dir)
+    return {**facts, "seconds": round(time.perf_counter() - started, 3)}
 
 
 # ---------------------------------------------------------------------------------------------------- trials
@@ -372,7 +394,7 @@ def tune_trial(config: dict[str, Any], payloads: dict[str, dict[str, Any]]) -> N
         if metrics.get("reused"):
             metrics = read_eval_metrics(store, evaluate.hash)
     except AblateError as exc:
-        tune.report({"phase": PHASE_FAILED, "stage": kind, "error": error_line(exc)})
+        tune.report({"phase": PHASE_FAILED, "stage": kind, "error": error_line(exc), "finished": time.time()})
         return
     tune.report({"phase": PHASE_DONE, "final": metrics, "facts": facts, "finished": time.time()})
 
