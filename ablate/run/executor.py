@@ -22,6 +22,7 @@ import hashlib
 import logging
 import math
 import os
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -170,6 +171,8 @@ class Executor:
         self.stage_status: dict[str, str] = {}
         self.mlflow_after_step: dict[str, int] = {}  # trial key -> last step MLflow already has
         self.ran: dict[str, dict[str, Any]] = {}  # trial key -> node, start and end of its work (this run)
+        self._opener: threading.Thread | None = None
+        self._opener_error: BaseException | None = None
         self.result = SubmitResult(self.name)
 
     # ---------------------------------------------------------------- MLflow, opened only when needed
@@ -268,7 +271,7 @@ class Executor:
         failures: dict[str, str] = {}
         if not todo:
             return failures
-        init_ray(self.address)
+        self._start_ray()
         import ray
 
         trial_res = self.spec.resources.trial
@@ -288,10 +291,6 @@ class Executor:
             pending[ref] = stage
             self.records.mark_stage_running(stage.hash)
             self.progress("stage_start", {"kind": stage.kind, "hash": stage.hash})
-        # While the stages run, the driver is idle: open MLflow and the runs of the trials to come now.
-        for trial in self.loaded.trials:
-            if not self._trial_done(trial.key):
-                self.run_id(trial.key)
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
             stage = pending.pop(done[0])
@@ -328,6 +327,7 @@ class Executor:
         return info.status == "completed" and all(self._done(stages[k]) for k in TRIAL_KINDS)
 
     def run_trials(self, failures: dict[str, str]) -> None:
+        self._runs_ready()
         todo, from_artifacts = [], []
         for trial in self.loaded.trials:
             key = trial.key
@@ -371,8 +371,37 @@ class Executor:
             self._count(self.result.stages_reused, kind)
         self.progress("trial_done", {"key": key, "metrics": final, "reused": True})
 
-    def _tune(self, todo: list) -> None:
+    def _start_ray(self) -> None:
+        """Start (or join) Ray. Meanwhile a thread opens MLflow and the child runs of the trials to come
+        (seconds: MLflow's imports, its schema on first use, a few calls per run), which the driver needs
+        only once results arrive: `_runs_ready` waits for it."""
+        keys = [
+            t.key for t in self.loaded.trials if t.key not in self.run_ids and not self._trial_done(t.key)
+        ]
+        if keys and self._opener is None:
+
+            def open_runs() -> None:
+                try:
+                    for key in keys:
+                        self.run_id(key)
+                except BaseException as exc:  # noqa: BLE001 - re-raised in the driver thread
+                    self._opener_error = exc
+
+            self._opener = threading.Thread(target=open_runs, name="ablate-mlflow-runs", daemon=True)
+            self._opener.start()
         init_ray(self.address)
+
+    def _runs_ready(self) -> None:
+        if self._opener is not None:
+            self._opener.join()
+            self._opener = None
+        if self._opener_error is not None:
+            error, self._opener_error = self._opener_error, None
+            raise error
+
+    def _tune(self, todo: list) -> None:
+        self._start_ray()
+        self._runs_ready()
         from ray import tune
 
         trial_res = self.spec.resources.trial

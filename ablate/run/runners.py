@@ -333,6 +333,14 @@ def error_line(exc: BaseException) -> str:
     return f"{name}: {first}" if first else name
 
 
+def warm_imports() -> None:
+    """Import what the stages use (transformers above all: seconds on a cold process)."""
+    import ablate.data.corpus  # noqa: F401
+    import ablate.distill.train  # noqa: F401
+    import ablate.evaluate  # noqa: F401
+    import ablate.models.registry  # noqa: F401
+
+
 def tune_trial(config: dict[str, Any], payloads: dict[str, dict[str, Any]]) -> None:
     """Body of one Ray Tune trial: the trial's distill and eval stages, everything reported through
     `tune.report` (the driver records it; workers never write to the records or MLflow).
@@ -350,6 +358,7 @@ def tune_trial(config: dict[str, Any], payloads: dict[str, dict[str, Any]]) -> N
 
     payload = payloads[config["key"]]
     torch.set_num_threads(max(1, int(payload["cpu"])))
+    warm_imports()  # once per (reused) actor; `started` below is when the trial's own work begins
     try:
         node = ray.get_runtime_context().get_node_id()
     except Exception:  # noqa: BLE001 - informational only
