@@ -46,6 +46,19 @@ def _tokens(value: str, what: str) -> int:
         raise DataError(f"{what}: {exc}") from None
 
 
+def _progress(items, description: str, enabled: bool):
+    """A rich progress bar on stderr over a list (only for humans at a terminal)."""
+    import sys
+
+    from rich.console import Console
+    from rich.progress import track
+
+    items = list(items)
+    if not enabled or not sys.stderr.isatty():
+        return items
+    return track(items, description=description, console=Console(stderr=True), transient=True)
+
+
 def _quiet_transformers() -> None:
     from transformers.utils import logging as hf_logging
 
@@ -158,7 +171,7 @@ def prune_command(
         cal = None
         if importance == "activation":
             splits = token_splits(tokenizer, corpus, seq_len, eval_count, calibration_samples)
-            cal = batches(splits.calibration, batch_size)
+            cal = _progress(batches(splits.calibration, batch_size), "importance", not as_json)
         scores = compute_importance(
             model,
             importance,
@@ -249,7 +262,10 @@ def eval_command(
                 f"'{model_ref}' and teacher '{teacher_ref}' use different tokenizers; KL needs the same vocabulary"
             )
     splits = token_splits(tokenizer, corpus, seq_len, eval_count, 0)
-    metrics = evaluate(model, splits.eval, teacher=teacher, batch_size=batch_size)
+    from ablate.data.corpus import batches
+
+    eval_batches = _progress(batches(splits.eval, batch_size), "evaluating", not as_json)
+    metrics = evaluate(model, eval_batches, teacher=teacher)
     result = {"model": model_ref, "teacher": teacher_ref, "corpus": corpus, "seq_len": seq_len, **metrics}
     result["seconds"] = round(time.perf_counter() - started, 3)
     if as_json:
