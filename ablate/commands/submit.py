@@ -99,7 +99,14 @@ class LiveProgress:
             self._line(f"[red]trial[/red]      {key} failed: {data['error']}")
         elif event == "trial_cancelled":
             self._end(key)
-            self._line(f"[yellow]trial[/yellow]      {key} stopped before it finished")
+            self._line(
+                f"[yellow]trial[/yellow]      {key} {data.get('reason') or 'stopped before it finished'}"
+            )
+
+
+def _console() -> Console:
+    """stdout; wide when it is not a terminal (a file, a pipe, CI), where rich would assume 80 columns."""
+    return Console() if sys.stdout.isatty() else Console(width=160)
 
 
 def _fmt_metric(value: Any) -> str:
@@ -109,7 +116,7 @@ def _fmt_metric(value: Any) -> str:
 def print_trials(trials: list[dict[str, Any]], console: Console, title: str) -> None:
     table = Table(title=title)
     for col in ("key", "overrides", "status", "loss", "ppl", "KL", "top-1", "error"):
-        table.add_column(col, overflow="fold" if col == "error" else "ellipsis")
+        table.add_column(col, overflow="fold", no_wrap=col == "key")
     for t in trials:
         m = t.get("metrics") or {}
         overrides = ", ".join(f"{k}={v}" for k, v in (t.get("overrides") or {}).items())
@@ -154,7 +161,7 @@ def submit_command(spec_path: str, address: str | None, as_json: bool) -> None:
     else:
         with LiveProgress(console, len(loaded.trials)) as progress:
             result = submit(loaded, address, progress)
-        out = Console()
+        out = _console()
         print_trials(result.trials, out, f"{result.experiment}: {len(result.trials)} trials")
         out.print(
             f"stages run {_counts(result.stages_run)}; reused {_counts(result.stages_reused)}; "
@@ -202,7 +209,7 @@ def _records(db: str):
 def status_command(name: str | None, db: str, as_json: bool) -> None:
     """What ran, what failed and why, what is left (all experiments without NAME)."""
     records = _records(db)
-    console = Console()
+    console = _console()
     if name is None:
         experiments = [e.to_dict() for e in records.list_experiments()]
         if as_json:

@@ -22,6 +22,7 @@ import hashlib
 import logging
 import math
 import os
+import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -63,11 +64,15 @@ class SubmitResult:
     stages_reused: dict[str, int] = field(default_factory=dict)
     stages_failed: dict[str, int] = field(default_factory=dict)
     trials: list[dict[str, Any]] = field(default_factory=list)
+    early_stopped: list[str] = field(default_factory=list)  # trial keys ASHA stopped
     wall_s: float = 0.0
 
     @property
     def ok(self) -> bool:
-        return not sum(self.stages_failed.values()) and all(t["status"] == "completed" for t in self.trials)
+        """Nothing failed and every trial completed (or was stopped early by ASHA, which is its job)."""
+        return not sum(self.stages_failed.values()) and all(
+            t["status"] == "completed" or t["key"] in self.early_stopped for t in self.trials
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -75,6 +80,7 @@ class SubmitResult:
             "ok": self.ok,
             "stages": {"run": self.stages_run, "reused": self.stages_reused, "failed": self.stages_failed},
             "trials": self.trials,
+            "early_stopped": self.early_stopped,
             "wall_s": round(self.wall_s, 3),
         }
 
@@ -430,16 +436,19 @@ class Executor:
         if self.spec.resources.asha:
             from ray.tune.schedulers import ASHAScheduler
 
-            steps = max(
-                1,
-                math.ceil(
-                    self.spec.distill.tokens / (self.spec.distill.global_batch * self.spec.data.seq_len)
-                ),
-            )
+            steps = max(_trial_steps(t.resolved()) for t in todo)
+            # Rungs on the distillation loss by optimizer step. stop_last_trials=False: a trial that
+            # reaches the last step must still run its eval.
             scheduler = ASHAScheduler(
-                metric="loss", mode="min", time_attr="step", max_t=steps, grace_period=max(1, steps // 8)
+                metric="loss",
+                mode="min",
+                time_attr="step",
+                max_t=steps,
+                grace_period=max(1, steps // 8),
+                stop_last_trials=False,
             )
         callback = __getattr__("RecordingCallback")(self)
+        tuner_name = f"{self.name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
         storage = Path(self.store.root if self.store.is_local else "~/.cache/ablate").expanduser() / ".tune"
         tuner = tune.Tuner(
             trainable,
@@ -452,7 +461,7 @@ class Executor:
                 trial_dirname_creator=lambda tr: tr.config["key"],
             ),
             run_config=tune.RunConfig(
-                name=f"{self.name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}",
+                name=tuner_name,
                 storage_path=str(storage),
                 failure_config=tune.FailureConfig(max_failures=self.spec.resources.max_failures),
                 callbacks=[callback],
@@ -463,8 +472,12 @@ class Executor:
         )
         for name in ("ray.tune", "ray.train"):
             logging.getLogger(name).setLevel(logging.ERROR)  # no result files by design: we record results
-        tuner.fit()
-        callback.flush_all()
+        try:
+            tuner.fit()
+        finally:
+            callback.flush_all()
+            # Tune's experiment folder holds nothing we read (results are in the records): drop it.
+            shutil.rmtree(storage / tuner_name, ignore_errors=True)
         for t in todo:  # anything Tune stopped (cancel) without a terminal callback
             info = self.records.get_trial(self.name, t.key)
             if info is not None and info.status in ("pending", "running"):
@@ -512,6 +525,12 @@ class Executor:
 
     def close(self) -> None:
         self.records.close()
+
+
+def _trial_steps(resolved: dict[str, Any]) -> int:
+    """Optimizer steps of a trial's distillation (the trainer's own formula)."""
+    d = resolved["distill"]
+    return max(1, math.ceil(int(d["tokens"]) / (int(d["global_batch"]) * int(resolved["data"]["seq_len"]))))
 
 
 def _curve_rows(facts: dict[str, Any]) -> list[tuple[str, int, float]]:
@@ -589,6 +608,7 @@ def _define_tune_classes() -> None:
             self.buffer: dict[str, list[tuple[str, int, float]]] = {}
             self.tags: dict[str, dict[str, str]] = {}
             self.outcome: dict[str, dict[str, Any]] = {}
+            self.last_step: dict[str, int] = {}
             self.last_flush = time.monotonic()
 
         @staticmethod
@@ -609,7 +629,7 @@ def _define_tune_classes() -> None:
             key = self._key(trial)
             phase = result.get("phase")
             if phase == runners.PHASE_STEP:
-                step = int(result["step"])
+                step = self.last_step[key] = int(result["step"])
                 rows = self.buffer.setdefault(key, [])
                 rows.extend((name, step, value) for name, value in (result.get("m") or {}).items())
                 self.ex.progress(
@@ -668,13 +688,16 @@ def _define_tune_classes() -> None:
                 return
             if out.get("phase") != runners.PHASE_DONE:
                 self.flush(key)
-                stopped = "cancelled" if ex.records.cancel_requested(ex.name) else "stopped early by ASHA"
-                ex.records.set_trial_status(
-                    ex.trial_ids[key], "cancelled", error=f"{stopped} before it finished"
-                )
+                step = self.last_step.get(key)
+                if ex.records.cancel_requested(ex.name):
+                    reason = "cancelled (ablate cancel) before it finished"
+                else:  # the only other way Tune stops a trial that did not fail: the ASHA scheduler
+                    reason = f"stopped early by ASHA at step {step}: its loss was not among the best"
+                    ex.result.early_stopped.append(key)
+                ex.records.set_trial_status(ex.trial_ids[key], "cancelled", error=reason)
                 self._finish_tags(key)
                 ex.mirror.set_terminated(ex.run_ids[key], "KILLED")
-                ex.progress("trial_cancelled", {"key": key})
+                ex.progress("trial_cancelled", {"key": key, "reason": reason})
                 return
             final = _scalars(out.get("final") or {})
             facts = out.get("facts") or {}
