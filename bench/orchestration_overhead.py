@@ -12,6 +12,9 @@ loading, after the imports both sides do before it). Then, with N trials and con
     startup_s             = launch -> first trial's work starts (imports, Ray, MLflow, actors)
     steady_per_trial_s    = (last work end - first work start - sum(work) / c) / N
 
+The plain side runs twice: with Tune's defaults (reuse_actors=False: a fresh worker process per trial)
+and with reuse_actors=True (what ablate sets), to separate the two sources of ablate's advantage.
+
 Run: python bench/orchestration_overhead.py [--seeds 3] [--concurrency 2]; prints JSON.
 """
 
@@ -81,7 +84,7 @@ def summarise(wall: float, launch: float, trials: list[dict], concurrency: int) 
 
 
 # ----------------------------------------------------------------------------------------- plain Ray Tune
-def plain(workdir: Path, spec: Path, concurrency: int) -> None:
+def plain(workdir: Path, spec: Path, concurrency: int, reuse_actors: bool) -> None:
     """The same trials through Ray Tune directly: a Tuner over the trial keys, Ray's MLflow callback,
     Tune's defaults otherwise (its default loggers and actor reuse included)."""
     import ray
@@ -131,7 +134,7 @@ def plain(workdir: Path, spec: Path, concurrency: int) -> None:
     tuner = tune.Tuner(
         tune.with_resources(tune.with_parameters(trainable, payloads=payloads), {"cpu": 1, "gpu": 0}),
         param_space={"trial": tune.grid_search(configs)},
-        tune_config=tune.TuneConfig(max_concurrent_trials=concurrency),
+        tune_config=tune.TuneConfig(max_concurrent_trials=concurrency, reuse_actors=reuse_actors),
         run_config=tune.RunConfig(
             name="plain",
             storage_path=str(workdir / "tune"),
@@ -182,9 +185,13 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=2)
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
     parser.add_argument("--plain", nargs=2, metavar=("WORKDIR", "SPEC"), help=argparse.SUPPRESS)
+    parser.add_argument("--reuse-actors", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--no-reuse-variant", action="store_true", help="skip plain Tune with reuse_actors=True (a third run)"
+    )
     args = parser.parse_args()
     if args.plain:
-        plain(Path(args.plain[0]), Path(args.plain[1]), args.concurrency)
+        plain(Path(args.plain[0]), Path(args.plain[1]), args.concurrency, args.reuse_actors)
         return
 
     work = Path(tempfile.mkdtemp(prefix="ablate-bench-overhead-"))
@@ -194,10 +201,11 @@ def main() -> None:
         t = time.perf_counter()
         build_shared_stages(spec, shared)
         prep_s = time.perf_counter() - t
-        ablate_ws, plain_ws = work / "ablate", work / "plain"
+        ablate_ws, plain_ws, reuse_ws = work / "ablate", work / "plain", work / "plain-reuse"
         for ws, store in (
             (ablate_ws, ablate_ws / ".ablate" / "artifacts"),
             (plain_ws, plain_ws / "artifacts"),
+            (reuse_ws, reuse_ws / "artifacts"),
         ):
             ws.mkdir()
             shutil.copytree(shared, store)
@@ -207,27 +215,18 @@ def main() -> None:
         launch, wall, out = timed([*CLI, "submit", "bench.yaml", "--json"], ablate_ws, env)
         result = json.loads(out)
         assert result["ok"], result
-        ablate_trials = [t["ran"] for t in result["trials"]]
-        ablate = summarise(wall, launch, ablate_trials, args.concurrency)
+        ablate = summarise(wall, launch, [t["ran"] for t in result["trials"]], args.concurrency)
         ablate["stages"] = result["stages"]
 
-        launch, wall, out = timed(
-            [
-                sys.executable,
-                __file__,
-                "--plain",
-                str(plain_ws),
-                str(plain_ws / "bench.yaml"),
-                "--concurrency",
-                str(args.concurrency),
-            ],
-            plain_ws,
-            env,
-        )
-        line = next(line for line in out.splitlines() if line.startswith("BENCH_JSON "))
-        plain_res = summarise(
-            wall, launch, json.loads(line[len("BENCH_JSON ") :])["trials"], args.concurrency
-        )
+        def run_plain(ws: Path, reuse: bool) -> dict:
+            cmd = [sys.executable, __file__, "--plain", str(ws), str(ws / "bench.yaml")]
+            cmd += ["--concurrency", str(args.concurrency)] + (["--reuse-actors"] if reuse else [])
+            launch, wall, out = timed(cmd, ws, env)
+            line = next(line for line in out.splitlines() if line.startswith("BENCH_JSON "))
+            return summarise(wall, launch, json.loads(line[len("BENCH_JSON ") :])["trials"], args.concurrency)
+
+        plain_res = run_plain(plain_ws, reuse=False)
+        reuse_res = None if args.no_reuse_variant else run_plain(reuse_ws, reuse=True)
 
         print(
             json.dumps(
@@ -240,6 +239,7 @@ def main() -> None:
                     "shared_stages_prep_s": round(prep_s, 2),
                     "ablate_submit": ablate,
                     "plain_ray_tune_mlflow": plain_res,
+                    "plain_ray_tune_mlflow_reuse_actors": reuse_res,
                     "ratio_overhead_per_trial_ablate_over_plain": round(
                         ablate["overhead_per_trial_s"] / plain_res["overhead_per_trial_s"], 3
                     ),
