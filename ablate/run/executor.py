@@ -187,12 +187,9 @@ class Executor:
         if self._mirror is None:
             self._mirror = MlflowMirror(self.mlflow_uri, self.name)
             parent = self._mirror.parent_run()
+            self._mirror.set_status(parent, "RUNNING")  # ended again (FINISHED / FAILED) by submit()
             self.records.set_experiment_mlflow(self.name, self._mirror.experiment_id, parent)
         return self._mirror
-
-    def _mlflow_sqlite_missing(self) -> bool:
-        prefix = "sqlite:///"
-        return self.mlflow_uri.startswith(prefix) and not Path(self.mlflow_uri[len(prefix) :]).exists()
 
     def run_id(self, key: str) -> str:
         """The trial's MLflow child run, found or created on first use (params + stage hashes as tags)."""
@@ -303,11 +300,11 @@ class Executor:
             try:
                 facts = ray.get(done[0])
             except Exception as exc:  # noqa: BLE001 - a stage failure is recorded, not raised
-                message = error_line(exc)
-                if "upstream" not in message and isinstance(exc, ray.exceptions.RayTaskError):
-                    parent_failed = [p for p in stage.parents if p in failures]
-                    if parent_failed:
-                        message = f"not run: its parent stage {parent_failed[0]} failed"
+                parent_failed = [p for p in stage.parents if p in failures]
+                if parent_failed:  # Ray hands a failed parent's error to its children unrun
+                    message = f"not run: its parent stage {parent_failed[0]} failed"
+                else:
+                    message = error_line(exc)
                 failures[stage.hash] = message
                 self.stage_status[stage.hash] = "failed"
                 self.records.mark_stage_failed(stage.hash, message)
@@ -341,8 +338,6 @@ class Executor:
             if self._trial_done(key):
                 for kind in TRIAL_KINDS:
                     self._count(self.result.stages_reused, kind)
-                if key not in self.run_ids and not self._mlflow_sqlite_missing():
-                    self.run_id(key)  # completed before MLflow was mirrored: give it its run now
                 continue
             broken = [h for h in stages.values() if h in failures]
             if broken:
@@ -513,8 +508,7 @@ class Executor:
             if t.key in keys
         ]
         self.result.wall_s = time.perf_counter() - started
-        ran = sum(self.result.stages_run.values()) + sum(self.result.stages_failed.values())
-        if self._mirror is not None and ran:
+        if self._mirror is not None:  # something was written to MLflow: the parent run ends with us
             self.mirror.set_terminated(self.mirror.parent_run(), "FINISHED" if self.result.ok else "FAILED")
         self.records.log_event(
             f"submission finished in {self.result.wall_s:.1f}s: {sum(self.result.stages_run.values())} stages run, "
