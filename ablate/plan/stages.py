@@ -56,7 +56,13 @@ def trial_stages(trial: Trial) -> dict[str, Stage]:
     # Splits (train / eval / calibration) are cut from one packed stream using data and calibration
     # settings, so every stage that reads a split depends on both sections.
     data = {"data": resolved["data"], "calibration": resolved["calibration"]}
-    importance = Stage("importance", {"importance": resolved["importance"], **data}, (teacher.hash,))
+    importance_config = {"importance": resolved["importance"], **data}
+    if spec.importance.depth.method == "contiguous":
+        # Contiguous-block scoring needs the block sizes to try: one per depth the spec's targets ask for.
+        importance_config["depth_targets"] = sorted(
+            {t.num_hidden_layers for t in spec.targets.values() if t.num_hidden_layers is not None}
+        )
+    importance = Stage("importance", importance_config, (teacher.hash,))
     prune = Stage("prune", {"target": resolved["target"]}, (importance.hash,))
     distill = Stage(
         "distill", {"distill": resolved["distill"], "seed": trial.seed, **data}, (prune.hash, teacher.hash)

@@ -134,6 +134,11 @@ def run_importance(
             seq_agg=width["seq_agg"],
             mlp_site=width["mlp_site"],
             depth_method=settings["depth"]["method"],
+            contiguous_drops=[
+                teacher_model.config.num_hidden_layers - layers
+                for layers in stage.config.get("depth_targets", [])
+                if layers < teacher_model.config.num_hidden_layers
+            ],
         )
     else:
         scores = baseline_importance(teacher_model, width["method"], seed=0)
