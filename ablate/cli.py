@@ -35,12 +35,12 @@ def main(ctx: click.Context, debug: bool) -> None:
 
 
 # --- commands registered by stage modules (one line each; keep sorted) ---
-from ablate.commands.distill import correct_command, distill_command  # noqa: E402
 from ablate.commands.build import build_command  # noqa: E402
+from ablate.commands.distill import correct_command, distill_command  # noqa: E402
 from ablate.commands.plan import plan_command, validate_command  # noqa: E402
-from ablate.commands.submit import cancel_command, status_command, submit_command  # noqa: E402
 from ablate.commands.prune import eval_command, prune_command  # noqa: E402
 from ablate.commands.report import report_command, ui_command  # noqa: E402
+from ablate.commands.submit import cancel_command, status_command, submit_command  # noqa: E402
 
 main.add_command(build_command)
 main.add_command(eval_command)

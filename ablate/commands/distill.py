@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from typing import Any
 import click
 
 from ablate.errors import DataError, TrainError
+from ablate.fsutil import staged_dir
 from ablate.spec.units import parse_tokens
 
 log = logging.getLogger(__name__)
@@ -63,25 +63,13 @@ def _write_json(path: Path, data: Any) -> None:
 
 def _save_model(model, tokenizer, out: Path, extra_files: dict[str, Path] | None = None) -> Path:
     """Atomically (temp dir + rename) write a plain HF checkpoint to `out`, replacing an older one."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with staged_dir(out) as tmp:
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         for name, src in (extra_files or {}).items():
             shutil.copyfile(src, tmp / name)
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            out.rename(old / out.name)
-            tmp.rename(out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

@@ -15,8 +15,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-import shutil
-import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +24,7 @@ from torch import Tensor
 from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
 from ablate.errors import PruneError
+from ablate.fsutil import staged_dir
 from ablate.models.arch import (
     check_model,
     check_target,
@@ -242,9 +241,7 @@ def save_pruned(
     """
     out = Path(out_dir).expanduser().resolve()
     check_out_dir(out, overwrite)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with staged_dir(out, before_publish=lambda: check_out_dir(out, overwrite)) as tmp:
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
         model.save_pretrained(tmp, safe_serialization=True)
@@ -256,17 +253,6 @@ def save_pruned(
             )
         if scores is not None:
             scores.save(tmp / "ablate-importance.safetensors")
-        if out.exists():
-            check_out_dir(out, overwrite)
-            trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            out.rename(trash / out.name)
-            tmp.rename(out)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 
