@@ -780,6 +780,16 @@ def submit(loaded: LoadedSpec, address: str | None = None, progress: Progress | 
     """Run `loaded` (see the module docstring); the records and MLflow hold the outcome."""
     if not loaded.trials:
         raise RunError(f"spec {loaded.path} has no trials to run")
+    multi = sorted(
+        {t.spec.resources.trial.workers for t in loaded.trials if t.spec.resources.trial.workers > 1}
+    )
+    if multi:
+        # Planned (ablate plan shows memory per device) but not executed yet: refuse rather than run
+        # a sharded recipe as one process.
+        raise RunError(
+            f"resources.trial.workers={multi[0]}: trials of several workers (ddp/fsdp) can be planned but not "
+            "run yet; set workers: 1 and strategy: single to run on one process"
+        )
     executor = Executor(loaded, address, progress)
     try:
         return executor.submit()
