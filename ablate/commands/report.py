@@ -77,6 +77,7 @@ def report_command(name: str, metric: str, db: str, out: str, as_json: bool) -> 
     try:
         report = build_report(records, name, metric)
         paths = write_report(report, Path(out) / name)
+        _attach_to_mlflow(records, name, Path(out) / name)
     finally:
         records.close()
     if as_json:
@@ -85,6 +86,26 @@ def report_command(name: str, metric: str, db: str, out: str, as_json: bool) -> 
         click.echo(json.dumps(data, indent=2, sort_keys=True))
         return
     _print_summary(report, paths)
+
+
+def _attach_to_mlflow(records: Any, name: str, folder: Path) -> None:
+    """Log the report folder on the experiment's MLflow parent run (DESIGN: the report is an artifact
+    there). Only when a submission recorded that run; a store that cannot be reached costs a warning,
+    never the report."""
+    exp = records.get_experiment(name)
+    if exp is None or not exp.mlflow_run_id:
+        return
+    from ablate.report.findings import _get, _parse_spec
+
+    uri = str(_get(_parse_spec(exp.spec_text), "tracking.mlflow") or DEFAULT_MLFLOW)
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        return  # the store is not here (records copied elsewhere): never create an empty one
+    try:
+        from ablate.track.mlflow import MlflowMirror
+
+        MlflowMirror(uri, name).log_artifact(exp.mlflow_run_id, folder, "report")
+    except Exception as exc:  # noqa: BLE001 - the report on disk is what matters
+        click.echo(f"warning: report not attached to MLflow run {exp.mlflow_run_id}: {exc}", err=True)
 
 
 def _print_summary(report: Any, paths: list[Path]) -> None:

@@ -253,3 +253,26 @@ def test_ui_target_picks_the_only_experiment_and_a_remote_store_only_prints(tmp_
     assert result.exit_code == 0, result.output
     assert "tracking.mlflow is an MLflow server" in result.output
     assert "http://mlflow.example:5000/#/compare-runs?runs=%5B%22r1%22%2C%22r2%22" in result.output
+
+
+def test_report_is_attached_to_the_experiments_mlflow_parent_run(tmp_path, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    from ablate.track.db import connect
+    from ablate.track.mlflow import MlflowMirror
+    from tests.report.known import build_known
+
+    monkeypatch.chdir(tmp_path)
+    records = connect(f"sqlite:///{tmp_path}/.ablate/ablate.db")
+    build_known(records, "attached")
+    mirror = MlflowMirror("sqlite:///.ablate/mlflow.db", "attached")
+    parent = mirror.parent_run()
+    records.set_experiment_mlflow("attached", mirror.experiment_id, parent)
+    records.close()
+    result = CliRunner().invoke(
+        main, ["report", "attached", "--db", "sqlite:///.ablate/ablate.db", "--out", "out"]
+    )
+    assert result.exit_code == 0, result.output
+    client = MlflowClient(mirror.tracking_uri)
+    names = sorted(a.path for a in client.list_artifacts(parent, "report"))
+    assert "report/report.md" in names and any(n.endswith(".png") for n in names)
