@@ -370,6 +370,9 @@ class Report:
     untested: list[str]
     """Ids of the best practices this experiment does not test."""
     counts: dict[str, int]
+    compute: dict[str, Any] = field(default_factory=dict)
+    """What the experiment cost: stages per kind (against the naive count), summed stage and trial
+    times, and each submission's own summary line."""
 
     @property
     def finished(self) -> list[TrialRow]:
@@ -1194,4 +1197,33 @@ def build_report(
         series=series,
         untested=[p for p in PRACTICES if p.startswith("BP") and p not in tested],
         counts={k: v for k, v in summary.counts.items()},
+        compute=_compute(records, name, len(rows)),
     )
+
+
+def _compute(records: Any, name: str, n_trials: int) -> dict[str, Any]:
+    """Stages the experiment's trials use and the time recorded on them (from the records alone)."""
+    stages = records.stages(name)
+    kinds: dict[str, int] = {}
+    seconds = 0.0
+    for st in stages:
+        kinds[st.kind] = kinds.get(st.kind, 0) + 1
+        if (
+            st.kind in ("teacher", "importance", "prune")
+            and st.status == "completed"
+            and st.started_at
+            and st.finished_at
+        ):
+            seconds += (st.finished_at - st.started_at).total_seconds()
+    submissions = [
+        e.message
+        for e in records.events(name, min_level="info", limit=200)
+        if e.message.startswith("submission finished")
+    ]
+    return {
+        "stages": kinds,
+        "stages_total": len(stages),
+        "naive_stages": 5 * n_trials,
+        "stage_seconds": round(seconds, 1),
+        "submissions": submissions,
+    }

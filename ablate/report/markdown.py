@@ -361,6 +361,27 @@ def _best_section(r: Report) -> list[str]:
     return lines
 
 
+def _compute_section(r: Report) -> list[str]:
+    c = r.compute
+    if not c:
+        return []
+    per_kind = ", ".join(f"{k} {n}" for k, n in c["stages"].items())
+    lines = [
+        "## Compute",
+        "",
+        f"The trials use {c['stages_total']} stages ({per_kind}) where running every trial on its own would "
+        f"take {c['naive_stages']}. Trials (distillation + evaluation) ran for "
+        f"{sum(t.duration_s or 0 for t in r.trials) / 60:.1f} min in all; shared stages (teacher, importance, "
+        f"prune) recorded {c['stage_seconds'] / 60:.1f} min. Stages another experiment had already made were "
+        "reused, not rerun.",
+        "",
+    ]
+    if c["submissions"]:
+        lines += ["Submissions, as each recorded itself:", ""]
+        lines += [f"- {m}" for m in c["submissions"]]
+    return lines
+
+
 def _mlflow_section(r: Report) -> list[str]:
     from ablate.report.findings import _redact
 
@@ -410,6 +431,7 @@ def render_markdown(report: Report) -> str:
         _findings_section,
         _plots_section,
         _best_section,
+        _compute_section,
         _mlflow_section,
     ):
         lines += section(r)
