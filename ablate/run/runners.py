@@ -78,14 +78,13 @@ def run_teacher(
     with store.write(stage.hash) as out:
         facts: dict[str, Any] = {"model_ref": ref, "corrected": bool(correction)}
         if correction:
-            from ablate.distill.train import TrainConfig, train
+            from ablate.distill.correction import correct_teacher, correction_config
             from ablate.models.registry import load_model
 
             model, tokenizer = load_model(ref)
             splits = splits_for(stage.config["data"], tokenizer, base_dir)
-            config = TrainConfig(
-                loss="ce",
-                tokens=correction["tokens"],
+            config = correction_config(
+                correction["tokens"],
                 lr=correction["lr"],
                 min_lr=correction["min_lr"],
                 warmup_steps=correction["warmup_steps"],
@@ -96,8 +95,7 @@ def run_teacher(
             )
             model.train()
             work = store_work_dir(store, stage.hash)
-            result = train(model, None, splits.train, config, work, on_step=on_step)
-            model.eval()
+            result = correct_teacher(model, splits.train, config, work, on_step=on_step)
             model.save_pretrained(out / "model")
             tokenizer.save_pretrained(out / "model")
             facts["correction"] = {
