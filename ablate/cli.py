@@ -31,7 +31,9 @@ def main(ctx: click.Context, debug: bool) -> None:
     """Declarative ablations for LLM compression: prune, distill, compare, build."""
     ctx.ensure_object(dict)
     ctx.obj["debug"] = debug
-    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
 
 
 # --- commands registered by stage modules (one line each; keep sorted) ---

@@ -8,8 +8,12 @@ What it guarantees:
   covered in epochs when the budget exceeds it); `scratch` initialisation is seeded. The global RNG is
   forked, so a trial leaves torch's RNG as it found it and two trials in one process don't interact.
 - Exact resume: checkpoints (model, optimizer, schedule position, RNG, data position, loss history)
-  are written atomically to `out_dir/checkpoint.pt`; calling `train` again with the same `out_dir`
-  continues from there and produces the same losses as an uninterrupted run (bit-identical on CPU).
+  are written atomically to `out_dir/checkpoint.pt` (one process) or `out_dir/checkpoint/` (sharded,
+  torch.distributed.checkpoint, when several workers train); calling `train` again with the same
+  `out_dir` continues from either, on any number of workers, and produces the same losses as an
+  uninterrupted run (bit-identical on CPU for one process).
+- Several workers (`parallel`, see ablate.distill.parallel): DDP or FSDP2; each worker trains on its
+  own slice of every global batch, so the run's losses equal the single-process run's.
 - A non-finite loss or gradient stops the run with a TrainError naming the step; the state of the
   last good step is checkpointed first, the bad update is never applied.
 - Teacher under `torch.inference_mode()`; bf16 autocast on CUDA; losses in float32.
@@ -24,6 +28,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
@@ -42,6 +47,16 @@ from ablate.distill.losses import (
     intermediate_loss,
     kl_div_loss,
 )
+from ablate.distill.parallel import (
+    DCP_CHECKPOINT,
+    Parallel,
+    grad_norm_value,
+    load_sharded,
+    load_sharded_meta,
+    load_training_state,
+    save_sharded,
+    training_state,
+)
 from ablate.errors import TrainError
 
 log = logging.getLogger(__name__)
@@ -50,7 +65,7 @@ SCHEDULES = ("cosine", "linear", "constant")
 PRECISIONS = ("auto", "bf16", "fp32")
 CHECKPOINT = "checkpoint.pt"
 RESULT = "train_result.json"
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2  # 2: model and optimizer state keyed by parameter name (get_state_dict)
 # Fields that do not change the numbers a run produces; a resume may change them.
 _NOT_FINGERPRINTED = ("checkpoint_every", "device", "precision")
 
@@ -440,13 +455,22 @@ def _fingerprint(config: TrainConfig, batches: Tensor, student: nn.Module) -> di
 
 
 def load_checkpoint(out_dir: str | Path) -> dict[str, Any] | None:
-    path = Path(out_dir) / CHECKPOINT
-    if not path.is_file():
-        return None
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # a truncated file cannot happen with atomic writes, but say so if it does
-        raise TrainError(f"checkpoint {path} cannot be read ({exc}); delete it to restart the run") from exc
+    """The latest checkpoint in `out_dir`: the one-file form (weights and optimizer inside), or the
+    sharded form's meta (with `sharded: True`; its weights load straight into a model), or None."""
+    out = Path(out_dir)
+    found: list[dict[str, Any]] = []
+    path = out / CHECKPOINT
+    if path.is_file():
+        try:
+            found.append(torch.load(path, map_location="cpu", weights_only=True))
+        except Exception as exc:  # a truncated file cannot happen with atomic writes, but say so if it does
+            raise TrainError(
+                f"checkpoint {path} cannot be read ({exc}); delete it to restart the run"
+            ) from exc
+    meta = load_sharded_meta(out)
+    if meta is not None:
+        found.append({**meta, "sharded": True})
+    return max(found, key=lambda c: int(c.get("step", -1))) if found else None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -503,6 +527,7 @@ def train(
     on_step: Callable[[dict[str, Any]], None] | None = None,
     eval_fn: Callable[[nn.Module], Mapping[str, float]] | None = None,
     eval_every: int | None = None,
+    parallel: Parallel | None = None,
 ) -> TrainResult:
     """Train `student` in place on `train_batches` ([n, seq_len] token ids) and return what happened.
 
@@ -512,8 +537,24 @@ def train(
     the loss components after every step (raise inside it to stop: the next call resumes from the
     last checkpoint). `eval_fn(student) -> metrics` runs every `eval_every` steps and at the end; its
     results go to `on_step` (prefixed `eval_`) and `TrainResult.evals`.
+
+    With `parallel` (one per worker, from `Parallel.current`), every worker calls `train` with the same
+    arguments and whole `train_batches`; `on_step` and `eval_fn` run on every worker (with the same
+    values), the result file is written by rank 0. Under FSDP the student stays sharded: gather it with
+    `parallel.full_model_state` to save it.
     """
     config.validate()
+    parallel = parallel or Parallel()
+    if parallel.world > 1 and config.global_batch % (parallel.world * config.micro_batch):
+        raise TrainError(
+            f"global_batch ({config.global_batch}) must be a multiple of workers x micro_batch "
+            f"({parallel.world} x {config.micro_batch}), so every worker runs whole micro-batches"
+        )
+    if parallel.strategy == "fsdp" and config.loss == "kld+intermediate":
+        raise TrainError(
+            "loss kld+intermediate is not supported with strategy fsdp yet (its projection is not sharded); "
+            "use strategy ddp, or loss kld"
+        )
     if (
         not isinstance(train_batches, Tensor)
         or train_batches.ndim != 2
@@ -549,7 +590,10 @@ def train(
     ckpt = load_checkpoint(out)
     if ckpt is not None:
         if ckpt.get("format") != CHECKPOINT_FORMAT:
-            raise TrainError(f"checkpoint {ckpt_path} has format {ckpt.get('format')}; delete it to restart")
+            raise TrainError(
+                f"the checkpoint in {out} has format {ckpt.get('format')} (this ablate reads "
+                f"{CHECKPOINT_FORMAT}); delete it to restart the run"
+            )
         old = ckpt["fingerprint"]
         diff = sorted(k for k in set(old) | set(fingerprint) if old.get(k) != fingerprint.get(k))
         if diff:
@@ -565,6 +609,7 @@ def train(
     if teacher is not None:
         teacher.to(device)
         teacher.eval()
+        teacher = parallel.wrap_teacher(teacher, use_bf16)
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_bf16 else nullcontext
     rng_devices = [device] if device.type == "cuda" else []
     history: dict[str, list] = {"loss": [], "lr": [], "metrics": [], "evals": []}
@@ -581,16 +626,17 @@ def train(
             kept_hidden = _kept(_pruning_metadata(student), "kept_hidden")
             projection = HiddenProjection(student.config.hidden_size, teacher.config.hidden_size, kept_hidden)
             projection.to(device)
-        modules: list[nn.Module] = [student] + ([projection] if projection is not None else [])
-        fused = device.type == "cuda"
+        model = parallel.wrap_student(student, device, use_bf16)  # what the loop calls
+        modules: list[nn.Module] = [model] + ([projection] if projection is not None else [])
+        fast = {"fused": True} if device.type == "cuda" and parallel.strategy != "fsdp" else {}
         optimizer = torch.optim.AdamW(
-            _param_groups(modules, config.weight_decay), lr=config.lr, betas=config.betas, fused=fused
+            _param_groups(modules, config.weight_decay), lr=config.lr, betas=config.betas, **fast
         )
         if ckpt is not None:
-            student.load_state_dict(ckpt["model"])
-            if projection is not None:
-                projection.load_state_dict(ckpt["projection"])
-            optimizer.load_state_dict(ckpt["optimizer"])
+            if ckpt.get("sharded"):
+                load_sharded(out, model, projection, optimizer)
+            else:
+                load_training_state(model, projection, optimizer, ckpt, full=True)
             _set_rng_state(ckpt["rng"], device)
             history = ckpt["history"]
             start_step = resumed_from = int(ckpt["step"])
@@ -605,26 +651,31 @@ def train(
 
         def save(step: int) -> None:
             nonlocal last_saved
-            state = {
+            meta = {
                 "format": CHECKPOINT_FORMAT,
                 "step": step,
                 "data_position": step * config.global_batch,
                 "fingerprint": fingerprint,
                 "config": config.to_dict(),
-                "model": student.state_dict(),
-                "projection": projection.state_dict() if projection is not None else None,
-                "optimizer": optimizer.state_dict(),
+                "workers": parallel.world,
                 "rng": _rng_state(device),
                 "history": history,
             }
-            _atomic_write_bytes(ckpt_path, lambda f: torch.save(state, f))
+            if parallel.distributed:
+                save_sharded(out, parallel, model, projection, optimizer, meta)
+                if parallel.is_main:
+                    ckpt_path.unlink(missing_ok=True)  # an older one-process checkpoint is superseded
+            else:
+                state = {**meta, **training_state(model, projection, optimizer, full=True)}
+                _atomic_write_bytes(ckpt_path, lambda f: torch.save(state, f))
+                shutil.rmtree(out / DCP_CHECKPOINT, ignore_errors=True)
             last_saved = step
 
         def run_eval(step: int) -> dict[str, float]:
             was_training = student.training
             student.eval()
             try:
-                with torch.inference_mode():
+                with parallel.no_grad():
                     metrics = {k: float(v) for k, v in dict(eval_fn(student)).items()}
             finally:
                 student.train(was_training)
@@ -642,21 +693,22 @@ def train(
                 lr = lr_at(step, total, config)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-                idx = order.indices(step * config.global_batch, config.global_batch)
+                idx = parallel.shard(order.indices(step * config.global_batch, config.global_batch))
                 batch = train_batches[idx].to(device, non_blocking=True)
                 sums = torch.zeros(3, device=device, dtype=torch.float32)  # loss, logit part, intermediate
-                for micro in batch.split(config.micro_batch):
-                    with autocast():
+                micros = batch.split(config.micro_batch)
+                for i, micro in enumerate(micros):
+                    with autocast(), parallel.accumulating(model, last=i == len(micros) - 1):
                         t_logits = t_hidden = None
                         if teacher is not None:
-                            with torch.inference_mode():
+                            with parallel.no_grad():
                                 t_out = teacher(input_ids=micro, use_cache=False)
                             # Inference tensors cannot be saved for backward: clone outside the mode.
                             t_logits = t_out.logits.clone()
                             if t_capture is not None:
                                 t_hidden = [h.clone() for h in t_capture.take()]
                             del t_out
-                        s_logits = student(input_ids=micro, use_cache=False).logits
+                        s_logits = model(input_ids=micro, use_cache=False).logits
                         if config.loss in ("ce", "scratch"):
                             loss = logit_loss = cross_entropy_loss(s_logits, micro)
                             is_loss = None
@@ -666,15 +718,19 @@ def train(
                             if s_capture is not None:
                                 is_loss = intermediate_loss(s_capture.take(), t_hidden, projection)
                                 loss = combine_dynamic(logit_loss, is_loss)
-                    (loss / config.accumulation).backward()
+                        # Each worker averages its own micro-batches; averaging over workers does the rest.
+                        (loss / len(micros)).backward()
                     sums[0] += loss.detach().float()
                     sums[1] += logit_loss.detach().float()
                     if is_loss is not None:
                         sums[2] += is_loss.detach().float()
+                parallel.average_gradients(projection)
                 if config.grad_clip is not None:
                     grad_norm = torch.nn.utils.clip_grad_norm_(params, config.grad_clip, foreach=True)
                 else:
                     grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+                grad_norm = grad_norm_value(grad_norm)
+                sums = parallel.sum(sums)
                 values = torch.cat([sums / config.accumulation, grad_norm.reshape(1).float()]).tolist()
                 loss_v, logit_v, is_v, norm_v = values
                 if not (math.isfinite(loss_v) and math.isfinite(norm_v)):
@@ -740,7 +796,8 @@ def train(
         tokens_per_s=ran * config.tokens_per_step / wall if ran and wall > 0 else 0.0,
         checkpoint=str(ckpt_path),
     )
-    _atomic_write_json(out / RESULT, result.to_dict())
+    if parallel.is_main:
+        _atomic_write_json(out / RESULT, result.to_dict())
     if config.tokens_consumed != config.tokens:
         log.info(
             "budget %d tokens -> %d steps of %d tokens = %d tokens consumed",

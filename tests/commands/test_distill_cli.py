@@ -106,7 +106,7 @@ def test_bad_inputs_are_clear_errors(tmp_path, student_dir):
     assert vocab.exit_code == 2, vocab.output
     assert "vocabulary (300 logits) differs from the teacher's (260)" in vocab.output
 
-    explode = invoke(*base, "--tokens", "4k", "--lr", "1e4", "--grad-clip", "1e9", "--checkpoint-every", "1",
+    explode = invoke(*base, "--tokens", "4k", "--lr", "1e20", "--grad-clip", "1e9", "--checkpoint-every", "1",
                      "--out", tmp_path / "e")  # fmt: skip
     assert explode.exit_code == 2, explode.output
     assert "training diverged at step" in explode.output and "last good state" in explode.output

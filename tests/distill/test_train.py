@@ -85,10 +85,19 @@ def test_a_checkpoint_of_another_run_is_refused(tmp_path, data):
 def test_a_learning_rate_that_explodes_stops_with_the_step_and_keeps_the_last_good_state(tmp_path, data):
     teacher = tiny_model(seed=0)
     student = slice_prune(teacher, ffn=64)
-    cfg = config(lr=1e4, min_lr=0.0, warmup_steps=0, grad_clip=None, checkpoint_every=1, tokens=20 * 8 * SEQ)
+    cfg = config(grad_clip=None, checkpoint_every=1, tokens=20 * 8 * SEQ)
+
+    def blow_up_after_step_5(metrics):
+        # What a far too high learning rate does, made deterministic: the weights become non-finite
+        # after step 5 (whose checkpoint is already written), so step 6's loss is not finite.
+        if metrics["step"] == 5:
+            with torch.no_grad():
+                student.lm_head.weight.mul_(float("inf"))
+
     with pytest.raises(TrainError, match=r"training diverged at step (\d+) of 20") as info:
-        train(student, teacher, data, cfg, tmp_path)
+        train(student, teacher, data, cfg, tmp_path, on_step=blow_up_after_step_5)
     bad_step = int(info.value.args[0].split("step ")[1].split(" ")[0])
+    assert bad_step == 6
     ckpt = load_checkpoint(tmp_path)
     assert ckpt["step"] == bad_step - 1 and len(ckpt["history"]["loss"]) == bad_step - 1
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values())

@@ -18,7 +18,7 @@ import shutil
 import signal
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from contextlib import chdir
 from dataclasses import dataclass
 from pathlib import Path
@@ -142,25 +142,6 @@ def wait_until(condition: Callable[[], Any], timeout: float, interval: float = 0
             return value
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what or condition}")
-
-
-@pytest.fixture(scope="session")
-def ray_local() -> Iterator[None]:
-    """One local Ray for the session's in-process submissions (shut down at the end)."""
-    import ray
-
-    from ablate.run.executor import init_ray
-
-    saved = os.environ.pop("RAY_ADDRESS", None)
-    if ray.is_initialized():  # pragma: no cover - another plugin started one
-        ray.shutdown()
-    init_ray(None)
-    try:
-        yield
-    finally:
-        ray.shutdown()
-        if saved is not None:
-            os.environ["RAY_ADDRESS"] = saved
 
 
 @dataclass
