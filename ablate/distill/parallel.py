@@ -92,7 +92,11 @@ class Parallel:
         if self.strategy == "ddp":
             from torch.nn.parallel import DistributedDataParallel
 
-            ids = [device.index] if device.type == "cuda" else None
+            ids = (
+                [device.index if device.index is not None else torch.cuda.current_device()]
+                if device.type == "cuda"
+                else None
+            )
             return DistributedDataParallel(model, device_ids=ids)
         if self.strategy == "fsdp":
             _fully_shard(model, bf16, reshard_after_forward=True)
