@@ -46,6 +46,7 @@ TRIAL_KINDS = ("distill", "eval")
 OBJECT_STORE_BYTES = 256 * 1024**2  # trials exchange paths, not tensors: keep Ray's shared memory small
 Progress = Callable[[str, dict[str, Any]], None]
 KEY_DISTILL_PARAMS = ("loss", "lr", "tokens", "global_batch", "micro_batch", "warmup_steps", "schedule")
+DRIVER_MEMORY_BYTES = 256 * 2**20  # what the Tune trial of a multi-worker trial reserves for itself
 
 __all__ = [  # noqa: F822 - the two Tune classes are defined on first use (module __getattr__)
     "CancelStopper",
@@ -284,12 +285,14 @@ class Executor:
         for stage in todo:  # insertion order is a topological order
             parents = {self.graph.stages[p].kind: self.graph.stages[p] for p in stage.parents}
             deps = [refs[p] for p in stage.parents if p in refs]
-            ref = remote.options(
-                num_cpus=trial_res.cpu,
-                num_gpus=trial_res.gpu,
+            ref = remote.options(  # a shared stage is one process: one worker's share of the trial
+                num_cpus=trial_res.cpu_per_worker,
+                num_gpus=trial_res.gpu_per_worker,
                 max_retries=self.spec.resources.max_failures,
                 retry_exceptions=False,
-            ).remote(stage, parents, self.store.url, self.base_dir, max(1, int(trial_res.cpu)), *deps)
+            ).remote(
+                stage, parents, self.store.url, self.base_dir, max(1, int(trial_res.cpu_per_worker)), *deps
+            )
             refs[stage.hash] = ref
             pending[ref] = stage
             self.records.mark_stage_running(stage.hash)
@@ -391,6 +394,25 @@ class Executor:
             self._opener = threading.Thread(target=open_runs, name="ablate-mlflow-runs", daemon=True)
             self._opener.start()
         init_ray(self.address)
+        self._check_trial_fits()
+
+    def _check_trial_fits(self) -> None:
+        """A trial that asks for more CPUs or GPUs than a local Ray has would wait for them forever:
+        refuse it with the numbers instead (a cluster may autoscale, so it is trusted)."""
+        import ray
+
+        if self.address or os.environ.get("RAY_ADDRESS"):
+            return
+        have = ray.cluster_resources()
+        res = self.spec.resources.trial
+        for name, want in (("cpu", res.cpu), ("gpu", res.gpu)):
+            got = float(have.get(name.upper(), 0))
+            if want > got + 1e-9:
+                raise RunError(
+                    f"resources.trial.{name}: a trial asks for {want:g} {name.upper()}s "
+                    f"({res.workers} worker(s)) but this machine's Ray has {got:g}; lower resources.trial.{name} "
+                    "(and workers), or submit to a Ray cluster with --address"
+                )
 
     def _runs_ready(self) -> None:
         if self._opener is not None:
@@ -414,19 +436,29 @@ class Executor:
             stages = self.graph.trial_stages[t.key]
             if self._done(stages["distill"]):
                 self._count(self.result.stages_reused, "distill")
+        storage = Path(self.store.root if self.store.is_local else "~/.cache/ablate").expanduser() / ".tune"
         payloads = {
             t.key: {
                 "stages": {k: self.graph.stages[h] for k, h in self.graph.trial_stages[t.key].items()},
                 "store": self.store.url,
                 "base_dir": self.base_dir,
                 "cpu": trial_res.cpu,
+                "gpu": trial_res.gpu,
+                "workers": trial_res.workers,
+                "strategy": trial_res.strategy,
+                "train_storage": str(storage / "train"),
             }
             for t in todo
         }
-        trainable = tune.with_resources(
-            tune.with_parameters(runners.tune_trial, payloads=payloads),
-            {"cpu": trial_res.cpu, "gpu": trial_res.gpu},
+        # A trial of several workers holds no CPU or GPU itself (only the memory of a process that
+        # waits): its Ray Train workers get the trial's CPUs and GPUs, split evenly, in a placement
+        # group of their own. Ray refuses an empty request, hence the memory.
+        held = (
+            {"cpu": 0, "gpu": 0, "memory": DRIVER_MEMORY_BYTES}
+            if trial_res.strategy != "single"
+            else {"cpu": trial_res.cpu, "gpu": trial_res.gpu}
         )
+        trainable = tune.with_resources(tune.with_parameters(runners.tune_trial, payloads=payloads), held)
         scheduler = None
         if self.spec.resources.asha:
             from ray.tune.schedulers import ASHAScheduler
@@ -444,7 +476,6 @@ class Executor:
             )
         callback = __getattr__("RecordingCallback")(self)
         tuner_name = f"{self.name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
-        storage = Path(self.store.root if self.store.is_local else "~/.cache/ablate").expanduser() / ".tune"
         tuner = tune.Tuner(
             trainable,
             param_space={"key": tune.grid_search([t.key for t in todo])},
@@ -780,16 +811,6 @@ def submit(loaded: LoadedSpec, address: str | None = None, progress: Progress | 
     """Run `loaded` (see the module docstring); the records and MLflow hold the outcome."""
     if not loaded.trials:
         raise RunError(f"spec {loaded.path} has no trials to run")
-    multi = sorted(
-        {t.spec.resources.trial.workers for t in loaded.trials if t.spec.resources.trial.workers > 1}
-    )
-    if multi:
-        # Planned (ablate plan shows memory per device) but not executed yet: refuse rather than run
-        # a sharded recipe as one process.
-        raise RunError(
-            f"resources.trial.workers={multi[0]}: trials of several workers (ddp/fsdp) can be planned but not "
-            "run yet; set workers: 1 and strategy: single to run on one process"
-        )
     executor = Executor(loaded, address, progress)
     try:
         return executor.submit()

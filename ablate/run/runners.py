@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from ablate.distill.parallel import Parallel
 from ablate.errors import AblateError, RunError
 from ablate.plan.stages import Stage
 from ablate.run.artifacts import ArtifactStore
@@ -188,15 +189,21 @@ def run_distill(
     parents: dict[str, Stage],
     base_dir: str | None = None,
     on_step: StepCallback | None = None,
+    parallel: Parallel | None = None,
+    device: str | None = None,
 ) -> dict[str, Any]:
+    """Distil the pruned student. With `parallel` every worker of the trial calls this; they train
+    together and rank 0 publishes the artifact (the others return the same facts)."""
+    from ablate.distill.parallel import Parallel, full_model_state
     from ablate.distill.train import TrainConfig, train
     from ablate.models.registry import load_model
 
+    parallel = parallel or Parallel()
     prune, teacher_stage = parents["prune"], parents["teacher"]
     distill = dict(stage.config["distill"])
     eval_every = distill.pop("eval_every", None)
     config = TrainConfig.from_mapping(
-        distill, seq_len=stage.config["data"]["seq_len"], seed=stage.config["seed"]
+        distill, seq_len=stage.config["data"]["seq_len"], seed=stage.config["seed"], device=device
     )
     student, tokenizer = load_model(str(store.local_path(prune.hash) / "model"))
     teacher = None
@@ -220,17 +227,26 @@ def run_distill(
         on_step=on_step,
         eval_fn=eval_fn,
         eval_every=eval_every,
+        parallel=parallel,
     )
     student.eval()
     record = result.to_dict()
     record["checkpoint"] = ""  # the work folder goes once the artifact is published
-    with store.write(stage.hash) as out:
-        student.save_pretrained(out / "model")
-        tokenizer.save_pretrained(out / "model")
-        (out / "result.json").write_text(json.dumps(record, indent=1))
-    # Published: the resume checkpoint (weights + optimizer state, several times the model) is no longer
-    # needed; a later submission reuses the artifact instead.
-    shutil.rmtree(work, ignore_errors=True)
+    record["workers"], record["strategy"] = parallel.world, parallel.strategy
+    if parallel.strategy == "fsdp":  # the student is sharded: gather it, and save it as a plain model
+        state = full_model_state(student, parallel)
+        if parallel.is_main:
+            student, _ = load_model(str(store.local_path(prune.hash) / "model"))
+            student.load_state_dict(state)
+    if parallel.is_main:
+        with store.write(stage.hash) as out:
+            student.save_pretrained(out / "model")
+            tokenizer.save_pretrained(out / "model")
+            (out / "result.json").write_text(json.dumps(record, indent=1))
+        # Published: the resume checkpoint (weights + optimizer state, several times the model) is no
+        # longer needed; a later submission reuses the artifact instead.
+        shutil.rmtree(work, ignore_errors=True)
+    parallel.barrier()
     facts: dict[str, Any] = {
         "steps": result.steps,
         "tokens": result.tokens,
@@ -289,12 +305,17 @@ def run_stage(
     parents: dict[str, Stage],
     base_dir: str | None = None,
     on_step: StepCallback | None = None,
+    parallel: Parallel | None = None,
+    device: str | None = None,
 ) -> dict[str, Any]:
-    """Run one stage unless its artifact is already complete (then read back its facts)."""
+    """Run one stage unless its artifact is already complete (then read back its facts). `parallel`
+    and `device` reach the distillation only: the one stage whose work is split over workers."""
     if store.exists(stage.hash):
         return {"reused": True}
     if stage.kind not in RUNNERS:
         raise RunError(f"no runner for stage kind {stage.kind!r}")
+    if stage.kind == "distill":
+        return run_distill(stage, store, parents, base_dir, on_step, parallel, device)
     return RUNNERS[stage.kind](stage, store, parents, base_dir, on_step)
 
 
@@ -346,7 +367,8 @@ def warm_imports() -> None:
 
 def tune_trial(config: dict[str, Any], payloads: dict[str, dict[str, Any]]) -> None:
     """Body of one Ray Tune trial: the trial's distill and eval stages, everything reported through
-    `tune.report` (the driver records it; workers never write to the records or MLflow).
+    `tune.report` (the driver records it; workers never write to the records or MLflow). A trial of
+    several workers (strategy ddp or fsdp in its payload) runs them on Ray Train (`train_on_workers`).
 
     Reports, in order: `phase=start` (node, host, pid, time), one `phase=distill` per optimizer step
     (`step`, `steps`, `loss` at the top for schedulers, every numeric value under `m`), then
@@ -356,17 +378,68 @@ def tune_trial(config: dict[str, Any], payloads: dict[str, dict[str, Any]]) -> N
     down the reusable actor; anything else (a crash, lost node) raises and counts against
     `resources.max_failures`.
     """
-    import ray
+    payload = payloads[config["key"]]
+    if payload.get("strategy", "single") != "single":
+        train_on_workers(config["key"], payload)
+        return
     from ray import tune
 
-    payload = payloads[config["key"]]
-    torch.set_num_threads(max(1, int(payload["cpu"])))
+    trial_body(payload, tune.report)
+
+
+def train_on_workers(key: str, payload: dict[str, Any]) -> None:
+    """Run the trial on `workers` Ray Train workers (a TorchTrainer started from the Tune trial, which
+    itself holds no resources); rank 0's reports reach Tune, so the driver records them as usual."""
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    workers, cpu, gpu = int(payload["workers"]), float(payload["cpu"]), float(payload.get("gpu") or 0)
+    per_worker = {"CPU": cpu / workers} | ({"GPU": gpu / workers} if gpu else {})
+    trainer = TorchTrainer(
+        train_worker,
+        train_loop_config={"payload": payload},
+        scaling_config=ScalingConfig(num_workers=workers, use_gpu=bool(gpu), resources_per_worker=per_worker),
+        run_config=RunConfig(
+            name=f"{key}-{payload['stages']['distill'].hash[:16]}-{int(time.time())}",
+            storage_path=payload["train_storage"],
+            callbacks=[TuneReportCallback()],
+            failure_config=FailureConfig(max_failures=0),  # retries are Tune's (resources.max_failures)
+        ),
+    )
+    trainer.fit()
+
+
+def train_worker(config: dict[str, Any]) -> None:
+    """One Ray Train worker of a trial: the same trial body on every rank, with its place in the group."""
+    import ray.train
+    import ray.train.torch
+
+    payload = config["payload"]
+    parallel = Parallel.current(payload["strategy"])
+    device = str(ray.train.torch.get_device()) if payload.get("gpu") else None
+    trial_body(payload, ray.train.report, parallel, device)
+
+
+def trial_body(
+    payload: dict[str, Any],
+    report: Callable[[dict[str, Any]], None],
+    parallel: Parallel | None = None,
+    device: str | None = None,
+) -> None:
+    """The trial's distill and eval stages, told through `report` (see `tune_trial`). On several
+    workers every rank calls this and reports the same number of times (Ray Train's report is a
+    barrier); only rank 0's reports reach the driver, and only rank 0 evaluates."""
+    import ray
+
+    parallel = parallel or Parallel()
+    torch.set_num_threads(max(1, int(float(payload["cpu"]) / int(payload.get("workers", 1)))))
     warm_imports()  # once per (reused) actor; `started` below is when the trial's own work begins
     try:
         node = ray.get_runtime_context().get_node_id()
     except Exception:  # noqa: BLE001 - informational only
         node = ""
-    tune.report(
+    report(
         {
             "phase": PHASE_START,
             "node": node,
@@ -386,7 +459,7 @@ def tune_trial(config: dict[str, Any], payloads: dict[str, dict[str, Any]]) -> N
             for k, v in metrics.items()
             if k not in _BOOKKEEPING and isinstance(v, (int, float)) and not isinstance(v, bool)
         }
-        tune.report(
+        report(
             {
                 "phase": PHASE_STEP,
                 "step": int(metrics["step"]),
@@ -398,17 +471,27 @@ def tune_trial(config: dict[str, Any], payloads: dict[str, dict[str, Any]]) -> N
 
     kind = "distill"
     try:
-        facts = run_stage(distill, store, {"prune": stages["prune"], "teacher": teacher}, base_dir, on_step)
+        facts = run_stage(
+            distill,
+            store,
+            {"prune": stages["prune"], "teacher": teacher},
+            base_dir,
+            on_step,
+            parallel,
+            device,
+        )
         if facts.get("reused"):  # published by an earlier attempt: the driver records its curves
             facts = read_distill_facts(store, distill.hash)
         kind = "eval"
-        metrics = run_stage(evaluate, store, {"distill": distill, "teacher": teacher}, base_dir)
-        if metrics.get("reused"):
-            metrics = read_eval_metrics(store, evaluate.hash)
+        metrics: dict[str, float] = {}
+        if parallel.is_main:  # the published student is a plain model: one process evaluates it
+            metrics = run_stage(evaluate, store, {"distill": distill, "teacher": teacher}, base_dir)
+            if metrics.get("reused"):
+                metrics = read_eval_metrics(store, evaluate.hash)
     except AblateError as exc:
-        tune.report({"phase": PHASE_FAILED, "stage": kind, "error": error_line(exc), "finished": time.time()})
+        report({"phase": PHASE_FAILED, "stage": kind, "error": error_line(exc), "finished": time.time()})
         return
-    tune.report({"phase": PHASE_DONE, "final": metrics, "facts": facts, "finished": time.time()})
+    report({"phase": PHASE_DONE, "final": metrics, "facts": facts, "finished": time.time()})
 
 
 def read_eval_metrics(store: ArtifactStore, eval_hash: str) -> dict[str, float]:

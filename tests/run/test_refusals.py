@@ -1,4 +1,4 @@
-"""Specs the executor cannot run are refused before anything starts or is recorded."""
+"""Specs the executor cannot run are refused with the numbers, before any stage starts."""
 
 from pathlib import Path
 
@@ -11,15 +11,16 @@ from ablate.spec.validate import load_spec
 SPECS = Path(__file__).parents[2] / "specs"
 
 
-def test_multi_worker_trials_are_refused_not_run_as_one_process(tmp_path, monkeypatch):
+def test_a_trial_larger_than_the_local_ray_is_refused_not_left_waiting(tmp_path, monkeypatch, ray_local):
     text = (
         (SPECS / "tiny.yaml")
         .read_text()
-        .replace("trial: {cpu: 1, gpu: 0}", "trial: {cpu: 2, gpu: 0, workers: 2, strategy: ddp}")
+        .replace("trial: {cpu: 1, gpu: 0}", "trial: {cpu: 2, gpu: 2, workers: 2, strategy: ddp}")
     )
-    spec = tmp_path / "tiny-ddp.yaml"
+    spec = tmp_path / "tiny-gpus.yaml"
     spec.write_text(text)
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(RunError, match="several workers"):
+    with pytest.raises(RunError, match=r"resources.trial.gpu: a trial asks for 2 GPUs \(2 worker\(s\)\) but"):
         submit(load_spec(spec))
-    assert not (tmp_path / ".ablate").exists()
+    artifacts = tmp_path / ".ablate" / "artifacts"
+    assert not artifacts.exists() or not [p for p in artifacts.iterdir() if not p.name.startswith(".")]
