@@ -52,7 +52,7 @@ def evaluate(
         with torch.inference_mode():
             for batch in as_batches(eval_batches, batch_size):
                 batch = batch.to(device)
-                logits = model(input_ids=batch, use_cache=False).logits
+                logits = model(input_ids=batch, use_cache=False).logits.to(device)
                 nll += F.cross_entropy(
                     logits[:, :-1].flatten(0, 1).float(), batch[:, 1:].flatten(), reduction="sum"
                 ).cpu()

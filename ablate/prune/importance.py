@@ -356,7 +356,7 @@ def _hooks(model: PreTrainedModel, acc: dict, seq_agg: str, mlp_site: str) -> It
                 x_in = _layer_input(args, kwargs).float()
                 x_out = _layer_output(output).float()
                 cos = F.cosine_similarity(x_in, x_out, dim=-1)
-                acc["bi_cos_sum"][i] += cos.sum(dtype=torch.float64)
+                acc["bi_cos_sum"][i] += cos.sum(dtype=torch.float64).to(acc["bi_cos_sum"].device)
                 if i == 0:
                     acc["bi_tokens"] += cos.numel()
 
@@ -390,7 +390,8 @@ class _RowMoments:
         self._pending: dict[int, Tensor] = {}
 
     def update_row(self, row: int, v: Tensor) -> None:
-        self._pending[row] = v
+        # A model split over devices (accelerate's device_map) reports each layer from its own device.
+        self._pending[row] = v.to(self.moments.mean.device)
         if len(self._pending) == self.rows:
             stacked = torch.stack([self._pending[r] for r in range(self.rows)], dim=1)  # [B, rows, C]
             self._pending.clear()
@@ -408,6 +409,7 @@ def _lm_loss_sum(model: PreTrainedModel, batch: Tensor) -> Tensor:
 
 def _next_token_nll(logits: Tensor, batch: Tensor) -> Tensor:
     """Summed next-token NLL: per-token losses in float32, summed in float64."""
+    batch = batch.to(logits.device)
     losses = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), batch[:, 1:].flatten(), reduction="none")
     return losses.sum(dtype=torch.float64)
 
@@ -471,7 +473,7 @@ def estimate_importance(
                 for key in ("heads", "mlp", "hidden"):
                     acc[key].check_flushed()
                 if need_loss:
-                    base_loss += _next_token_nll(logits, batch)
+                    base_loss += _next_token_nll(logits, batch).to(device)
                     loss_tokens += batch[:, 1:].numel()
                 del logits
                 samples += batch.shape[0]

@@ -80,9 +80,11 @@ def run_teacher(
         facts: dict[str, Any] = {"model_ref": ref, "corrected": bool(correction)}
         if correction:
             from ablate.distill.correction import correct_teacher, correction_config
+            from ablate.models.placement import place
             from ablate.models.registry import load_model
 
             model, tokenizer = load_model(ref)
+            model = place(model, split=False)  # the trainer owns one device
             splits = splits_for(stage.config["data"], tokenizer, base_dir)
             config = correction_config(
                 correction["tokens"],
@@ -97,7 +99,7 @@ def run_teacher(
             model.train()
             work = store_work_dir(store, stage.hash)
             result = correct_teacher(model, splits.train, config, work, on_step=on_step)
-            model.save_pretrained(out / "model")
+            model.to("cpu").save_pretrained(out / "model")
             tokenizer.save_pretrained(out / "model")
             facts["correction"] = {
                 "steps": result.steps,
@@ -118,9 +120,11 @@ def run_importance(
     on_step: StepCallback | None = None,
 ) -> dict[str, Any]:
     from ablate.data.corpus import batches
+    from ablate.models.placement import place
     from ablate.prune.importance import baseline_importance, estimate_importance
 
     teacher_model, tokenizer = load_teacher(store, parents["teacher"].hash)
+    teacher_model = place(teacher_model)  # on this stage's GPUs, split over several if there are
     settings = stage.config["importance"]
     width = settings["width"]
     started = time.perf_counter()
@@ -275,10 +279,12 @@ def run_eval(
 ) -> dict[str, Any]:
     from ablate.data.corpus import batches
     from ablate.evaluate import evaluate
+    from ablate.models.placement import place
     from ablate.models.registry import load_model
 
     student, tokenizer = load_model(str(store.local_path(parents["distill"].hash) / "model"))
     teacher, _ = load_teacher(store, parents["teacher"].hash)
+    student, teacher = place(student), place(teacher)
     splits = splits_for(stage.config, tokenizer, base_dir)
     with torch.inference_mode():
         metrics = evaluate(
@@ -432,7 +438,11 @@ def trial_body(
     barrier); only rank 0's reports reach the driver, and only rank 0 evaluates."""
     import ray
 
+    from ablate.models.placement import gpu_count
+
     parallel = parallel or Parallel()
+    if device is None and gpu_count():  # a one-process trial trains on the GPU Ray gave it
+        device = "cuda:0"
     torch.set_num_threads(max(1, int(float(payload["cpu"]) / int(payload.get("workers", 1)))))
     warm_imports()  # once per (reused) actor; `started` below is when the trial's own work begins
     try:
