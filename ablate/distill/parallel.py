@@ -174,6 +174,24 @@ def grad_norm_value(norm: Tensor) -> Tensor:
     return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
 
 
+def clip_gradient_groups(groups: list[list[Tensor]], max_norm: float | None) -> Tensor:
+    """Total gradient norm over groups of parameters, clipped to `max_norm` when given, as a plain tensor.
+
+    For FSDP's sharded student (DTensors) beside a replicated module (the hidden projection's plain
+    tensors): one norm call cannot mix the two, so each group's norm is taken alone and combined."""
+    norms = []
+    for params in groups:
+        grads = [p.grad for p in params if p.grad is not None]
+        if grads:
+            norms.append(grad_norm_value(torch.nn.utils.get_total_norm(grads, foreach=True)).float())
+    device = norms[0].device if norms else torch.device("cpu")
+    total = torch.linalg.vector_norm(torch.stack([n.to(device) for n in norms])) if norms else torch.zeros(())
+    if max_norm is not None:
+        for params in groups:
+            torch.nn.utils.clip_grads_with_norm_(params, max_norm, total, foreach=True)
+    return total
+
+
 # ------------------------------------------------------------------------------------------- state
 
 

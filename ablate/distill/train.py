@@ -50,6 +50,7 @@ from ablate.distill.losses import (
 from ablate.distill.parallel import (
     DCP_CHECKPOINT,
     Parallel,
+    clip_gradient_groups,
     grad_norm_value,
     load_sharded,
     load_sharded_meta,
@@ -550,11 +551,6 @@ def train(
             f"global_batch ({config.global_batch}) must be a multiple of workers x micro_batch "
             f"({parallel.world} x {config.micro_batch}), so every worker runs whole micro-batches"
         )
-    if parallel.strategy == "fsdp" and config.loss == "kld+intermediate":
-        raise TrainError(
-            "loss kld+intermediate is not supported with strategy fsdp yet (its projection is not sharded); "
-            "use strategy ddp, or loss kld"
-        )
     if (
         not isinstance(train_batches, Tensor)
         or train_batches.ndim != 2
@@ -725,7 +721,10 @@ def train(
                     if is_loss is not None:
                         sums[2] += is_loss.detach().float()
                 parallel.average_gradients(projection)
-                if config.grad_clip is not None:
+                if parallel.strategy == "fsdp" and projection is not None:  # DTensors beside plain tensors
+                    groups = [[p for p in m.parameters() if p.requires_grad] for m in modules]
+                    grad_norm = clip_gradient_groups(groups, config.grad_clip)
+                elif config.grad_clip is not None:
                     grad_norm = torch.nn.utils.clip_grad_norm_(params, config.grad_clip, foreach=True)
                 else:
                     grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])

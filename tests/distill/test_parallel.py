@@ -49,8 +49,9 @@ def _worker(cfg: dict) -> None:
     stopped = False
     try:
         train(
-            student, teacher, text_batches(SEQ, 20), config(), cfg["out"], on_step=on_step, parallel=parallel
-        )
+            student, teacher, text_batches(SEQ, 20), config(loss=cfg.get("loss", "kld")), cfg["out"],
+            on_step=on_step, parallel=parallel,
+        )  # fmt: skip
     except Stop:
         stopped = True
     facts = {"rank": parallel.rank, "world": parallel.world, "stopped": stopped}
@@ -119,6 +120,16 @@ def test_fsdp_on_two_workers_gives_the_same_losses_and_resumes_as_one_process(ra
     finished = run_workers("fsdp", tmp_path / "whole", tmp_path / "ray2")
     assert finished["tokens"] == single.tokens
     assert_same_curve(finished["loss_curve"], single.loss_curve)
+
+
+def test_intermediate_state_distillation_on_two_fsdp_workers_gives_the_same_losses(ray_local, tmp_path):
+    # kld+intermediate trains a projection beside the sharded student: replicated, averaged by hand.
+    teacher = tiny_model(seed=0)
+    student = slice_prune(teacher, hidden=48, ffn=64)
+    alone = train(student, teacher, text_batches(SEQ, 20), config(loss="kld+intermediate"), tmp_path / "one")
+    metrics = run_workers("fsdp", tmp_path / "out", tmp_path / "ray", loss="kld+intermediate")
+    assert metrics["tokens"] == alone.tokens
+    assert_same_curve(metrics["loss_curve"], alone.loss_curve)
 
 
 def test_a_distributed_strategy_needs_a_process_group_and_a_batch_that_divides():
