@@ -13,6 +13,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from ablate.distill.parallel import Parallel
 from ablate.distill.train import TrainConfig, TrainResult, train
 from ablate.errors import TrainError
 
@@ -41,12 +42,14 @@ def correct_teacher(
     on_step: Callable[[dict[str, Any]], None] | None = None,
     eval_fn: Callable[[nn.Module], Mapping[str, float]] | None = None,
     eval_every: int | None = None,
+    parallel: Parallel | None = None,
 ) -> TrainResult:
-    """Fine-tune `teacher` in place (resumable like `train`); it is left in eval mode."""
+    """Fine-tune `teacher` in place (resumable like `train`, on several workers like `train`); it is
+    left in eval mode."""
     if config.loss != "ce":
         raise TrainError(
             f"teacher correction trains with loss 'ce', not '{config.loss}'; use correction_config()"
         )
-    result = train(teacher, None, train_batches, config, out_dir, on_step, eval_fn, eval_every)
+    result = train(teacher, None, train_batches, config, out_dir, on_step, eval_fn, eval_every, parallel)
     teacher.eval()
     return result

@@ -280,19 +280,29 @@ class Executor:
 
         trial_res = self.spec.resources.trial
         remote = ray.remote(runners.stage_task)
+        on_workers = ray.remote(runners.stage_on_workers)
         refs: dict[str, Any] = {}
         pending: dict[Any, Stage] = {}
         for stage in todo:  # insertion order is a topological order
             parents = {self.graph.stages[p].kind: self.graph.stages[p] for p in stage.parents}
             deps = [refs[p] for p in stage.parents if p in refs]
-            ref = remote.options(  # a shared stage is one process: one worker's share of the trial
-                num_cpus=trial_res.cpu_per_worker,
-                num_gpus=trial_res.gpu_per_worker,
-                max_retries=self.spec.resources.max_failures,
-                retry_exceptions=False,
-            ).remote(
-                stage, parents, self.store.url, self.base_dir, max(1, int(trial_res.cpu_per_worker)), *deps
-            )
+            retries = {"max_retries": self.spec.resources.max_failures, "retry_exceptions": False}
+            if stage.kind in runners.WORKER_STAGES and trial_res.strategy != "single":
+                # Teacher correction trains like a trial: on the trial's workers (the task only waits).
+                ref = on_workers.options(num_cpus=0, memory=DRIVER_MEMORY_BYTES, **retries).remote(
+                    stage, parents, self.store.url, self.base_dir, self._worker_resources(), *deps
+                )
+            else:  # one process: one worker's share of the trial
+                ref = remote.options(
+                    num_cpus=trial_res.cpu_per_worker, num_gpus=trial_res.gpu_per_worker, **retries
+                ).remote(
+                    stage,
+                    parents,
+                    self.store.url,
+                    self.base_dir,
+                    max(1, int(trial_res.cpu_per_worker)),
+                    *deps,
+                )
             refs[stage.hash] = ref
             pending[ref] = stage
             self.records.mark_stage_running(stage.hash)
@@ -396,6 +406,20 @@ class Executor:
         init_ray(self.address)
         self._check_trial_fits()
 
+    def _tune_storage(self) -> Path:
+        return Path(self.store.root if self.store.is_local else "~/.cache/ablate").expanduser() / ".tune"
+
+    def _worker_resources(self) -> dict[str, Any]:
+        """What a trial's processes get: CPUs and GPUs in total, workers, strategy, Ray Train's folder."""
+        res = self.spec.resources.trial
+        return {
+            "cpu": res.cpu,
+            "gpu": res.gpu,
+            "workers": res.workers,
+            "strategy": res.strategy,
+            "train_storage": str(self._tune_storage() / "train"),
+        }
+
     def _check_trial_fits(self) -> None:
         """A trial that asks for more CPUs or GPUs than a local Ray has would wait for them forever:
         refuse it with the numbers instead (a cluster may autoscale, so it is trusted)."""
@@ -436,17 +460,12 @@ class Executor:
             stages = self.graph.trial_stages[t.key]
             if self._done(stages["distill"]):
                 self._count(self.result.stages_reused, "distill")
-        storage = Path(self.store.root if self.store.is_local else "~/.cache/ablate").expanduser() / ".tune"
         payloads = {
             t.key: {
                 "stages": {k: self.graph.stages[h] for k, h in self.graph.trial_stages[t.key].items()},
                 "store": self.store.url,
                 "base_dir": self.base_dir,
-                "cpu": trial_res.cpu,
-                "gpu": trial_res.gpu,
-                "workers": trial_res.workers,
-                "strategy": trial_res.strategy,
-                "train_storage": str(storage / "train"),
+                **self._worker_resources(),
             }
             for t in todo
         }
@@ -476,6 +495,7 @@ class Executor:
             )
         callback = __getattr__("RecordingCallback")(self)
         tuner_name = f"{self.name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+        storage = self._tune_storage()
         tuner = tune.Tuner(
             trainable,
             param_space={"key": tune.grid_search([t.key for t in todo])},

@@ -73,42 +73,60 @@ def run_teacher(
     parents: dict[str, Stage],
     base_dir: str | None = None,
     on_step: StepCallback | None = None,
+    parallel: Parallel | None = None,
+    device: str | None = None,
 ) -> dict[str, Any]:
+    """Record the teacher, corrected first when the spec asks. With `parallel` every worker of the
+    trial shape fine-tunes it together (like a distillation) and rank 0 publishes it."""
+    from ablate.distill.parallel import Parallel, full_model_state
+
+    parallel = parallel or Parallel()
     ref = resolve_ref(stage.config["model"], base_dir)
     correction = stage.config["correction"]
-    with store.write(stage.hash) as out:
-        facts: dict[str, Any] = {"model_ref": ref, "corrected": bool(correction)}
-        if correction:
-            from ablate.distill.correction import correct_teacher, correction_config
-            from ablate.models.placement import place
-            from ablate.models.registry import load_model
-
-            model, tokenizer = load_model(ref)
-            model = place(model, split=False)  # the trainer owns one device
-            splits = splits_for(stage.config["data"], tokenizer, base_dir)
-            config = correction_config(
-                correction["tokens"],
-                lr=correction["lr"],
-                min_lr=correction["min_lr"],
-                warmup_steps=correction["warmup_steps"],
-                global_batch=correction["global_batch"],
-                micro_batch=correction["micro_batch"],
-                seq_len=stage.config["data"]["data"]["seq_len"],
-                seed=0,
-            )
-            model.train()
-            work = store_work_dir(store, stage.hash)
-            result = correct_teacher(model, splits.train, config, work, on_step=on_step)
-            model.to("cpu").save_pretrained(out / "model")
-            tokenizer.save_pretrained(out / "model")
-            facts["correction"] = {
-                "steps": result.steps,
-                "tokens": result.tokens,
-                "final_loss": result.final_loss,
-            }
-        (out / "teacher.json").write_text(json.dumps(facts, indent=1))
+    facts: dict[str, Any] = {"model_ref": ref, "corrected": bool(correction)}
+    model = tokenizer = None
     if correction:
-        shutil.rmtree(store_work_dir(store, stage.hash), ignore_errors=True)
+        from ablate.distill.correction import correct_teacher, correction_config
+        from ablate.models.placement import place
+        from ablate.models.registry import load_model
+
+        model, tokenizer = load_model(ref)
+        if not parallel.distributed:
+            model = place(model, split=False)  # the trainer owns one device
+        splits = splits_for(stage.config["data"], tokenizer, base_dir)
+        config = correction_config(
+            correction["tokens"],
+            lr=correction["lr"],
+            min_lr=correction["min_lr"],
+            warmup_steps=correction["warmup_steps"],
+            global_batch=correction["global_batch"],
+            micro_batch=correction["micro_batch"],
+            seq_len=stage.config["data"]["data"]["seq_len"],
+            seed=0,
+            device=device,
+        )
+        model.train()
+        work = store_work_dir(store, stage.hash)
+        result = correct_teacher(model, splits.train, config, work, on_step=on_step, parallel=parallel)
+        facts["correction"] = {
+            "steps": result.steps,
+            "tokens": result.tokens,
+            "final_loss": result.final_loss,
+        }
+        if parallel.strategy == "fsdp":  # sharded: gather it and save it as a plain model
+            state = full_model_state(model, parallel)
+            if parallel.is_main:
+                model, _ = load_model(ref)
+                model.load_state_dict(state)
+    if parallel.is_main:
+        with store.write(stage.hash) as out:
+            if model is not None:
+                model.to("cpu").save_pretrained(out / "model")
+                tokenizer.save_pretrained(out / "model")
+            (out / "teacher.json").write_text(json.dumps(facts, indent=1))
+        if correction:
+            shutil.rmtree(store_work_dir(store, stage.hash), ignore_errors=True)
+    parallel.barrier()
     return facts
 
 
@@ -296,6 +314,7 @@ def run_eval(
     return metrics
 
 
+WORKER_STAGES = ("teacher", "distill")  # the stages that train, and so can run on several workers
 RUNNERS: dict[str, Callable[..., dict[str, Any]]] = {
     "teacher": run_teacher,
     "importance": run_importance,
@@ -315,13 +334,13 @@ def run_stage(
     device: str | None = None,
 ) -> dict[str, Any]:
     """Run one stage unless its artifact is already complete (then read back its facts). `parallel`
-    and `device` reach the distillation only: the one stage whose work is split over workers."""
+    and `device` reach the stages whose work is split over workers (WORKER_STAGES: they train)."""
     if store.exists(stage.hash):
         return {"reused": True}
     if stage.kind not in RUNNERS:
         raise RunError(f"no runner for stage kind {stage.kind!r}")
-    if stage.kind == "distill":
-        return run_distill(stage, store, parents, base_dir, on_step, parallel, device)
+    if stage.kind in WORKER_STAGES:
+        return RUNNERS[stage.kind](stage, store, parents, base_dir, on_step, parallel, device)
     return RUNNERS[stage.kind](stage, store, parents, base_dir, on_step)
 
 
@@ -334,6 +353,78 @@ def stage_task(
     started = time.perf_counter()
     facts = run_stage(stage, ArtifactStore(store_url), parents, base_dir)
     return {**facts, "seconds": round(time.perf_counter() - started, 3)}
+
+
+def stage_on_workers(
+    stage: Stage,
+    parents: dict[str, Stage],
+    store_url: str,
+    base_dir: str,
+    resources: dict[str, Any],
+    *deps: Any,
+) -> dict[str, Any]:
+    """Body of the Ray task of a shared stage that trains on the trial's workers (teacher correction
+    under ddp or fsdp): it starts a TorchTrainer of those workers, which run `run_stage` together, and
+    reads the facts back from the published artifact."""
+    started = time.perf_counter()
+    store = ArtifactStore(store_url)
+    if store.exists(stage.hash):
+        return {"reused": True, "seconds": 0.0}
+    config = {
+        "stage": stage,
+        "parents": parents,
+        "store": store_url,
+        "base_dir": base_dir,
+        "resources": resources,
+    }
+    torch_trainer(stage_worker, config, resources, f"{stage.kind}-{stage.hash[:16]}").fit()
+    with store.open(stage.hash, "teacher.json", "r") as f:
+        facts = json.load(f)
+    return {**facts, "seconds": round(time.perf_counter() - started, 3)}
+
+
+def stage_worker(config: dict[str, Any]) -> None:
+    """One Ray Train worker of a shared stage."""
+    resources = config["resources"]
+    parallel, device = _worker_place(resources)
+    torch.set_num_threads(max(1, int(float(resources["cpu"]) / int(resources["workers"]))))
+    store = ArtifactStore(config["store"])
+    run_stage(config["stage"], store, config["parents"], config["base_dir"], None, parallel, device)
+
+
+def torch_trainer(
+    worker: Callable[[dict[str, Any]], None],
+    config: dict[str, Any],
+    resources: dict[str, Any],
+    name: str,
+    callbacks: list[Any] | None = None,
+):
+    """A Ray Train TorchTrainer of `resources["workers"]` workers sharing the trial's CPUs and GPUs."""
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    workers, cpu = int(resources["workers"]), float(resources["cpu"])
+    gpu = float(resources.get("gpu") or 0)
+    per_worker = {"CPU": cpu / workers} | ({"GPU": gpu / workers} if gpu else {})
+    return TorchTrainer(
+        worker,
+        train_loop_config=config,
+        scaling_config=ScalingConfig(num_workers=workers, use_gpu=bool(gpu), resources_per_worker=per_worker),
+        run_config=RunConfig(
+            name=f"{name}-{int(time.time())}",
+            storage_path=resources["train_storage"],
+            callbacks=callbacks or [],
+            failure_config=FailureConfig(max_failures=0),  # retries belong to Tune and Ray tasks
+        ),
+    )
+
+
+def _worker_place(resources: dict[str, Any]) -> tuple[Parallel, str | None]:
+    """This Ray Train worker's place in the group and its device."""
+    import ray.train.torch
+
+    parallel = Parallel.current(resources["strategy"])
+    return parallel, (str(ray.train.torch.get_device()) if resources.get("gpu") else None)
 
 
 # ---------------------------------------------------------------------------------------------------- trials
@@ -396,34 +487,18 @@ def tune_trial(config: dict[str, Any], payloads: dict[str, dict[str, Any]]) -> N
 def train_on_workers(key: str, payload: dict[str, Any]) -> None:
     """Run the trial on `workers` Ray Train workers (a TorchTrainer started from the Tune trial, which
     itself holds no resources); rank 0's reports reach Tune, so the driver records them as usual."""
-    from ray.train import FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    workers, cpu, gpu = int(payload["workers"]), float(payload["cpu"]), float(payload.get("gpu") or 0)
-    per_worker = {"CPU": cpu / workers} | ({"GPU": gpu / workers} if gpu else {})
-    trainer = TorchTrainer(
-        train_worker,
-        train_loop_config={"payload": payload},
-        scaling_config=ScalingConfig(num_workers=workers, use_gpu=bool(gpu), resources_per_worker=per_worker),
-        run_config=RunConfig(
-            name=f"{key}-{payload['stages']['distill'].hash[:16]}-{int(time.time())}",
-            storage_path=payload["train_storage"],
-            callbacks=[TuneReportCallback()],
-            failure_config=FailureConfig(max_failures=0),  # retries are Tune's (resources.max_failures)
-        ),
-    )
-    trainer.fit()
+    name = f"{key}-{payload['stages']['distill'].hash[:16]}"
+    torch_trainer(train_worker, {"payload": payload}, payload, name, [TuneReportCallback()]).fit()
 
 
 def train_worker(config: dict[str, Any]) -> None:
     """One Ray Train worker of a trial: the same trial body on every rank, with its place in the group."""
     import ray.train
-    import ray.train.torch
 
     payload = config["payload"]
-    parallel = Parallel.current(payload["strategy"])
-    device = str(ray.train.torch.get_device()) if payload.get("gpu") else None
+    parallel, device = _worker_place(payload)
     trial_body(payload, ray.train.report, parallel, device)
 
 

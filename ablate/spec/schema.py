@@ -214,6 +214,15 @@ class Spec(Strict):
                 f"distill.global_batch ({self.distill.global_batch}) must be a multiple of resources.trial.workers x "
                 f"distill.micro_batch ({workers} x {micro} = {workers * micro}), so every worker runs whole micro-batches"
             )
+        correction = self.teacher.correction
+        if correction is not None:  # corrected on the trial's workers too
+            batch = correction.global_batch or self.distill.global_batch
+            micro = correction.micro_batch or self.distill.micro_batch
+            if batch % (workers * micro):
+                raise ValueError(
+                    f"teacher.correction's global batch ({batch}) must be a multiple of resources.trial.workers x "
+                    f"its micro-batch ({workers} x {micro} = {workers * micro}), so every worker runs whole micro-batches"
+                )
         return self
 
     @model_validator(mode="after")

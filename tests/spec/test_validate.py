@@ -228,3 +228,14 @@ def test_gpus_whole_per_worker_and_single_means_one(problems):
     assert "0.5 per worker (expected a whole number of GPUs per worker)" in found[0]
     found = problems(BASE + "resources:\n  trial: {workers: 2}\n")
     assert "strategy single runs one process" in found[0]
+
+
+def test_teacher_correction_batch_must_divide_over_workers_too(problems):
+    base = BASE.replace(
+        "  model: builtin:tiny-mistral\n",
+        "  model: builtin:tiny-mistral\n  correction: {tokens: 2k, global_batch: 6, micro_batch: 2}\n",
+        1,
+    )
+    found = problems(base + "resources:\n  trial: {cpu: 2, gpu: 0, workers: 2, strategy: ddp}\n")
+    assert len(found) == 1 and "teacher.correction's global batch (6) must be a multiple of" in found[0]
+    assert "(2 x 2 = 4)" in found[0]
