@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 import sys
 
@@ -9,9 +10,44 @@ import click
 
 from ablate.errors import AblateError
 
+# name -> (module, attribute, one-line help). Commands are imported when run, not at start-up: several
+# pull in torch and transformers (seconds), which `ablate status`, `report` or `--help` never need.
+# tests/test_cli.py checks each line here against the command itself.
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "build": ("ablate.commands.build", "build_command", "Build the final model of an experiment (NAME) or spec file (SPEC)."),
+    "cancel": ("ablate.commands.submit", "cancel_command", "Ask a running submission of NAME to stop its trials (recorded results are kept)."),
+    "correct": ("ablate.commands.distill", "correct_command", "Teacher correction: fine-tune the teacher on the distillation corpus (loss ce) before pruning."),
+    "distill": ("ablate.commands.distill", "distill_command", "Retrain a pruned student from its teacher (or with ce / from scratch, as baselines)."),
+    "eval": ("ablate.commands.prune", "eval_command", "Held-out LM loss and perplexity of a model (and KL / top-1 agreement with a teacher)."),
+    "plan": ("ablate.commands.plan", "plan_command", "Show SPEC's trials, shared stages, exact parameter counts and compute, without loading weights."),
+    "prune": ("ablate.commands.prune", "prune_command", "Score every head, neuron, channel and layer of a model and trim it to --target."),
+    "report": ("ablate.commands.report", "report_command", "Write OUT/NAME/report.md: trial table, paired comparisons with best-practice verdicts, plots, the best trial and the recipe `ablate build` will use."),
+    "status": ("ablate.commands.submit", "status_command", "What ran, what failed and why, what is left (all experiments without NAME)."),
+    "submit": ("ablate.commands.submit", "submit_command", "Run SPEC: shared stages once, trials on Ray; resumes and never redoes finished work."),
+    "ui": ("ablate.commands.report", "ui_command", "Start the MLflow UI on NAME's tracking store and print the URL of the run-comparison view with NAME's trials selected (without NAME: the only experiment in the records, else the experiment list)."),
+    "validate": ("ablate.commands.plan", "validate_command", "Check SPEC and report every problem with its file, line and path (exit 2 if any)."),
+}  # fmt: skip
+
 
 class AblateGroup(click.Group):
-    """Turns AblateError into a clean message and exit 2; --debug shows the traceback."""
+    """Commands loaded on first use (COMMANDS); AblateError becomes a clean message and exit 2
+    (--debug shows the traceback)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in COMMANDS:
+            return None
+        module, attribute, _ = COMMANDS[name]
+        return getattr(importlib.import_module(module), attribute)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """The command list of --help from COMMANDS, importing none of them."""
+        limit = formatter.width - 6 - max(len(name) for name in COMMANDS)
+        rows = [(name, _shorten(COMMANDS[name][2], limit)) for name in self.list_commands(ctx)]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
 
     def invoke(self, ctx: click.Context):
         try:
@@ -36,23 +72,6 @@ def main(ctx: click.Context, debug: bool) -> None:
     )
 
 
-# --- commands registered by stage modules (one line each; keep sorted) ---
-from ablate.commands.build import build_command  # noqa: E402
-from ablate.commands.distill import correct_command, distill_command  # noqa: E402
-from ablate.commands.plan import plan_command, validate_command  # noqa: E402
-from ablate.commands.prune import eval_command, prune_command  # noqa: E402
-from ablate.commands.report import report_command, ui_command  # noqa: E402
-from ablate.commands.submit import cancel_command, status_command, submit_command  # noqa: E402
-
-main.add_command(build_command)
-main.add_command(eval_command)
-main.add_command(plan_command)
-main.add_command(prune_command)
-main.add_command(validate_command)
-main.add_command(submit_command)
-main.add_command(status_command)
-main.add_command(cancel_command)
-main.add_command(distill_command)
-main.add_command(correct_command)
-main.add_command(report_command)
-main.add_command(ui_command)
+def _shorten(text: str, limit: int) -> str:
+    """What click's get_short_help_str makes of a help text: cut at a word, with an ellipsis."""
+    return click.utils.make_default_short_help(text, max(limit, 45))
