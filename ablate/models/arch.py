@@ -12,12 +12,16 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
+from transformers import AutoConfig, PretrainedConfig
 
 from ablate.errors import ModelError, PruneError
+
+if TYPE_CHECKING:  # the modelling classes cost seconds to import; validate and plan need configs only
+    from transformers import PreTrainedModel
 
 SUPPORTED_FAMILIES = ("llama", "mistral", "qwen2", "qwen3")
 AXES = ("hidden_size", "intermediate_size", "num_attention_heads", "num_hidden_layers")
@@ -140,6 +144,8 @@ def count_parameters(config: PretrainedConfig) -> int:
     Tied embeddings are counted once, as `model.parameters()` yields shared tensors once.
     """
     with torch.device("meta"):
+        from transformers import AutoModelForCausalLM
+
         model = AutoModelForCausalLM.from_config(config)
     return sum(p.numel() for p in model.parameters())
 

@@ -16,21 +16,17 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-from transformers import (
-    AutoConfig,
-    AutoModelForCausalLM,
-    AutoTokenizer,
-    MistralConfig,
-    PretrainedConfig,
-    PreTrainedModel,
-    PreTrainedTokenizerBase,
-)
+from transformers import AutoConfig, MistralConfig, PretrainedConfig
 
 from ablate.errors import ModelError
 from ablate.models.arch import check_family, check_model, rebuild_rotary
 from ablate.models.tokenizer import byte_tokenizer
+
+if TYPE_CHECKING:  # the modelling classes cost seconds to import; validate and plan need configs only
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +145,8 @@ def load_model(
 
 def load_tokenizer(ref: str) -> PreTrainedTokenizerBase:
     """The tokenizer belonging to `ref`."""
+    from transformers import AutoTokenizer
+
     if ref == "builtin:tiny-mistral":
         return byte_tokenizer()
     if ref == "builtin:smollm2-135m":
@@ -170,6 +168,8 @@ def load_tokenizer(ref: str) -> PreTrainedTokenizerBase:
 
 def tiny_mistral_model() -> PreTrainedModel:
     """builtin:tiny-mistral with its fixed-seed random init (same weights on every call)."""
+    from transformers import AutoModelForCausalLM
+
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(TINY_SEED)
         model = AutoModelForCausalLM.from_config(tiny_mistral_config())
@@ -177,6 +177,8 @@ def tiny_mistral_model() -> PreTrainedModel:
 
 
 def _from_pretrained(source: str, ref: str, dtype: torch.dtype) -> PreTrainedModel:
+    from transformers import AutoModelForCausalLM
+
     try:
         model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, local_files_only=True)
     except OSError as exc:
@@ -204,6 +206,8 @@ def _first_line(exc: BaseException) -> str:
 
 def smollm2_dir() -> Path:
     """The cached safetensors copy of SmolLM2-135M-Instruct, converted from the GGUF on first use."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     target = cache_dir() / "models" / "smollm2-135m"
     if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
         return target
