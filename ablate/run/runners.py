@@ -78,13 +78,13 @@ def run_teacher(
 ) -> dict[str, Any]:
     """Record the teacher, corrected first when the spec asks. With `parallel` every worker of the
     trial shape fine-tunes it together (like a distillation) and rank 0 publishes it."""
-    from ablate.distill.parallel import Parallel, full_model_state
+    from ablate.distill.parallel import Parallel
 
     parallel = parallel or Parallel()
     ref = resolve_ref(stage.config["model"], base_dir)
     correction = stage.config["correction"]
     facts: dict[str, Any] = {"model_ref": ref, "corrected": bool(correction)}
-    model = tokenizer = None
+    model = tokenizer = work = None
     if correction:
         from ablate.distill.correction import correct_teacher, correction_config
         from ablate.models.placement import place
@@ -113,21 +113,43 @@ def run_teacher(
             "tokens": result.tokens,
             "final_loss": result.final_loss,
         }
-        if parallel.strategy == "fsdp":  # sharded: gather it and save it as a plain model
-            state = full_model_state(model, parallel)
-            if parallel.is_main:
-                model, _ = load_model(ref)
-                model.load_state_dict(state)
+    publish(store, stage.hash, parallel, {"teacher.json": facts}, model, tokenizer, ref, work)
+    return facts
+
+
+def publish(
+    store: ArtifactStore,
+    stage_hash: str,
+    parallel: Parallel,
+    records: dict[str, Any],
+    model: Any = None,
+    tokenizer: Any = None,
+    reload_ref: str | None = None,
+    work: Path | None = None,
+) -> None:
+    """Publish what a training stage made, from whichever of its workers this is: under FSDP the model is
+    gathered (a collective) and loaded into a fresh copy of `reload_ref`; rank 0 writes the artifact
+    (`model/` as a plain HF checkpoint, each of `records` as JSON) and then drops the work folder, whose
+    resume checkpoint (weights + optimizer state, several times the model) a later submission no
+    longer needs. Every worker returns once it is published."""
+    from ablate.distill.parallel import full_model_state
+    from ablate.models.registry import load_model
+
+    if model is not None and parallel.strategy == "fsdp":
+        state = full_model_state(model, parallel)
+        if parallel.is_main:
+            model, _ = load_model(reload_ref)
+            model.load_state_dict(state)
     if parallel.is_main:
-        with store.write(stage.hash) as out:
+        with store.write(stage_hash) as out:
             if model is not None:
                 model.to("cpu").save_pretrained(out / "model")
                 tokenizer.save_pretrained(out / "model")
-            (out / "teacher.json").write_text(json.dumps(facts, indent=1))
-        if correction:
-            shutil.rmtree(store_work_dir(store, stage.hash), ignore_errors=True)
+            for name, data in records.items():
+                (out / name).write_text(json.dumps(data, indent=1))
+        if work is not None:
+            shutil.rmtree(work, ignore_errors=True)
     parallel.barrier()
-    return facts
 
 
 def run_importance(
@@ -216,7 +238,7 @@ def run_distill(
 ) -> dict[str, Any]:
     """Distil the pruned student. With `parallel` every worker of the trial calls this; they train
     together and rank 0 publishes the artifact (the others return the same facts)."""
-    from ablate.distill.parallel import Parallel, full_model_state
+    from ablate.distill.parallel import Parallel
     from ablate.distill.train import TrainConfig, train
     from ablate.models.registry import load_model
 
@@ -255,20 +277,8 @@ def run_distill(
     record = result.to_dict()
     record["checkpoint"] = ""  # the work folder goes once the artifact is published
     record["workers"], record["strategy"] = parallel.world, parallel.strategy
-    if parallel.strategy == "fsdp":  # the student is sharded: gather it, and save it as a plain model
-        state = full_model_state(student, parallel)
-        if parallel.is_main:
-            student, _ = load_model(str(store.local_path(prune.hash) / "model"))
-            student.load_state_dict(state)
-    if parallel.is_main:
-        with store.write(stage.hash) as out:
-            student.save_pretrained(out / "model")
-            tokenizer.save_pretrained(out / "model")
-            (out / "result.json").write_text(json.dumps(record, indent=1))
-        # Published: the resume checkpoint (weights + optimizer state, several times the model) is no
-        # longer needed; a later submission reuses the artifact instead.
-        shutil.rmtree(work, ignore_errors=True)
-    parallel.barrier()
+    pruned = str(store.local_path(prune.hash) / "model")
+    publish(store, stage.hash, parallel, {"result.json": record}, student, tokenizer, pruned, work)
     facts: dict[str, Any] = {
         "steps": result.steps,
         "tokens": result.tokens,
