@@ -292,16 +292,10 @@ class Executor:
                 ref = on_workers.options(num_cpus=0, memory=DRIVER_MEMORY_BYTES, **retries).remote(
                     stage, parents, self.store.url, self.base_dir, self._worker_resources(), *deps
                 )
-            else:  # one process: one worker's share of the trial
-                ref = remote.options(
-                    num_cpus=trial_res.cpu_per_worker, num_gpus=trial_res.gpu_per_worker, **retries
-                ).remote(
-                    stage,
-                    parents,
-                    self.store.url,
-                    self.base_dir,
-                    max(1, int(trial_res.cpu_per_worker)),
-                    *deps,
+            else:  # one process: resources.shared, by default one worker's share of the trial
+                cpu, gpu = self._shared_resources()
+                ref = remote.options(num_cpus=cpu, num_gpus=gpu, **retries).remote(
+                    stage, parents, self.store.url, self.base_dir, max(1, int(cpu)), *deps
                 )
             refs[stage.hash] = ref
             pending[ref] = stage
@@ -420,6 +414,13 @@ class Executor:
             "train_storage": str(self._tune_storage() / "train"),
         }
 
+    def _shared_resources(self) -> tuple[float, float]:
+        """CPUs and GPUs of a one-process shared stage (resources.shared, else one worker's share)."""
+        trial, shared = self.spec.resources.trial, self.spec.resources.shared
+        cpu = shared.cpu if shared.cpu is not None else trial.cpu_per_worker
+        gpu = shared.gpu if shared.gpu is not None else trial.gpu_per_worker
+        return cpu, gpu
+
     def _check_trial_fits(self) -> None:
         """A trial that asks for more CPUs or GPUs than a local Ray has would wait for them forever:
         refuse it with the numbers instead (a cluster may autoscale, so it is trusted)."""
@@ -429,6 +430,7 @@ class Executor:
             return
         have = ray.cluster_resources()
         res = self.spec.resources.trial
+        shared = dict(zip(("cpu", "gpu"), self._shared_resources(), strict=True))
         for name, want in (("cpu", res.cpu), ("gpu", res.gpu)):
             got = float(have.get(name.upper(), 0))
             if want > got + 1e-9:
@@ -436,6 +438,11 @@ class Executor:
                     f"resources.trial.{name}: a trial asks for {want:g} {name.upper()}s "
                     f"({res.workers} worker(s)) but this machine's Ray has {got:g}; lower resources.trial.{name} "
                     "(and workers), or submit to a Ray cluster with --address"
+                )
+            if shared[name] > got + 1e-9:
+                raise RunError(
+                    f"resources.shared.{name}: a shared stage asks for {shared[name]:g} {name.upper()}s but this "
+                    f"machine's Ray has {got:g}; lower resources.shared.{name}"
                 )
 
     def _runs_ready(self) -> None:

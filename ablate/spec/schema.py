@@ -173,8 +173,18 @@ class TrialResources(Strict):
         return self.cpu / self.workers
 
 
+class SharedResources(Strict):
+    """What a one-process shared stage (importance, pruning, evaluation of the teacher's children) gets.
+    Unset: one worker's share of the trial. More GPUs than one let a teacher that does not fit one GPU
+    be split over several (they must be on one node)."""
+
+    cpu: float | None = Field(None, gt=0)
+    gpu: float | None = Field(None, ge=0)
+
+
 class Resources(Strict):
     trial: TrialResources = TrialResources()
+    shared: SharedResources = SharedResources()
     max_concurrent: PositiveInt = 2
     max_failures: int = Field(0, ge=0)
     asha: bool = False

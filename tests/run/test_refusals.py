@@ -24,3 +24,17 @@ def test_a_trial_larger_than_the_local_ray_is_refused_not_left_waiting(tmp_path,
         submit(load_spec(spec))
     artifacts = tmp_path / ".ablate" / "artifacts"
     assert not artifacts.exists() or not [p for p in artifacts.iterdir() if not p.name.startswith(".")]
+
+
+def test_shared_stages_asking_for_gpus_this_machine_lacks_are_refused(tmp_path, monkeypatch, ray_local):
+    text = (
+        (SPECS / "tiny.yaml")
+        .read_text()
+        .replace("max_concurrent: 2", "max_concurrent: 2\n  shared: {gpu: 4}")
+    )
+    spec = tmp_path / "tiny-shared.yaml"
+    spec.write_text(text)
+    assert load_spec(spec).spec.resources.shared.gpu == 4
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(RunError, match=r"resources.shared.gpu: a shared stage asks for 4 GPUs but"):
+        submit(load_spec(spec))
