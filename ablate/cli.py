@@ -74,4 +74,4 @@ def main(ctx: click.Context, debug: bool) -> None:
 
 def _shorten(text: str, limit: int) -> str:
     """What click's get_short_help_str makes of a help text: cut at a word, with an ellipsis."""
-    return click.utils.make_default_short_help(text, max(limit, 45))
+    return click.Command(None, help=text).get_short_help_str(max(limit, 45))

@@ -576,6 +576,11 @@ class Executor:
         return self.result
 
     def close(self) -> None:
+        """Release the records, after the MLflow opener thread (if one started) is done: a submission that
+        stops early must not leave a thread writing to MLflow (and running its migrations) behind it."""
+        if self._opener is not None:
+            self._opener.join()
+            self._opener = None
         self.records.close()
 
 

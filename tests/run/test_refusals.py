@@ -1,5 +1,6 @@
 """Specs the executor cannot run are refused with the numbers, before any stage starts."""
 
+import threading
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,12 @@ from ablate.run.executor import submit
 from ablate.spec.validate import load_spec
 
 SPECS = Path(__file__).parents[2] / "specs"
+
+
+def assert_nothing_left_running() -> None:
+    """A refused submission leaves no thread of its own behind (its MLflow opener once outlived it and
+    ran MLflow's migrations while the next submission ran ours: 'database is locked')."""
+    assert not [t.name for t in threading.enumerate() if t.name == "ablate-mlflow-runs" and t.is_alive()]
 
 
 def test_a_trial_larger_than_the_local_ray_is_refused_not_left_waiting(tmp_path, monkeypatch, ray_local):
@@ -22,6 +29,7 @@ def test_a_trial_larger_than_the_local_ray_is_refused_not_left_waiting(tmp_path,
     monkeypatch.chdir(tmp_path)
     with pytest.raises(RunError, match=r"resources.trial.gpu: a trial asks for 2 GPUs \(2 worker\(s\)\) but"):
         submit(load_spec(spec))
+    assert_nothing_left_running()
     artifacts = tmp_path / ".ablate" / "artifacts"
     assert not artifacts.exists() or not [p for p in artifacts.iterdir() if not p.name.startswith(".")]
 
@@ -38,3 +46,4 @@ def test_shared_stages_asking_for_gpus_this_machine_lacks_are_refused(tmp_path, 
     monkeypatch.chdir(tmp_path)
     with pytest.raises(RunError, match=r"resources.shared.gpu: a shared stage asks for 4 GPUs but"):
         submit(load_spec(spec))
+    assert_nothing_left_running()
