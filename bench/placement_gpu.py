@@ -5,6 +5,13 @@ gives the importance scores and evaluation of the whole model. Prints JSON.
                                            # half the layers on the GPU and half on the CPU
 
 Compares, per score tensor and per metric, the largest relative difference against the CPU run.
+
+Measured on one NVIDIA H200 (2026-11-28): whole on the GPU and split (half the layers on cuda:0, half
+offloaded to the CPU, which accelerate streams to cuda:0) give the same numbers as each other, and agree
+with the CPU run within 3.3e-7 relative on head, neuron and channel scores, 3.3e-5 on depth scores,
+8.6e-8 on the LM loss. With one GPU every layer still executes on cuda:0, so accumulating across
+devices is not exercised; that needs two GPUs. kl_to_teacher differs by 1.3e-3 relative only because
+the model is its own teacher here, so the KL is close to 0.
 """
 
 from __future__ import annotations
