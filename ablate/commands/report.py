@@ -4,6 +4,7 @@ experiment's tracking store, opened on the run-comparison view of its trials).""
 from __future__ import annotations
 
 import json
+import math
 import signal
 import socket
 import subprocess
@@ -14,7 +15,7 @@ from typing import Any
 import click
 
 from ablate.errors import AblateError
-from ablate.report.findings import ReportError, compare_runs_url
+from ablate.report.model import ReportError, compare_runs_url
 
 DEFAULT_DB = "sqlite:///.ablate/ablate.db"
 DEFAULT_MLFLOW = "sqlite:///.ablate/mlflow.db"
@@ -49,9 +50,15 @@ def open_records(db: str) -> Any:
 @click.argument("name")
 @click.option(
     "--metric",
-    default="lm_loss",
-    show_default=True,
-    help="Final metric to compare on (lm_loss, perplexity, kl_to_teacher, top1_agreement, ...).",
+    default=None,
+    help="Final metric to compare on (lm_loss, perplexity, kl_to_teacher, top1_agreement, ...); "
+    "default: the spec's report.metric, else lm_loss.",
+)
+@click.option(
+    "--higher-is-better/--lower-is-better",
+    "higher",
+    default=None,
+    help="Direction of a metric the table of known metrics does not have (or to override it).",
 )
 @click.option(
     "--db", default=DEFAULT_DB, show_default=True, help="Results database URL (the spec's tracking.db)."
@@ -64,18 +71,20 @@ def open_records(db: str) -> Any:
     help="Folder for reports; the report goes to OUT/NAME/.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the report's data as JSON.")
-def report_command(name: str, metric: str, db: str, out: str, as_json: bool) -> None:
+def report_command(
+    name: str, metric: str | None, higher: bool | None, db: str, out: str, as_json: bool
+) -> None:
     """Write OUT/NAME/report.md: trial table, paired comparisons with best-practice verdicts, plots, the
     best trial and the recipe `ablate build` will use. Same records, same files.
 
     Exit 2 (and nothing written) for an unknown experiment, no finished trials or an unknown metric.
     """
-    from ablate.report.findings import build_report
     from ablate.report.markdown import write_report
+    from ablate.report.records import build_report
 
     records = open_records(db)
     try:
-        report = build_report(records, name, metric)
+        report = build_report(records, name, metric, higher=higher)
         paths = write_report(report, Path(out) / name)
         _attach_to_mlflow(records, name, Path(out) / name)
     finally:
@@ -95,7 +104,7 @@ def _attach_to_mlflow(records: Any, name: str, folder: Path) -> None:
     exp = records.get_experiment(name)
     if exp is None or not exp.mlflow_run_id:
         return
-    from ablate.report.findings import _get, _parse_spec
+    from ablate.report.records import _get, _parse_spec
 
     uri = str(_get(_parse_spec(exp.spec_text), "tracking.mlflow") or DEFAULT_MLFLOW)
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
@@ -109,20 +118,24 @@ def _attach_to_mlflow(records: Any, name: str, folder: Path) -> None:
 
 
 def _print_summary(report: Any, paths: list[Path]) -> None:
-    from ablate.report.findings import PRACTICES, fmt_value
+    from ablate.report.model import fmt_value
+    from ablate.report.practices import PRACTICES
 
     better = "higher" if report.higher_is_better else "lower"
     click.echo(
         f"{report.experiment}: {len(report.finished)} of {len(report.trials)} trials finished; "
-        f"paired comparisons on {report.metric} ({better} is better), A - B:"
+        f"paired comparisons on {report.metric} ({better} is better), A - B, 95% t interval, "
+        f"Holm-adjusted over {report.family_size} tests:"
     )
     for i, f in enumerate(report.findings, 1):
         verdict = f.verdict + (f" ({fmt_value(f.winner)})" if f.winner is not None else "")
         paper = f"; {PRACTICES[f.practice].title}: {f.agreement or 'for reference'}" if f.practice else ""
-        click.echo(
-            f"  {i:2d}. {f.title}: {f.n} pairs, mean {f.mean_diff:+.4g} "
-            f"[{f.ci[0]:+.4g}, {f.ci[1]:+.4g}], {verdict}{paper}"
+        stats = (
+            f" [{f.ci[0]:+.4g}, {f.ci[1]:+.4g}], Holm p {f.p_adjusted:.2g}"
+            if math.isfinite(f.ci[0])  # no interval below the minimum pair count
+            else ""
         )
+        click.echo(f"  {i:2d}. {f.title}: {f.n} pairs, mean {f.mean_diff:+.4g}{stats}, {verdict}{paper}")
     b = report.best_trial
     click.echo(
         f"best trial {b.key} ({', '.join(f'{k}={fmt_value(v)}' for k, v in b.overrides.items())}): "
@@ -156,7 +169,7 @@ def _server_uri(uri: str) -> str:
 
 def ui_target(records: Any | None, name: str | None) -> dict[str, Any]:
     """Which tracking store to serve and what to open: {tracking_uri, experiment_id, run_ids, name}."""
-    from ablate.report.findings import _get, _parse_spec
+    from ablate.report.records import _get, _parse_spec
 
     if records is None:
         return {"tracking_uri": DEFAULT_MLFLOW, "experiment_id": None, "run_ids": [], "name": None}

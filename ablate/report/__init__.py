@@ -8,7 +8,8 @@ Stable API for other commands (``ablate build``)::
     report.recipe  # what `ablate build` runs: trial, teacher, target, importance, distill, formats
 """
 
-from ablate.report.findings import BestTrial, Finding, Report, ReportError, TrialRow, build_report
+from ablate.report.model import BestTrial, Finding, Report, ReportError, TrialRow
+from ablate.report.records import build_report
 
 __all__ = ["BestTrial", "Finding", "Report", "ReportError", "TrialRow", "build_report", "write_report"]
 

@@ -16,19 +16,9 @@ from typing import Any
 
 import yaml
 
-from ablate.report.findings import (
-    AGREES,
-    CLEAR,
-    DISAGREES,
-    MAPPING,
-    PRACTICES,
-    RULES,
-    Finding,
-    Report,
-    TrialRow,
-    fmt_value,
-    shape_kind,
-)
+from ablate.report.findings import MIN_PAIRS, RULES
+from ablate.report.model import AGREES, CLEAR, DISAGREES, Finding, Report, TrialRow, fmt_value
+from ablate.report.practices import MAPPING, PRACTICES, shape_kind
 
 __all__ = ["REPORT_MD", "finding_file", "render_markdown", "write_report"]
 
@@ -246,12 +236,31 @@ def _verdict(f: Finding) -> str:
     return f.verdict
 
 
+def _interval(f: Finding) -> str:
+    if f.n < MIN_PAIRS or math.isnan(f.ci[0]):
+        return "-"
+    return f"[{_signed(f.ci[0])}, {_signed(f.ci[1])}]"
+
+
+def _p(f: Finding) -> str:
+    if f.n < MIN_PAIRS or math.isnan(f.p_value):
+        return "-"
+    return f"{f.p_adjusted:.2g}" if f.p_adjusted >= 1e-4 else "<1e-4"
+
+
+def _settings(f: Finding) -> str:
+    return "seed replicates" if not f.settings else "over " + ", ".join(f.settings)
+
+
 def _findings_section(r: Report) -> list[str]:
     better = "higher" if r.higher_is_better else "lower"
     lines = [
         "## Findings",
         "",
-        f"Primary metric **{r.metric}** ({better} is better). {RULES}",
+        f"Primary metric **{r.metric}** ({better} is better; differences within {_num(r.margin)} "
+        f"count as ties{' (relative)' if r.metric == 'perplexity' else ''}). {RULES} "
+        f"This report makes **{r.family_size}** comparison{'s' if r.family_size != 1 else ''} with a test; "
+        "the p column is Holm-adjusted over all of them.",
         "",
         MAPPING,
         "",
@@ -264,15 +273,15 @@ def _findings_section(r: Report) -> list[str]:
         ]
     else:
         lines += [
-            "| # | comparison (A vs B) | pairs | wins A / B / tie | mean Δ (A − B) | 95% interval | verdict | paper | this experiment |",
-            "|---:|---|---:|---|---:|---|---|---|---|",
+            "| # | comparison (A vs B) | pairs | pairs are | wins A / B / tie | mean Δ (A − B) | 95% t interval | p (Holm) | verdict | paper | this experiment |",
+            "|---:|---|---:|---|---|---:|---|---:|---|---|---|",
         ]
         for i, f in enumerate(r.findings, 1):
             paper = PRACTICES[f.practice].title if f.practice else "-"
             lines.append(
-                f"| {i} | [{_cell(f.title)}](#finding-{i}) | {f.n} | {f.wins_a} / {f.wins_b} / {f.ties} | "
-                f"{_signed(f.mean_diff)} | [{_signed(f.ci[0])}, {_signed(f.ci[1])}] | {_verdict(f)} | "
-                f"{paper} | {_agreement(f)} |"
+                f"| {i} | [{_cell(f.title)}](#finding-{i}) | {f.n} | {_cell(_settings(f))} | "
+                f"{f.wins_a} / {f.wins_b} / {f.ties} | {_signed(f.mean_diff)} | {_interval(f)} | {_p(f)} | "
+                f"{_verdict(f)} | {paper} | {_agreement(f)} |"
             )
         lines.append("")
         for i, f in enumerate(r.findings, 1):
@@ -286,16 +295,42 @@ def _findings_section(r: Report) -> list[str]:
     return lines
 
 
+def _statistics_sentence(f: Finding) -> str:
+    if f.n < MIN_PAIRS:
+        return f"Mean Δ = {_signed(f.mean_diff)}; no interval or test below {MIN_PAIRS} pairs: {_verdict(f)}."
+    return (
+        f"Mean Δ = {_signed(f.mean_diff)}, 95% t interval {_interval(f)}, paired t-test p = {f.p_value:.2g} "
+        f"(Holm-adjusted over {f.family_size} comparison{'s' if f.family_size != 1 else ''}: "
+        f"{f.p_adjusted:.2g}): {_verdict(f)}."
+    )
+
+
+def _needed_sentence(f: Finding) -> str:
+    if f.verdict == CLEAR or f.pairs_needed is None:
+        return ""
+    more = f"more than {f.pairs_needed - 1}" if f.pairs_needed > 1000 else f"about {f.pairs_needed}"
+    return (
+        f" If the true difference were the size seen here, {more} pairs (more seeds) would give an 80% chance "
+        f"of a clear win at this report's {f.family_size}-comparison adjustment; this finding has {f.n}."
+    )
+
+
 def _finding_block(r: Report, i: int, f: Finding) -> list[str]:
     better = "higher" if f.higher_is_better else "lower"
     lead = (
         f"A = `{f.label_a}`, B = `{f.label_b}`; {f.n} pair{'s' if f.n != 1 else ''}"
         f"{'' if f.scope == 'all pairs' else ' (' + f.scope + ')'}. "
-        f"A won {f.wins_a}, B won {f.wins_b}, {f.ties} tied ({better} {f.metric} wins). "
-        f"Mean Δ = {_signed(f.mean_diff)}, 95% interval [{_signed(f.ci[0])}, {_signed(f.ci[1])}]: "
-        f"{_verdict(f)}."
+        f"A won {f.wins_a}, B won {f.wins_b}, {f.ties} tied ({better} {f.metric} wins; ties within "
+        f"{_num(f.margin)}). {_statistics_sentence(f)}{_needed_sentence(f)}"
     )
     lines = [f'<a id="finding-{i}"></a>', "", f"### {i}. {f.title}", "", lead, ""]
+    if f.settings:
+        lines += [
+            f"The pairs are not all replicates: they differ in {', '.join(f'`{k}`' for k in f.settings)}, so "
+            "the verdict is about the average effect over these settings; the table shows each setting's "
+            "difference.",
+            "",
+        ]
     if f.practice:
         p = PRACTICES[f.practice]
         lines += [f"*{p.title.capitalize()}*: {p.claim} → **{_agreement(f)}**. {f.explanation}", ""]
@@ -303,16 +338,32 @@ def _finding_block(r: Report, i: int, f: Finding) -> list[str]:
         lines += [f.explanation, ""]
     if f.note and f.note != f.explanation:
         lines += [f.note, ""]
+    setting_col = bool(f.settings)
     lines += [
-        "| pair | A trial | B trial | A | B | Δ |",
-        "|---:|---|---|---:|---:|---:|",
+        "| pair | A trial | B trial |" + (" setting |" if setting_col else "") + " A | B | Δ |",
+        "|---:|---|---|" + ("---|" if setting_col else "") + "---:|---:|---:|",
     ]
     for j, p in enumerate(f.pairs, 1):
+        setting = ""
+        if setting_col:
+            setting = " " + _cell(", ".join(f"{k}={_context_value(p.context, k)}" for k in f.settings)) + " |"
         lines.append(
-            f"| {j} | `{p.key_a}` | `{p.key_b}` | {_num(p.value_a)} | {_num(p.value_b)} | {_signed(p.diff)} |"
+            f"| {j} | `{p.key_a}` | `{p.key_b}` |{setting} {_num(p.value_a)} | {_num(p.value_b)} | "
+            f"{_signed(p.diff)} |"
         )
     lines += ["", f"![{_cell(f.title)}]({finding_file(i, f)})", ""]
     return lines
+
+
+def _context_value(context: dict[str, Any], key: str) -> str:
+    from ablate.report.pairing import MISSING, lookup
+
+    v = lookup(context, key)
+    if v is MISSING:
+        return "-"
+    if isinstance(v, dict) and key == "target":
+        return _shape(v)
+    return fmt_value(v)
 
 
 def _plots_section(r: Report) -> list[str]:
@@ -383,7 +434,7 @@ def _compute_section(r: Report) -> list[str]:
 
 
 def _mlflow_section(r: Report) -> list[str]:
-    from ablate.report.findings import _redact
+    from ablate.report.model import _redact
 
     lines = ["## MLflow", ""]
     if not r.mlflow_experiment_id:

@@ -12,7 +12,8 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from ablate.report.findings import CLEAR, FEW, Finding, Report, TrialRow, fmt_value
+from ablate.report.model import CLEAR, FEW, Finding, Report, TrialRow, fmt_value
+from ablate.report.pairing import MISSING, lookup, varying_keys
 
 __all__ = ["finding_png", "loss_png", "quality_png", "render_plots", "LOSS_PNG", "QUALITY_PNG"]
 
@@ -247,7 +248,7 @@ def _pareto(points: list[tuple[int, float]], higher: bool) -> list[tuple[int, fl
 
 def finding_png(finding: Finding) -> bytes:
     """One bar per pair, sorted: metric(A) - metric(B); the dashed line is the mean, the band its 95%
-    bootstrap interval. Pairs are labelled by what tells them apart when there are few enough."""
+    t interval (from 3 pairs on). Pairs are labelled by what tells them apart when there are few enough."""
     f = finding
     with _rc():
         fig, (ax,) = _figure(7.0, 3.8)
@@ -260,7 +261,8 @@ def finding_png(finding: Finding) -> bytes:
         ax.axhline(0, color="black", lw=0.8)
         if diffs:
             lo, hi = f.ci
-            ax.axhspan(lo, hi, color="#888888", alpha=0.25, lw=0)
+            if math.isfinite(lo) and math.isfinite(hi):
+                ax.axhspan(lo, hi, color="#888888", alpha=0.25, lw=0)
             ax.axhline(f.mean_diff, color="#333333", lw=1.2, linestyle="--")
         labels, header = _pair_labels(f, order)
         if labels is not None:
@@ -283,8 +285,13 @@ def finding_png(finding: Finding) -> bytes:
         else:
             verdict = f.verdict
         better = "higher" if f.higher_is_better else "lower"
+        interval = (
+            f", 95% t interval [{f.ci[0]:+.4g}, {f.ci[1]:+.4g}], Holm p {f.p_adjusted:.2g}"
+            if math.isfinite(f.ci[0])
+            else ""
+        )
         ax.set_title(
-            f"{f.title}\n{verdict}; mean {f.mean_diff:+.4g}, 95% interval [{f.ci[0]:+.4g}, {f.ci[1]:+.4g}]\n"
+            f"{f.title}\n{verdict}; mean {f.mean_diff:+.4g}{interval}\n"
             f"blue: {f.label_a} better, orange: {f.label_b} better ({better} {f.metric} wins)",
             fontsize=8,
         )
@@ -297,29 +304,16 @@ def _pair_labels(f: Finding, order: list[int]) -> tuple[list[str] | None, str]:
     if len(f.pairs) > 16:
         return None, ""
     contexts = [f.pairs[i].context for i in order]
-    keys = [k for k in _flat_keys(contexts) if len({repr(_lookup(c, k)) for c in contexts}) > 1]
+    keys = varying_keys(contexts)
     out = []
     for c in contexts:
         parts = []
         for k in keys:
-            v = _lookup(c, k)
-            if v is not _MISSING:
+            v = lookup(c, k)
+            if v is not MISSING:
                 parts.append(_shape_label(v) if isinstance(v, dict) else fmt_value(v))
         out.append(" / ".join(parts) if parts else "pair")
     return out, " / ".join(keys)
-
-
-_MISSING = object()
-
-
-def _lookup(d: Any, path: str) -> Any:
-    if path in d:
-        return d[path]
-    for part in path.split("."):
-        if not isinstance(d, dict) or part not in d:
-            return _MISSING
-        d = d[part]
-    return d
 
 
 def _shape_label(shape: dict[str, Any]) -> str:
@@ -330,23 +324,6 @@ def _shape_label(shape: dict[str, Any]) -> str:
         "num_hidden_layers": "L",
     }
     return " ".join(f"{short.get(k, k)}{v}" for k, v in shape.items())
-
-
-def _flat_keys(contexts: list[dict[str, Any]]) -> list[str]:
-    out: dict[str, None] = {}
-
-    def walk(d: dict[str, Any], prefix: str) -> None:
-        for k in sorted(d):
-            v = d[k]
-            path = f"{prefix}{k}"
-            if isinstance(v, dict) and path != "target":
-                walk(v, path + ".")
-            else:
-                out.setdefault(path, None)
-
-    for c in contexts:
-        walk(c, "")
-    return list(out)
 
 
 def render_plots(report: Report) -> dict[str, bytes]:

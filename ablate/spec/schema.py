@@ -202,6 +202,18 @@ class Build(Strict):
     formats: list[Literal["hf", "trtllm-bf16", "trtllm-fp8"]] = Field(default_factory=lambda: ["hf"])
 
 
+class ReportSettings(Strict):
+    """How `ablate report` judges the trials. Known metrics (lm_loss, perplexity, kl_to_teacher,
+    top1_agreement, ...) have a direction and margin in ablate/report/metrics.py; any other metric must
+    declare `higher_is_better`."""
+
+    metric: str = Field("lm_loss", min_length=1, max_length=128)
+    higher_is_better: bool | None = None
+    margin: float | None = Field(
+        None, ge=0, allow_inf_nan=False, description="differences within this count as ties/equivalent"
+    )
+
+
 class Spec(Strict):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$", max_length=64)
     description: str = ""
@@ -215,6 +227,7 @@ class Spec(Strict):
     resources: Resources = Resources()
     tracking: Tracking = Tracking()
     build: Build = Build()
+    report: ReportSettings = ReportSettings()
 
     @model_validator(mode="after")
     def _batch_divides_over_workers(self) -> Spec:

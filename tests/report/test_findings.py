@@ -7,23 +7,11 @@ import math
 import numpy as np
 import pytest
 
-from ablate.report.findings import (
-    AGREES,
-    CLEAR,
-    FEW,
-    INCONCLUSIVE,
-    MIN_PAIRS,
-    NO_DIFF,
-    Pair,
-    ReportError,
-    TrialRow,
-    bootstrap_ci,
-    build_report,
-    compare,
-    findings_for,
-    higher_is_better,
-    kendall_tau,
-)
+from ablate.report.findings import MIN_PAIRS, compare, findings_for
+from ablate.report.metrics import higher_is_better
+from ablate.report.model import AGREES, CLEAR, FEW, INCONCLUSIVE, NO_DIFF, Pair, ReportError, TrialRow
+from ablate.report.records import build_report
+from ablate.report.stats import kendall_tau
 
 HEAVY = "heavy depth pruning (≥25% of layers removed)"
 LIGHT = "little or no depth pruning (<25% of layers removed)"
@@ -80,7 +68,9 @@ def test_interval_covers_the_constructed_difference(report, known_sqlite):
         constructed = float(np.mean([known.truth[p.key_a] - known.truth[p.key_b] for p in f.pairs]))
         if f.n >= MIN_PAIRS:
             assert f.ci[0] <= constructed <= f.ci[1], (f.title, f.ci, constructed)
-        assert f.ci[0] <= f.mean_diff <= f.ci[1]
+            assert f.ci[0] <= f.mean_diff <= f.ci[1]
+        else:  # no interval where it would mean nothing
+            assert math.isnan(f.ci[0]) and math.isnan(f.ci[1]) and math.isnan(f.p_value)
 
 
 def test_pairs_are_equal_in_everything_else_and_seeds_pair_up(report, known_sqlite):
@@ -100,11 +90,11 @@ def test_pairs_are_equal_in_everything_else_and_seeds_pair_up(report, known_sqli
 
 def test_higher_is_better_metric_flips_signs_not_winners(known_sqlite):
     _, records, _ = known_sqlite
-    top1 = build_report(records, "known", metric="top1_agreement", n_boot=2000)
+    top1 = build_report(records, "known", metric="top1_agreement")
     assert top1.higher_is_better and higher_is_better("top1_agreement") and not higher_is_better("lm_loss")
     f = _by_id(top1)[("target", "width", "depth", "all pairs")]
     assert f.mean_diff > 0 and f.winner == "width" and f.agreement == AGREES
-    ppl = _by_id(build_report(records, "known", metric="perplexity", n_boot=2000))
+    ppl = _by_id(build_report(records, "known", metric="perplexity"))
     assert ppl[("distill.loss", "kld", "ce", "all pairs")].winner == "kld"
 
 
@@ -188,14 +178,16 @@ def test_teacher_correction_and_token_budget_rankings():
                     }
                     rows.append(_row(i, over, loss))
                     i += 1
-    found = {(f.axis, f.scope): f for f in findings_for(rows, "lm_loss", n_boot=2000)}
+    found = {(f.axis, f.scope): f for f in findings_for(rows, "lm_loss")}
     tc = found[("teacher.correction", "all pairs")]
     assert (tc.a, tc.b) == (None, {"tokens": 5000})
     assert tc.practice == "TC" and tc.winner == {"tokens": 5000} and tc.agreement == AGREES
     bp9 = found[("distill.tokens", "all pairs")]
     assert bp9.practice == "BP9" and bp9.winner == 4000
-    assert bp9.extra["configurations"] == 6 and bp9.extra["same_best"] and bp9.agreement == AGREES
-    assert bp9.extra["kendall_tau"] == pytest.approx(1.0)
+    ranking = bp9.extra["ranking"]
+    assert ranking["configurations"] == 6 and ranking["same_best"] and bp9.agreement == AGREES
+    assert ranking["kendall_tau"] == pytest.approx(1.0)
+    assert ranking["shortfall"] == 0 and ranking["shortfall_ci"][1] < bp9.margin
 
 
 def test_width_vs_depth_of_unequal_size_is_not_best_practice_4():
@@ -205,19 +197,80 @@ def test_width_vs_depth_of_unequal_size_is_not_best_practice_4():
         rows.append(
             _row(10 + seed, {"target": "d", "seed": seed}, 3.5, shape={"num_hidden_layers": 1}, params=150)
         )
-    (f,) = findings_for(rows, "lm_loss", n_boot=500)
+    (f,) = findings_for(rows, "lm_loss")
     assert f.verdict == CLEAR and f.winner == "w" and f.practice is None and "differ in size by 33%" in f.note
 
 
 def test_statistics_helpers():
-    assert bootstrap_ci([0.1, -0.2, 0.3], seed=5) == bootstrap_ci([0.1, -0.2, 0.3], seed=5)
-    assert bootstrap_ci([0.4], seed=1) == (0.4, 0.4)
-    assert all(math.isnan(x) for x in bootstrap_ci([], seed=1))
     assert kendall_tau([1, 2, 3], [3, 2, 1]) == -1.0 and math.isnan(kendall_tau([1], [1]))
     pairs = [Pair("a", "b", 1.0, 1.0 + d, {"seed": s}) for s, d in enumerate([0.1, 0.12, 0.09, 0.11])]
     f = compare("x", "p", "q", pairs, "lm_loss")
     assert (f.verdict, f.winner, f.wins_a, f.wins_b) == (CLEAR, "p", 4, 0)
-    assert compare("x", "p", "q", pairs[:2], "lm_loss").verdict == FEW
+    few = compare("x", "p", "q", pairs[:2], "lm_loss")
+    assert few.verdict == FEW and math.isnan(few.ci[0]) and math.isnan(few.p_value)
     tie = [Pair("a", "b", 2.0, 2.0, {"seed": s}) for s in range(4)]
     t = compare("x", "p", "q", tie, "lm_loss")
     assert (t.verdict, t.ties, t.leader) == (NO_DIFF, 4, None)
+
+
+def test_metric_direction_is_declared_never_guessed():
+    from ablate.report.metrics import metric_info
+
+    assert not metric_info("lm_loss").higher_is_better and metric_info("top1_agreement").higher_is_better
+    for unknown in ("my_score", "accumulated_loss"):  # 'acc' inside a name no longer means 'higher'
+        with pytest.raises(
+            ReportError, match=f"direction of metric '{unknown}' is unknown.*higher_is_better"
+        ):
+            metric_info(unknown)
+    assert metric_info("my_score", True).higher_is_better and metric_info("my_score", True).margin == 0.0
+    assert metric_info("lm_loss", margin=0.05).margin == 0.05
+
+
+def test_a_declared_metric_from_the_spec_or_the_caller(known_sqlite, report):
+    _, records, _ = known_sqlite
+    assert report.margin == 0.02  # the known spec's report.margin
+    rows = report.trials
+    with pytest.raises(ReportError, match="direction of metric 'custom' is unknown"):
+        findings_for(rows, "custom")
+    custom = [
+        TrialRow(**{**r.__dict__, "metrics": {**r.metrics, "custom": -r.metrics["lm_loss"]}})
+        for r in rows
+        if "lm_loss" in r.metrics
+    ]
+    f = next(f for f in findings_for(custom, "custom", higher=True) if f.axis == "target")
+    assert f.winner == "width" and f.higher_is_better
+
+
+def test_best_practice_5_names_its_metric_and_what_the_other_says():
+    rows = []
+    for i, (target, seed) in enumerate((t, s) for t in ("a", "b", "c") for s in (0, 1)):
+        for j, loss in enumerate(("kld", "ce")):
+            lm = 3.0 + 0.01 * i + (-0.1 if loss == "ce" else 0.0) + 0.003 * (i % 2)
+            kl = 1.0 + 0.01 * i + (0.2 if loss == "ce" else 0.0) - 0.004 * (i % 3)
+            r = _row(2 * i + j, {"target": target, "distill.loss": loss, "seed": seed}, lm)
+            rows.append(TrialRow(**{**r.__dict__, "metrics": {"lm_loss": lm, "kl_to_teacher": kl}}))
+    (f,) = [f for f in findings_for(rows, "lm_loss") if f.axis == "distill.loss"]
+    assert f.practice == "BP5" and f.winner == "ce" and f.agreement == "disagrees"
+    assert "Judged on lm_loss" in f.explanation and "On kl_to_teacher" in f.explanation
+    assert "The two metrics point different ways" in f.explanation and f.extra["other"]["winner"] == "kld"
+
+
+def test_best_practice_9_needs_three_configurations_and_seed_noise():
+    def rows_for(targets, seeds):
+        out = []
+        for t_i, target in enumerate(targets):
+            for tokens in (1000, 4000):
+                for seed in seeds:
+                    v = 3.0 + 0.1 * t_i - (0.2 if tokens == 4000 else 0) + 0.001 * seed
+                    out.append(_row(len(out), {"target": target, "distill.tokens": tokens, "seed": seed}, v))
+        return out
+
+    def bp9_of(rows):
+        return next(f for f in findings_for(rows, "lm_loss") if f.axis == "distill.tokens")
+
+    two = bp9_of(rows_for(("a", "b"), (0, 1)))
+    assert two.agreement == INCONCLUSIVE and "needs at least 3" in two.explanation
+    no_seeds = bp9_of(rows_for(("a", "b", "c"), (0,)))
+    assert no_seeds.agreement == INCONCLUSIVE and "cannot be told from noise" in no_seeds.explanation
+    ok = bp9_of(rows_for(("a", "b", "c"), (0, 1)))
+    assert ok.agreement == AGREES and ok.extra["ranking"]["same_best"]

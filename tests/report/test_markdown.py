@@ -8,8 +8,8 @@ import re
 
 import pytest
 
-from ablate.report.findings import build_report
 from ablate.report.markdown import REPORT_MD, render_markdown, write_report
+from ablate.report.records import build_report
 from tests.report.known import build_known
 from tests.track.conftest import pg_schema
 
@@ -79,7 +79,8 @@ def test_report_content(written):
     assert any(
         "distill.tokens: 2000 vs 8000" in r and "too few pairs" in r and "❔ inconclusive" in r for r in rows
     )
-    assert "expanded percentile method" in md and "too few pairs* below 3 pairs" in md
+    assert "95% t interval of the mean Δ" in md and "below 3 pairs neither is shown" in md
+    assert "Holm-adjusted over all of them" in md and "This report makes **11** comparisons" in md
     assert "### Best practices this experiment does not test" in md and "Best practice 8:" in md
     # plots and figures referenced, best trial and recipe, comparison link
     assert "![loss vs tokens](loss_vs_tokens.png)" in md and "(finding_12_" in md
@@ -114,7 +115,7 @@ def test_no_partial_report_when_rendering_fails(known_sqlite, tmp_path, monkeypa
     import ablate.report.plots as plots
 
     _, records, _ = known_sqlite
-    report = build_report(records, "known", n_boot=500)
+    report = build_report(records, "known")
 
     def boom(finding):
         raise RuntimeError("figure failed")
@@ -127,7 +128,7 @@ def test_no_partial_report_when_rendering_fails(known_sqlite, tmp_path, monkeypa
 
 def test_figures_of_findings_that_are_gone_are_removed(known_sqlite, tmp_path):
     _, records, _ = known_sqlite
-    report = build_report(records, "known", n_boot=500)
+    report = build_report(records, "known")
     out = tmp_path / "known"
     out.mkdir()
     (out / "finding_99_old.png").write_bytes(b"old")
