@@ -139,7 +139,9 @@ def decide(f: Finding, p_adjusted: float, family_size: int) -> Finding:
         verdict = CLEAR if p_adjusted < ALPHA and f.leader is not None else NO_DIFF
     needed = None
     if verdict != CLEAR and f.n >= 2:
-        needed = pairs_needed(f.mean_diff, mean_sd([p.diff for p in f.pairs])[1], alpha=ALPHA / family_size)
+        sd = mean_sd([p.diff for p in f.pairs])[1]
+        needed = pairs_needed(f.mean_diff, sd, alpha=ALPHA / max(1, family_size))
+        needed = None if needed is None else max(MIN_PAIRS, needed)
     return replace(
         f,
         p_adjusted=p_adjusted,

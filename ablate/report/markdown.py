@@ -259,8 +259,12 @@ def _findings_section(r: Report) -> list[str]:
         "",
         f"Primary metric **{r.metric}** ({better} is better; differences within {_num(r.margin)} "
         f"count as ties{' (relative)' if r.metric == 'perplexity' else ''}). {RULES} "
-        f"This report makes **{r.family_size}** comparison{'s' if r.family_size != 1 else ''} with a test; "
-        "the p column is Holm-adjusted over all of them.",
+        + (
+            f"This report makes **{r.family_size}** comparison{'s' if r.family_size != 1 else ''} with a "
+            "test; the p column is Holm-adjusted over all of them."
+            if r.family_size
+            else f"No comparison of this report has {MIN_PAIRS} pairs yet, so none has a test or a verdict."
+        ),
         "",
         MAPPING,
         "",
@@ -309,9 +313,10 @@ def _needed_sentence(f: Finding) -> str:
     if f.verdict == CLEAR or f.pairs_needed is None:
         return ""
     more = f"more than {f.pairs_needed - 1}" if f.pairs_needed > 1000 else f"about {f.pairs_needed}"
+    over = f" over {f.family_size} comparisons" if f.family_size > 1 else ""
     return (
-        f" If the true difference were the size seen here, {more} pairs (more seeds) would give an 80% chance "
-        f"of a clear win at this report's {f.family_size}-comparison adjustment; this finding has {f.n}."
+        f" If the true difference were the size seen here, with this spread, {more} pairs (more seeds) would "
+        f"give an 80% chance of a clear win (5% error rate{over}); this finding has {f.n}."
     )
 
 
@@ -346,7 +351,7 @@ def _finding_block(r: Report, i: int, f: Finding) -> list[str]:
     for j, p in enumerate(f.pairs, 1):
         setting = ""
         if setting_col:
-            setting = " " + _cell(", ".join(f"{k}={_context_value(p.context, k)}" for k in f.settings)) + " |"
+            setting = " " + _cell(", ".join(f"{k}={_setting_value(r, p, k)}" for k in f.settings)) + " |"
         lines.append(
             f"| {j} | `{p.key_a}` | `{p.key_b}` |{setting} {_num(p.value_a)} | {_num(p.value_b)} | "
             f"{_signed(p.diff)} |"
@@ -355,15 +360,18 @@ def _finding_block(r: Report, i: int, f: Finding) -> list[str]:
     return lines
 
 
-def _context_value(context: dict[str, Any], key: str) -> str:
+def _setting_value(r: Report, pair: Any, key: str) -> str:
+    """A pair's value of a setting, the target by its name (its shape is in the spec table)."""
     from ablate.report.pairing import MISSING, lookup
 
-    v = lookup(context, key)
+    if key == "target":
+        trial = next((t for t in r.trials if t.key == pair.key_a), None)
+        if trial is not None and isinstance(trial.overrides.get("target"), str):
+            return trial.overrides["target"]
+    v = lookup(pair.context, key)
     if v is MISSING:
         return "-"
-    if isinstance(v, dict) and key == "target":
-        return _shape(v)
-    return fmt_value(v)
+    return _shape(v) if isinstance(v, dict) else fmt_value(v)
 
 
 def _plots_section(r: Report) -> list[str]:
