@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install quickstart test lint
+.PHONY: install quickstart test test-fast lint docs
 
 install: $(VENV)/.installed
 
@@ -23,6 +23,12 @@ quickstart: install
 
 test: install
 	$(BIN)/python -m pytest -q
+
+test-fast: install  # the suite without the real-model and multi-process tests (marked slow)
+	$(BIN)/python -m pytest -q -m "not slow"
+
+docs: install  # regenerate docs/spec-reference.md from the schema (a test fails when it is stale)
+	$(BIN)/python -m ablate.spec.reference > docs/spec-reference.md
 
 lint: install
 	$(BIN)/ruff check ablate tests bench

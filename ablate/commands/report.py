@@ -98,7 +98,7 @@ def report_command(
 
 
 def _attach_to_mlflow(records: Any, name: str, folder: Path) -> None:
-    """Log the report folder on the experiment's MLflow parent run (DESIGN: the report is an artifact
+    """Log the report folder on the experiment's MLflow parent run (docs/architecture.md: the report is an artifact
     there). Only when a submission recorded that run; a store that cannot be reached costs a warning,
     never the report."""
     exp = records.get_experiment(name)

@@ -1,4 +1,4 @@
-"""Trim weights to a target shape and produce an ordinary Hugging Face model (DESIGN.md section 2).
+"""Trim weights to a target shape and produce an ordinary Hugging Face model (docs/method.md, "Pruning").
 
 - hidden: embedding columns, every norm weight, q/k/v/gate/up input columns, o/down output rows (and
   their biases), the final norm, lm_head columns; the vocabulary stays; tied embeddings stay tied.

@@ -18,9 +18,10 @@ import yaml
 
 from ablate.report.findings import MIN_PAIRS, RULES
 from ablate.report.model import AGREES, CLEAR, DISAGREES, Finding, Report, TrialRow, fmt_value
+from ablate.report.plots import FINDING_PREFIX, LOSS_PNG, QUALITY_PNG, finding_file, render_plots
 from ablate.report.practices import MAPPING, PRACTICES, shape_kind
 
-__all__ = ["REPORT_MD", "finding_file", "render_markdown", "write_report"]
+__all__ = ["REPORT_MD", "render_markdown", "write_report"]
 
 REPORT_MD = "report.md"
 METRIC_COLUMNS = (
@@ -29,11 +30,6 @@ METRIC_COLUMNS = (
     ("kl_to_teacher", "KL to teacher"),
     ("top1_agreement", "top-1 agreement"),
 )
-FINDING_PREFIX = "finding_"
-
-
-def finding_file(index: int, finding: Finding) -> str:
-    return f"{FINDING_PREFIX}{index:02d}_{finding.slug}.png"
 
 
 # ====================================================================== formatting
@@ -375,7 +371,6 @@ def _setting_value(r: Report, pair: Any, key: str) -> str:
 
 
 def _plots_section(r: Report) -> list[str]:
-    from ablate.report.plots import LOSS_PNG, QUALITY_PNG
 
     return [
         "## Plots",
@@ -516,7 +511,6 @@ def write_report(report: Report, out_dir: str | os.PathLike[str]) -> list[Path]:
 
     Everything is rendered before the first file is written, so an error leaves no partial report.
     """
-    from ablate.report.plots import render_plots
 
     files = {REPORT_MD: render_markdown(report).encode()}
     files.update(render_plots(report))

@@ -15,9 +15,18 @@ from typing import Any
 from ablate.report.model import CLEAR, FEW, Finding, Report, TrialRow, fmt_value
 from ablate.report.pairing import MISSING, lookup, varying_keys
 
-__all__ = ["finding_png", "loss_png", "quality_png", "render_plots", "LOSS_PNG", "QUALITY_PNG"]
+__all__ = [
+    "finding_file",
+    "finding_png",
+    "loss_png",
+    "quality_png",
+    "render_plots",
+    "LOSS_PNG",
+    "QUALITY_PNG",
+]
 
 LOSS_PNG = "loss_vs_tokens.png"
+FINDING_PREFIX = "finding_"
 QUALITY_PNG = "quality_vs_params.png"
 DPI = 100
 RC = {
@@ -326,10 +335,13 @@ def _shape_label(shape: dict[str, Any]) -> str:
     return " ".join(f"{short.get(k, k)}{v}" for k, v in shape.items())
 
 
-def render_plots(report: Report) -> dict[str, bytes]:
-    """Every figure of the report: file name -> PNG bytes (finding figures named by markdown.finding_file)."""
-    from ablate.report.markdown import finding_file
+def finding_file(index: int, finding: Finding) -> str:
+    """The figure of the report's ``index``-th finding (the markdown links it by this name)."""
+    return f"{FINDING_PREFIX}{index:02d}_{finding.slug}.png"
 
+
+def render_plots(report: Report) -> dict[str, bytes]:
+    """Every figure of the report: file name -> PNG bytes (finding figures named by :func:`finding_file`)."""
     out = {LOSS_PNG: loss_png(report), QUALITY_PNG: quality_png(report)}
     for i, f in enumerate(report.findings, 1):
         out[finding_file(i, f)] = finding_png(f)

@@ -1,7 +1,8 @@
 """The spec's pydantic models: the single place where every field, default and allowed value lives.
 
 Unknown keys are refused everywhere (extra="forbid"); values are checked here, relations between
-fields in `Spec`'s validators, and anything that needs the teacher's architecture in spec/check.py.
+fields in `Spec`'s validators, and anything that needs the teacher's architecture in spec/validate.py.
+docs/spec-reference.md is generated from these models (`make docs`).
 """
 
 from __future__ import annotations

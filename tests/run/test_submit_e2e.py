@@ -1,4 +1,4 @@
-"""`ablate submit` end to end on real Ray, MLflow, SQLite and PostgreSQL (DESIGN.md section 4).
+"""`ablate submit` end to end on real Ray, MLflow, SQLite and PostgreSQL (docs/architecture.md).
 
 One flow per backend: specs/tiny.yaml from scratch, the same spec again (nothing runs, no MLflow run is
 created), then one more value on a sweep axis (only the new trials run). Then a grid cell that diverges.
