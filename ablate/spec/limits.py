@@ -7,7 +7,7 @@ from __future__ import annotations
 # Files: a spec and everything it extends, read at most this many bytes in all (a real spec: ~2 KB).
 MAX_FILE_BYTES = 256 * 1024
 # Values (mappings, lists and scalars) of the whole document once aliases and extends are expanded.
-MAX_NODES = 10_000
+MAX_NODES = 5_000
 # Nesting of mappings and lists (sweep.grid[0].distill.lr[2] is 5 levels).
 MAX_DEPTH = 64
 # Files in one `extends:` chain (a spec extending a base extending a base ...).
@@ -18,8 +18,11 @@ MAX_TOKENS = 10**15  # 1000T tokens; the largest published pretraining runs are 
 MAX_TOKEN_TEXT = 64  # characters in a written token count such as "1.8B"
 MAX_COUNT = 10**9  # batch sizes, sequence lengths, steps, model dimensions, samples
 MAX_RESOURCES = 100_000  # CPUs or GPUs of one trial or shared stage
+MAX_RATE = 10.0  # learning rates and weight decay (AdamW at lr 10 diverges at once)
+MAX_TEMPERATURE = 1000.0  # distillation temperature (the literature uses 1 to 20)
+MAX_PATH_CHARS = 4096  # a path, URL or model id (Linux PATH_MAX)
 MAX_SEED = 2**32 - 1  # numpy and torch both take it
-MAX_TRIALS = 10_000  # the most trials sweep.max_trials may allow (each one is a distillation run)
+MAX_TRIALS = 5_000  # the most sweep.max_trials may allow: each trial is a distillation run
 
 # Messages: a value shown in a message is cut to this many characters.
 SHOW_CHARS = 60
