@@ -199,9 +199,9 @@ def _parent(
         if exc.message.startswith("file not found"):
             relative = "" if Path(ref).is_absolute() else ", relative to this spec's folder"
             return refuse(
-                f"file '{shorten(ref)}' not found (resolved to {resolved}; expected {EXPECTED_FILE}{relative})"
+                f"file '{shorten(ref, 300)}' not found (resolved to {resolved}; expected {EXPECTED_FILE}{relative})"
             )
-        return refuse(f"'{shorten(ref)}' (resolved to {resolved}): {exc.message}")
+        return refuse(f"'{shorten(ref, 300)}' (resolved to {resolved}): {exc.message}")
     return parent, None
 
 

@@ -234,7 +234,10 @@ def _expand(raw: dict, spec: Spec, invalid: InvalidTrial | None) -> list[Trial]:
             if path not in (TARGET_AXIS, SEED_AXIS):
                 trial_raw = set_path(trial_raw, path, value)
         try:
-            trial_spec = Spec.model_validate(trial_raw)
+            # The sweep section is the spec's own (already validated) and no rule of a trial reads it:
+            # validating it again per trial would make a large grid with many excludes quadratic.
+            without_sweep = {k: v for k, v in trial_raw.items() if k != "sweep"}
+            trial_spec = Spec.model_validate(without_sweep).model_copy(update={"sweep": spec.sweep})
         except ValidationError as exc:
             if invalid is None:
                 raise

@@ -203,6 +203,9 @@ class Builder:
 
     def _merged(self, value_node: Node, path: Path_) -> dict[str, Any]:
         """The keys a merge key brings: `<<: *a` or `<<: [*a, *b]` (an earlier mapping wins)."""
+        if value_node.tag not in PLAIN_TAGS:
+            self.build(value_node, path)  # refuses the tag, with its line
+            return {}
         sources = value_node.value if isinstance(value_node, SequenceNode) else [value_node]
         own = self.positions[path]
         merged: dict[str, Any] = {}
