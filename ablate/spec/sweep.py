@@ -15,10 +15,11 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, PydanticUserError, TypeAdapter, ValidationError
 
-from ablate.spec.schema import CONFIG, TRIAL_SECTIONS, Spec
+from ablate.spec.schema import CONFIG, TRIAL_SECTIONS, Seed, Spec
 
 TARGET_AXIS = "target"
 SEED_AXIS = "seed"  # in a grid: the seeds of that grid's trials (instead of sweep.seeds)
+_SEED = TypeAdapter(Seed)  # a grid's seeds are bounded as sweep.seeds are
 
 
 @dataclass(frozen=True)
@@ -135,7 +136,7 @@ def normalise(raw: dict, path: str, value: Any) -> Any:
     if path == TARGET_AXIS:
         return value
     if path == SEED_AXIS:
-        return TypeAdapter(int).validate_python(value, strict=True)
+        return _SEED.validate_python(value, strict=True)
     adapter = field_adapter(path)
     return adapter.dump_python(adapter.validate_python(value), mode="json")
 

@@ -331,6 +331,11 @@ def _(d: Path) -> Path:
     return spec(d, BASE + "  seeds: [0, 36893488147419103232]\n")
 
 
+@case("huge-seed-in-a-grid-axis", says="sweep.grid.seed[1]")
+def _(d: Path) -> Path:
+    return spec(d, BASE.replace("distill.loss: [kld, ce]", "seed: [1, 123456789012345678901234567890]"))
+
+
 @case("infinity-in-grid", says="finite")
 def _(d: Path) -> Path:
     return spec(d, BASE.replace("distill.loss: [kld, ce]", "distill.weight_decay: [0.0, .inf, -.nan]"))
