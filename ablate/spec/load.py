@@ -68,9 +68,7 @@ def read_yaml(
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else 0
-        context = f" ({exc.context})" if exc.context and exc.problem else ""
-        message = shorten(f"{exc.problem or exc}{context}", 300)
-        return None, {}, [Problem(name, line, "", f"YAML syntax error: {message}")]
+        return None, {}, [Problem(name, line, "", f"YAML syntax error: {shorten(_syntax(exc), 300)}")]
     except yaml.reader.ReaderError as exc:  # a control character: report its line
         line = text.count("\n", 0, exc.position) + 1
         return (
@@ -97,6 +95,18 @@ def read_yaml(
     builder = Builder(name)
     data = builder.build(node, ())
     return data, builder.positions, builder.problems
+
+
+def _syntax(exc: yaml.MarkedYAMLError) -> str:
+    """PyYAML's context and problem as one sentence: 'while parsing a flow sequence on line 3;
+    expected ',' or ']', but got '<stream end>'."""
+    parts = []
+    if exc.context:
+        on = f" on line {exc.context_mark.line + 1}" if exc.context_mark and exc.problem else ""
+        parts.append(f"{exc.context}{on}")
+    if exc.problem:
+        parts.append(exc.problem)
+    return "; ".join(parts) or str(exc)
 
 
 def _shared_note(budget: Budget) -> str:
@@ -181,7 +191,7 @@ def _parent(
     parent = child.parent / ref  # an absolute ref replaces the folder
     try:
         resolved = parent.resolve()
-    except (OSError, RuntimeError):  # a symlink loop: reading it below says so
+    except (OSError, RuntimeError, ValueError):  # a symlink loop or a NUL: checking it below says so
         resolved = parent.absolute()
     seen = [link.file.resolve() for link in chain]
     if resolved in seen:
@@ -199,9 +209,9 @@ def _parent(
         if exc.message.startswith("file not found"):
             relative = "" if Path(ref).is_absolute() else ", relative to this spec's folder"
             return refuse(
-                f"file '{shorten(ref, 300)}' not found (resolved to {resolved}; expected {EXPECTED_FILE}{relative})"
+                f"file '{shorten(ref, 300)}' not found (resolved to {shorten(str(resolved), 300)}; expected {EXPECTED_FILE}{relative})"
             )
-        return refuse(f"'{shorten(ref, 300)}' (resolved to {resolved}): {exc.message}")
+        return refuse(f"'{shorten(ref, 300)}' (resolved to {shorten(str(resolved), 300)}): {exc.message}")
     return parent, None
 
 

@@ -42,6 +42,8 @@ def check_file(path: Path, limit: int, expected: str = "a YAML text file", note:
         raise UnreadableFile(f"file not found (expected {expected})") from None
     except OSError as exc:
         raise UnreadableFile(f"cannot read file: {exc.strerror or exc}") from None
+    except ValueError:  # os.stat refuses a path with a NUL character
+        raise UnreadableFile(f"not a usable path (got a NUL character; expected {expected})") from None
     _check_kind(info, expected)
     _check_size(info.st_size, limit, True, note)
 

@@ -121,9 +121,26 @@ def _validate_schema(
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
-            loc = tuple(err["loc"])
+            loc = _written_path(tuple(err["loc"]), raw)
             problems.append(_problem(source, prefix or loc, describe_error(err, raw) + note))
         return None, problems
+
+
+def _written_path(loc: tuple, raw: Any) -> Path_:
+    """A pydantic location without the names of union members ('dict[str,list[any]]' in
+    sweep.grid.dict[str,list[any]].distill.lr): only keys and indexes the spec wrote, or a missing key."""
+    node, out = raw, []
+    for part in loc:
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            node = node[part]
+        elif isinstance(part, str) and "[" in part:
+            continue
+        else:
+            node = None
+        out.append(part)
+    return tuple(out)
 
 
 def describe_error(err: dict, raw: dict) -> str:
@@ -246,6 +263,16 @@ def _check_grid(
     paths: list[str] | None = None
     for axis, values in grid.items():
         where = (*prefix, axis)
+        if axis.split(".")[0] == "sweep":
+            problems.append(
+                _problem(
+                    source,
+                    where,
+                    f"sweep path '{shorten(axis)}' cannot be swept (a trial has no sweep of its own; "
+                    "expected a path outside sweep, such as distill.loss)",
+                )
+            )
+            continue
         if axis not in (TARGET_AXIS, SEED_AXIS) and not schema_has_path(Spec, axis.split("."), raw):
             hint = ""
             if len(problems) < MAX_GUESSES:

@@ -12,6 +12,7 @@ keys (`<<: *defaults`: the anchored mapping's keys, unless the mapping sets them
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import yaml
@@ -26,6 +27,7 @@ from ablate.spec.problems import Path_, Problem, dotted, shorten
 YAML_TAG = "tag:yaml.org,2002:"
 PLAIN_TAGS = {YAML_TAG + t for t in ("str", "int", "float", "bool", "null", "map", "seq", "timestamp")}
 MERGE_TAG = YAML_TAG + "merge"
+CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")  # C0 and DEL, but tab and line ends
 MAX_INT_CHARS = 40  # no field holds a number anywhere near 10^40; int() of 10^5 digits is refused by Python
 
 
@@ -168,10 +170,19 @@ class Builder:
             )
             return None
         try:
-            return self.constructor.construct_object(node)
+            value = self.constructor.construct_object(node)
         except (ValueError, OverflowError, yaml.YAMLError) as exc:
             self.problem(node, path, f"cannot read {shorten(repr(node.value))}: {shorten(str(exc), 200)}")
             return None
+        if isinstance(value, str) and CONTROL.search(value):
+            # Written as an escape ("a\0b"): PostgreSQL refuses NUL in text, paths refuse it too.
+            self.problem(
+                node,
+                path,
+                f"a control character in text (got {shorten(repr(value))}; expected printable text)",
+            )
+            return None
+        return value
 
     def _mapping(self, node: MappingNode, path: Path_) -> dict[str, Any]:
         result: dict[str, Any] = {}

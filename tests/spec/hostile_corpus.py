@@ -518,6 +518,26 @@ def _(d: Path) -> Path:
     return spec(d, BASE.replace("model: builtin:tiny-mistral", "model: " + "m" * 3000))
 
 
-@case("teacher-name-with-nul", says="NUL")
+@case("extends-path-with-nul", says="control character")
+def _(d: Path) -> Path:
+    return spec(d, 'extends: "base\\0.yaml"\nname: x\n')
+
+
+@case("control-character-escaped-in-a-string", says="control character")
+def _(d: Path) -> Path:
+    return spec(d, BASE + 'description: "a\\x1b[31mred\\0"\n')
+
+
+@case("sweeping-the-sweep", says="cannot be swept")
+def _(d: Path) -> Path:
+    return spec(d, BASE.replace("distill.loss: [kld, ce]", "sweep.max_trials: [1, 2]"))
+
+
+@case("union-member-names-stay-out-of-paths", says="sweep.grid.distill.lr: invalid value")
+def _(d: Path) -> Path:
+    return spec(d, BASE.replace("distill.loss: [kld, ce]", "distill.lr: {a: 1}"))
+
+
+@case("teacher-name-with-nul", says="control character")
 def _(d: Path) -> Path:
     return spec(d, BASE.replace("model: builtin:tiny-mistral", 'model: "a\\0b"'))
