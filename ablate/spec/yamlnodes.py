@@ -171,8 +171,16 @@ class Builder:
             return None
         try:
             value = self.constructor.construct_object(node)
-        except (ValueError, OverflowError, yaml.YAMLError) as exc:
-            self.problem(node, path, f"cannot read {shorten(repr(node.value))}: {shorten(str(exc), 200)}")
+        except (ValueError, OverflowError, KeyError, IndexError, TypeError, yaml.YAMLError):
+            kind = node.tag.removeprefix(YAML_TAG)
+            # An explicit tag on a value that is not of its type (!!bool maybe, !!int ''): PyYAML's
+            # constructors raise whatever their parsing hits.
+            self.problem(
+                node,
+                path,
+                f"cannot read {shorten(repr(node.value))} as {kind} (got a value with an explicit "
+                f"!!{kind} tag; expected a {kind}, or no tag)",
+            )
             return None
         if isinstance(value, str) and CONTROL.search(value):
             # Written as an escape ("a\0b"): PostgreSQL refuses NUL in text, paths refuse it too.

@@ -132,6 +132,14 @@ def _(d: Path) -> Path:
     return spec(d, BASE + "description: !!binary aGVsbG8=\nx: !!set {a, b}\ny: !!omap [a: 1]\n")
 
 
+@case("explicit-tags-on-values-not-of-their-type", says="cannot read")
+def _(d: Path) -> Path:
+    return spec(
+        d,
+        BASE.replace("global_batch: 8", "global_batch: !!bool maybe") + "!!int '0x': 1\nx: !!float '1:2:x'\n",
+    )
+
+
 @case("python-tag-in-merge", says="not allowed")
 def _(d: Path) -> Path:
     return spec(d, BASE.replace("sweep:\n", "sweep:\n  <<: !!python/object/apply:os.getcwd []\n"))
