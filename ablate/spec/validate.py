@@ -42,6 +42,7 @@ TEACHER_DIMS = (
     "num_key_value_heads",
     "vocab_size",
 )
+MAX_PROBLEMS = 100  # shown by validate
 MAX_TRIAL_PROBLEMS = 20  # one invalid combination repeats over many trials: show the first ones
 MAX_GUESSES = 20  # did-you-mean costs a comparison with every path of the spec: for the first ones
 
@@ -63,7 +64,7 @@ def load_spec(path: str | Path) -> LoadedSpec:
     path = Path(path)
     raw, source, problems = load_document(path)
     if problems:
-        raise SpecError([str(p) for p in problems])
+        raise SpecError(_shown(problems, path))
     spec, problems = _validate_schema(raw, source)
     teacher_config = None
     if spec is not None:
@@ -71,7 +72,7 @@ def load_spec(path: str | Path) -> LoadedSpec:
         problems += teacher_problems
     problems += _check_sweep(raw, spec, source)
     if problems:
-        raise SpecError([str(p) for p in _unique(problems)])
+        raise SpecError(_shown(_unique(problems), path))
     assert spec is not None and teacher_config is not None
 
     def invalid(point: dict[str, Any], exc: ValidationError) -> None:
@@ -85,7 +86,7 @@ def load_spec(path: str | Path) -> LoadedSpec:
 
     trials = expand(raw, spec, invalid)
     if problems:
-        raise SpecError([str(p) for p in _unique(problems)])
+        raise SpecError(_shown(_unique(problems), path))
     return LoadedSpec(path, raw, spec, source, teacher_config, trials)
 
 
@@ -96,6 +97,15 @@ def resolve_relative(spec_path: Path, value: str) -> str:
         return str(candidate) if not Path(value).is_absolute() and candidate.exists() else value
     except (OSError, ValueError):  # a name too long for the OS: the reader of the value says so
         return value
+
+
+def _shown(problems: list[Problem], path: Path) -> list[str]:
+    """The problems as lines, the first MAX_PROBLEMS of them: a spec with 5000 bad targets needs its
+    first mistakes fixed, not 5000 lines."""
+    lines = [str(p) for p in problems[:MAX_PROBLEMS]]
+    if len(problems) > MAX_PROBLEMS:
+        lines.append(f"{path}: {len(problems) - MAX_PROBLEMS} more problems not shown (fix these first)")
+    return lines
 
 
 def _unique(problems: list[Problem]) -> list[Problem]:

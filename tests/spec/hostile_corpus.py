@@ -491,6 +491,15 @@ def _(d: Path) -> Path:
     return spec(d, "extends: base.yaml\n" + laughs(4).replace("l", "m"))
 
 
+@case("extends-31-files-each-overriding-one-deep-value", says="unknown key 'x'")
+def _(d: Path) -> Path:
+    spine = "x:\n" + "".join(" " * (i + 1) + f"s{i}:\n" for i in range(58))
+    spec(d, BASE + spine + "".join(" " * 59 + f"l{j}: 1\n" for j in range(450)), "b0.yaml")
+    for k in range(1, MAX_EXTENDS - 1):
+        spec(d, f"extends: b{k - 1}.yaml\n" + spine + " " * 59 + f"l{k}: [{k}]\n", f"b{k}.yaml")
+    return spec(d, f"extends: b{MAX_EXTENDS - 2}.yaml\n")
+
+
 # --- files the spec points at --------------------------------------------------------------------
 
 
