@@ -22,7 +22,8 @@ MAX_RATE = 10.0  # learning rates and weight decay (AdamW at lr 10 diverges at o
 MAX_TEMPERATURE = 1000.0  # distillation temperature (the literature uses 1 to 20)
 MAX_PATH_CHARS = 4096  # a path, URL or model id (Linux PATH_MAX)
 MAX_SEED = 2**32 - 1  # numpy and torch both take it
-MAX_TRIALS = 5_000  # the most sweep.max_trials may allow: each trial is a distillation run
+MAX_TRIALS = 2_000  # the most sweep.max_trials may allow: each trial is a distillation run (and 2000
+# trials take ~0.5 s to validate and plan, the most the 2 s bound leaves room for on a slow machine)
 
 # Messages: a value shown in a message is cut to this many characters.
 SHOW_CHARS = 60

@@ -12,7 +12,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from ablate.spec.limits import MAX_EXTENDS, MAX_FILE_BYTES
+from ablate.spec.limits import MAX_EXTENDS, MAX_FILE_BYTES, MAX_TRIALS
 
 from .conftest import BASE
 
@@ -380,7 +380,7 @@ def _(d: Path) -> Path:
         "  grid:\n    target: [width, depth]\n    distill.loss: [kld, ce]\n",
         f"  grid:\n    - {grid}\n    - {grid}\n",
     )
-    return spec(d, text + "  max_trials: 5000\n")
+    return spec(d, text + f"  max_trials: {MAX_TRIALS}\n")
 
 
 @case("max-trials-10-to-the-12", says="sweep.max_trials")
@@ -388,18 +388,27 @@ def _(d: Path) -> Path:
     return spec(d, BASE + "  max_trials: 1000000000000\n")
 
 
-@case("largest-grid-allowed", outcome="valid")  # the worst case that is valid: 5000 trials
+@case("largest-grid-allowed", outcome="valid")  # the worst case that is valid: MAX_TRIALS trials
 def _(d: Path) -> Path:
-    axes = f"    distill.warmup_steps: {_values(1250, 0)}\n    distill.loss: [kld, ce]\n"
-    return spec(d, BASE.replace("    distill.loss: [kld, ce]\n", axes) + "  max_trials: 5000\n")
+    axes = f"    distill.warmup_steps: {_values(MAX_TRIALS // 4, 0)}\n    distill.loss: [kld, ce]\n"
+    return spec(d, BASE.replace("    distill.loss: [kld, ce]\n", axes) + f"  max_trials: {MAX_TRIALS}\n")
+
+
+@case("one-trial-past-the-largest-grid", says=f"the grid makes {MAX_TRIALS + 4} trials")
+def _(d: Path) -> Path:
+    axes = f"    distill.warmup_steps: {_values(MAX_TRIALS // 4 + 1, 0)}\n    distill.loss: [kld, ce]\n"
+    return spec(d, BASE.replace("    distill.loss: [kld, ce]\n", axes) + f"  max_trials: {MAX_TRIALS}\n")
 
 
 @case("many-excludes-on-a-large-grid", outcome="either")
 def _(d: Path) -> Path:
-    axes = f"    distill.warmup_steps: {_values(1000, 0)}\n    distill.loss: [kld, ce]\n"
+    axes = f"    distill.warmup_steps: {_values(MAX_TRIALS // 4, 0)}\n    distill.loss: [kld, ce]\n"
     rules = "".join(f"    - {{distill.warmup_steps: {i}, distill.loss: ce}}\n" for i in range(600))
     return spec(
-        d, BASE.replace("    distill.loss: [kld, ce]\n", axes) + "  max_trials: 5000\n  exclude:\n" + rules
+        d,
+        BASE.replace("    distill.loss: [kld, ce]\n", axes)
+        + f"  max_trials: {MAX_TRIALS}\n  exclude:\n"
+        + rules,
     )
 
 

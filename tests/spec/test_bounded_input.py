@@ -91,7 +91,11 @@ def warm() -> None:
     path.write_text(BASE)
     try:
         load_spec(path)
+        from transformers import AutoConfig
+
         import ablate.commands.plan  # noqa: F401 - the command module the CLI imports on first use
+
+        AutoConfig.for_model("llama")  # transformers imports each family's module on first use
     finally:
         path.unlink()
 
