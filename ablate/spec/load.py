@@ -9,7 +9,6 @@ can make validation slow or large.
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ from ablate.spec.problems import Path_, Problem, dotted, shorten
 from ablate.spec.textfile import UnreadableFile, check_file, read_text
 from ablate.spec.yamlnodes import BoundedLoader, Builder, LimitExceeded
 
-__all__ = ["Path_", "Problem", "SourceMap", "deep_merge", "dotted", "load_document", "read_yaml"]
+__all__ = ["Path_", "Problem", "SourceMap", "dotted", "load_document", "read_yaml"]
 EXPECTED_FILE = "a spec YAML file"
 
 
@@ -112,16 +111,6 @@ def _syntax(exc: yaml.MarkedYAMLError) -> str:
 def _shared_note(budget: Budget) -> str:
     left = budget.bytes < MAX_FILE_BYTES
     return f", what is left of {MAX_FILE_BYTES} for a spec and the files it extends" if left else ""
-
-
-def deep_merge(base: Any, override: Any) -> Any:
-    """Mappings merge key by key; everything else (lists included) is replaced by the override."""
-    if isinstance(base, dict) and isinstance(override, dict):
-        merged = copy.deepcopy(base)
-        for key, value in override.items():
-            merged[key] = deep_merge(base[key], value) if key in base else copy.deepcopy(value)
-        return merged
-    return copy.deepcopy(override)
 
 
 @dataclass
@@ -216,7 +205,8 @@ def _parent(
 
 
 def _merge_into(base: dict, override: dict) -> dict:
-    """deep_merge without copies: both come fresh from the YAML builder and are not shared."""
+    """Mappings merge key by key, anything else (lists included) is replaced by the override. In place,
+    without copies: both come fresh from the YAML builder and share nothing."""
     for key, value in override.items():
         if key in base and isinstance(base[key], dict) and isinstance(value, dict):
             _merge_into(base[key], value)
