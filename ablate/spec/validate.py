@@ -348,12 +348,17 @@ def _check_sweep(raw: dict, spec: Spec | None, source: SourceMap) -> list[Proble
     seeds = len(spec.sweep.seeds)
     total = grid_size(spec.sweep.grids(), len(spec.targets), seeds)
     if total > spec.sweep.max_trials:
+        fix = (
+            f"raise sweep.max_trials to {total}, or sweep fewer values"
+            if total <= MAX_TRIALS
+            else f"sweep fewer values, or split the study: sweep.max_trials goes up to {MAX_TRIALS}"
+        )
         return [
             _problem(
                 source,
                 ("sweep", "grid"),
                 f"the grid makes {_count(total)} trials (expected at most sweep.max_trials = "
-                f"{spec.sweep.max_trials}; raise it up to {MAX_TRIALS}, or sweep fewer values)",
+                f"{spec.sweep.max_trials}; {fix})",
             )
         ]
     points = grid_points(spec.sweep.grid, targets)
