@@ -100,6 +100,7 @@ def warm() -> None:
         path.unlink()
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="fork, /proc and RLIMIT_AS: Linux")
 @pytest.mark.parametrize("name", list(CORPUS))
 def test_hostile_input_ends_cleanly_fast_and_small(name: str, tmp_path: Path) -> None:
     setup, outcome, says = CORPUS[name]
