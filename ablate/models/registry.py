@@ -24,6 +24,8 @@ from transformers import AutoConfig, MistralConfig, PretrainedConfig
 from ablate.errors import ModelError
 from ablate.models.arch import check_family, check_model, rebuild_rotary
 from ablate.models.tokenizer import byte_tokenizer
+from ablate.spec.limits import MAX_FILE_BYTES
+from ablate.spec.textfile import UnreadableFile, read_text
 
 if TYPE_CHECKING:  # the modelling classes cost seconds to import; validate and plan need configs only
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -64,20 +66,33 @@ def tiny_mistral_config() -> MistralConfig:
 
 
 def config_from_file(path: str | Path) -> PretrainedConfig:
+    """A config.json read with the bounds of a spec (regular file, size, UTF-8, nesting): validate
+    reads it, so `/dev/zero`, a FIFO or a 10 GB file here must not hang or exhaust memory either."""
     path = Path(path)
-    if not path.is_file():
-        raise ModelError(f"config file '{path}' does not exist; point teacher.config at a config.json")
+    shown = str(path) if len(str(path)) <= 200 else str(path)[:197] + "..."
     try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ModelError(f"config file '{path}' is not valid JSON: {exc}") from exc
+        text = read_text(path, MAX_FILE_BYTES, "a Hugging Face config.json")
+    except UnreadableFile as exc:
+        line = f" line {exc.line}:" if exc.line else ""
+        raise ModelError(
+            f"config file '{shown}':{line} {exc.message}; point teacher.config at a config.json"
+        ) from None
+    try:
+        data = json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        detail = exc if isinstance(exc, json.JSONDecodeError) else "nested too deeply"
+        raise ModelError(f"config file '{shown}' is not valid JSON: {detail}") from None
+    if not isinstance(data, dict):
+        raise ModelError(f"config file '{shown}' must hold a JSON object (got {type(data).__name__})")
     model_type = data.pop("model_type", None)
-    if not model_type:
-        raise ModelError(f"config file '{path}' has no model_type; it must be a Hugging Face config.json")
+    if not model_type or not isinstance(model_type, str):
+        raise ModelError(f"config file '{shown}' has no model_type; it must be a Hugging Face config.json")
     try:
         config = AutoConfig.for_model(model_type, **data)
-    except ValueError as exc:
-        raise ModelError(f"config file '{path}': {exc}") from exc
+    except Exception as exc:  # noqa: BLE001 - transformers and huggingface_hub validate arbitrary JSON with
+        # errors of their own (StrictDataclassFieldValidationError, ZeroDivisionError on 0 heads, ...)
+        reason = " ".join(str(exc).split())[:300]
+        raise ModelError(f"config file '{shown}' is not a usable {model_type} config: {reason}") from exc
     check_family(config)
     return config
 

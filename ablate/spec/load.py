@@ -1,39 +1,27 @@
-"""Read a spec file: safe YAML that remembers where every value came from, and `extends:` merging.
+"""Read a spec file: safe, bounded YAML that remembers where every value came from, and `extends:`.
 
 Nothing in a spec is executed: only plain YAML types are built, and any tag that would construct an
 object (`!!python/object`, custom `!tags`) is refused with its line. Duplicate keys are refused too
-(PyYAML would silently keep the last one, hiding e.g. a duplicated target name).
+(PyYAML would silently keep the last one, hiding e.g. a duplicated target name). A spec and the chain
+of files it extends share one budget of bytes and values (spec/limits.py), so no file, alias or chain
+can make validation slow or large.
 """
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
-from yaml.constructor import SafeConstructor
-from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-Path_ = tuple[str | int, ...]
-PLAIN_TAGS = {
-    "tag:yaml.org,2002:" + t for t in ("str", "int", "float", "bool", "null", "map", "seq", "timestamp")
-}
+from ablate.spec.limits import MAX_EXTENDS, MAX_FILE_BYTES, MAX_NODES
+from ablate.spec.problems import Path_, Problem, dotted, shorten
+from ablate.spec.textfile import UnreadableFile, check_file, read_text
+from ablate.spec.yamlnodes import BoundedLoader, Builder, LimitExceeded
 
-
-@dataclass(frozen=True)
-class Problem:
-    """One thing wrong with a spec, located in its file."""
-
-    file: str
-    line: int
-    path: str
-    message: str
-
-    def __str__(self) -> str:
-        where = f"{self.file}:{self.line}" if self.line else self.file
-        return f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
+__all__ = ["Path_", "Problem", "SourceMap", "dotted", "load_document", "read_yaml"]
+EXPECTED_FILE = "a spec YAML file"
 
 
 @dataclass
@@ -51,171 +39,201 @@ class SourceMap:
         return (self.root_file, 0)
 
 
-class _Builder:
-    """Turns a composed YAML node tree into plain Python data, recording positions and refusing tags."""
+@dataclass
+class Budget:
+    """What is left for the rest of an extends chain: bytes to read and values to build."""
 
-    def __init__(self, file: str):
-        self.file = file
-        self.constructor = SafeConstructor()
-        self.positions: dict[Path_, tuple[str, int]] = {}
-        self.problems: list[Problem] = []
-
-    def build(self, node: Node, path: Path_) -> Any:
-        self.positions[path] = (self.file, node.start_mark.line + 1)
-        if node.tag not in PLAIN_TAGS:
-            self.problems.append(
-                Problem(
-                    self.file,
-                    node.start_mark.line + 1,
-                    dotted(path),
-                    f"YAML tag '{node.tag}' is not allowed (got a tagged value; expected plain YAML: "
-                    "nothing in a spec is executed or constructed)",
-                )
-            )
-            return None
-        if isinstance(node, MappingNode):
-            result: dict[str, Any] = {}
-            seen: dict[Any, int] = {}
-            for key_node, value_node in node.value:
-                key = (
-                    self.constructor.construct_object(key_node) if isinstance(key_node, ScalarNode) else None
-                )
-                if not isinstance(key, (str, int, float, bool)) or key_node.tag not in PLAIN_TAGS:
-                    self.problems.append(
-                        Problem(
-                            self.file,
-                            key_node.start_mark.line + 1,
-                            dotted(path),
-                            "mapping keys must be plain scalars",
-                        )
-                    )
-                    continue
-                key = str(key)
-                if key in seen:
-                    self.problems.append(
-                        Problem(
-                            self.file,
-                            key_node.start_mark.line + 1,
-                            dotted((*path, key)),
-                            f"duplicate key '{key}' (first defined on line {seen[key]}; expected each key once)",
-                        )
-                    )
-                    continue
-                seen[key] = key_node.start_mark.line + 1
-                result[key] = self.build(value_node, (*path, key))
-                self.positions[(*path, key)] = (self.file, key_node.start_mark.line + 1)
-            return result
-        if isinstance(node, SequenceNode):
-            return [self.build(item, (*path, i)) for i, item in enumerate(node.value)]
-        value = self.constructor.construct_object(node)
-        if node.tag == "tag:yaml.org,2002:timestamp":
-            return node.value  # keep dates as written; no field takes a date
-        return value
+    bytes: int = MAX_FILE_BYTES
+    nodes: int = MAX_NODES
 
 
-def dotted(path: Path_) -> str:
-    out = ""
-    for part in path:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
-
-
-def read_yaml(file: Path) -> tuple[Any, dict[Path_, tuple[str, int]], list[Problem]]:
-    """Parse one YAML file into plain data plus its positions; syntax errors become Problems."""
+def read_yaml(
+    file: Path, budget: Budget | None = None
+) -> tuple[Any, dict[Path_, tuple[str, int]], list[Problem]]:
+    """Parse one YAML file into plain data plus its positions; every failure becomes a Problem."""
+    budget = budget or Budget()
     name = str(file)
     try:
-        text = file.read_text()
-    except FileNotFoundError:
-        return None, {}, [Problem(name, 0, "", "file not found (expected a path to a spec YAML file)")]
-    except OSError as exc:
-        return None, {}, [Problem(name, 0, "", f"cannot read file: {exc.strerror}")]
+        text = read_text(file, budget.bytes, EXPECTED_FILE, _shared_note(budget))
+    except UnreadableFile as exc:
+        return None, {}, [Problem(name, exc.line, "", exc.message)]
+    budget.bytes -= len(text.encode())
+    loader = None
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        loader = BoundedLoader(text, budget.nodes)
+        node = loader.get_single_node()
+    except LimitExceeded as exc:
+        return None, {}, [Problem(name, exc.line, dotted(exc.path), exc.message)]
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else 0
-        return None, {}, [Problem(name, line, "", f"YAML syntax error: {exc.problem or exc}")]
+        return None, {}, [Problem(name, line, "", f"YAML syntax error: {shorten(_syntax(exc), 300)}")]
+    except yaml.reader.ReaderError as exc:  # a control character: report its line
+        line = text.count("\n", 0, exc.position) + 1
+        return (
+            None,
+            {},
+            [
+                Problem(
+                    name,
+                    line,
+                    "",
+                    f"not a YAML text file (got the control character #x{exc.character:04x}; "
+                    "expected printable text)",
+                )
+            ],
+        )
     except yaml.YAMLError as exc:
-        return None, {}, [Problem(name, 0, "", f"YAML error: {exc}")]
+        return None, {}, [Problem(name, 0, "", f"YAML error: {shorten(str(exc), 300)}")]
+    finally:
+        if loader is not None:
+            loader.dispose()
+    budget.nodes -= loader.used
     if node is None:
         return {}, {}, []
-    builder = _Builder(name)
+    builder = Builder(name)
     data = builder.build(node, ())
     return data, builder.positions, builder.problems
 
 
-def deep_merge(base: Any, override: Any) -> Any:
-    """Mappings merge key by key; everything else (lists included) is replaced by the override."""
-    if isinstance(base, dict) and isinstance(override, dict):
-        merged = copy.deepcopy(base)
-        for key, value in override.items():
-            merged[key] = deep_merge(base[key], value) if key in base else copy.deepcopy(value)
-        return merged
-    return copy.deepcopy(override)
+def _syntax(exc: yaml.MarkedYAMLError) -> str:
+    """PyYAML's context and problem as one sentence: 'while parsing a flow sequence on line 3;
+    expected ',' or ']', but got '<stream end>'."""
+    parts = []
+    if exc.context:
+        on = f" on line {exc.context_mark.line + 1}" if exc.context_mark and exc.problem else ""
+        parts.append(f"{exc.context}{on}")
+    if exc.problem:
+        parts.append(exc.problem)
+    return "; ".join(parts) or str(exc)
 
 
-def load_document(file: str | Path, _chain: tuple[Path, ...] = ()) -> tuple[dict, SourceMap, list[Problem]]:
-    """Read a spec and everything it extends; positions point into whichever file set each value."""
+def _shared_note(budget: Budget) -> str:
+    left = budget.bytes < MAX_FILE_BYTES
+    return f", what is left of {MAX_FILE_BYTES} for a spec and the files it extends" if left else ""
+
+
+@dataclass
+class _Link:
+    """One file of an extends chain, its own data (without `extends`) and positions."""
+
+    file: Path
+    data: dict
+    positions: dict[Path_, tuple[str, int]]
+
+
+def load_document(file: str | Path) -> tuple[dict, SourceMap, list[Problem]]:
+    """Read a spec and every file it extends, at any depth; positions point into whichever file set
+    each value. Relative `extends:` paths are relative to the file that says them."""
     file = Path(file)
-    resolved = file.resolve()
-    data, positions, problems = read_yaml(file)
-    source = SourceMap(dict(positions), str(file))
-    if problems:
-        return {}, source, problems
-    if not isinstance(data, dict):
-        return (
-            {},
-            source,
-            [Problem(str(file), 1, "", f"a spec must be a YAML mapping (got {type(data).__name__})")],
-        )
-    parent_ref = data.pop("extends", None)
-    if parent_ref is None:
-        return data, source, []
-    line = positions.get(("extends",), (str(file), 0))[1]
-    if not isinstance(parent_ref, str):
-        return (
-            {},
-            source,
-            [Problem(str(file), line, "extends", f"must be a relative file path (got {parent_ref!r})")],
-        )
-    parent = (file.parent / parent_ref).resolve() if not Path(parent_ref).is_absolute() else Path(parent_ref)
-    chain = (*_chain, resolved)
-    if parent in chain:
-        cycle = " -> ".join(p.name for p in (*chain, parent))
-        return (
-            {},
-            source,
-            [Problem(str(file), line, "extends", f"extends cycle: {cycle} (expected a chain that ends)")],
-        )
-    if not parent.is_file():
-        return (
-            {},
-            source,
-            [
-                Problem(
-                    str(file),
-                    line,
-                    "extends",
-                    f"file '{parent_ref}' not found (resolved to {parent}; paths are relative to this spec)",
-                )
-            ],
-        )
-    base, base_source, base_problems = load_document(parent, chain)
-    if base_problems:
-        return {}, source, base_problems
-    merged = deep_merge(base, data)
-    entries = dict(base_source.entries)
-    # A mapping the child wrote replaces positions only for the keys it set; a replaced list or
-    # scalar takes the child's positions wholesale.
-    for key in positions:
-        if key and key in entries and not isinstance(_get(data, key), dict):
-            for stale in [k for k in entries if k[: len(key)] == key]:
-                del entries[stale]
-    entries.update(positions)
+    budget = Budget()
+    chain: list[_Link] = []
+    current = file
+    while True:
+        data, positions, problems = read_yaml(current, budget)
+        if problems:
+            return {}, SourceMap(positions, str(file)), problems
+        if not isinstance(data, dict):
+            kind = "null" if data is None else type(data).__name__
+            return (
+                {},
+                SourceMap({}, str(file)),
+                [
+                    Problem(
+                        str(current),
+                        1,
+                        "",
+                        f"a spec must be a YAML mapping (got {kind}; expected keys such as name:)",
+                    )
+                ],
+            )
+        ref = data.pop("extends", None)
+        where = positions.pop(("extends",), (str(current), 0))
+        chain.append(_Link(current, data, positions))
+        if ref is None:
+            break
+        parent, problem = _parent(ref, chain, where, budget)
+        if problem:
+            return {}, SourceMap({}, str(file)), [problem]
+        current = parent
+    merged, entries = chain[-1].data, dict(chain[-1].positions)
+    for link in reversed(chain[:-1]):
+        entries = _merge_positions(entries, merged, link)
+        merged = _merge_into(merged, link.data)
     return merged, SourceMap(entries, str(file)), []
 
 
-def _get(data: Any, path: Path_) -> Any:
-    for part in path:
-        data = data[part]
-    return data
+def _parent(
+    ref: Any, chain: list[_Link], where: tuple[str, int], budget: Budget
+) -> tuple[Path, Problem | None]:
+    """The file `extends: ref` names, or the Problem that stops the chain there."""
+    child = chain[-1].file
+
+    def refuse(message: str) -> tuple[Path, Problem]:
+        return child, Problem(where[0], where[1], "extends", message)
+
+    if not isinstance(ref, str) or not ref.strip():
+        return refuse(
+            f"must be a file path (got {shorten(repr(ref))}; expected e.g. extends: base.yaml, "
+            "relative to this spec's folder, or an absolute path)"
+        )
+    parent = child.parent / ref  # an absolute ref replaces the folder
+    try:
+        resolved = parent.resolve()
+    except (OSError, RuntimeError, ValueError):  # a symlink loop or a NUL: checking it below says so
+        resolved = parent.absolute()
+    seen = [link.file.resolve() for link in chain]
+    if resolved in seen:
+        names = [p.name for p in seen]
+        shown = names if len(set(names)) == len(names) else [str(p) for p in seen]
+        cycle = " -> ".join([*shown, shown[seen.index(resolved)]])
+        return refuse(f"extends cycle: {cycle} (expected a chain that ends in a spec without extends)")
+    if len(chain) >= MAX_EXTENDS:
+        return refuse(
+            f"extends chain too long (got more than {MAX_EXTENDS} files; expected at most {MAX_EXTENDS})"
+        )
+    try:
+        check_file(parent, budget.bytes, EXPECTED_FILE, _shared_note(budget))
+    except UnreadableFile as exc:
+        if exc.message.startswith("file not found"):
+            relative = "" if Path(ref).is_absolute() else ", relative to this spec's folder"
+            return refuse(
+                f"file '{shorten(ref, 300)}' not found (resolved to {shorten(str(resolved), 300)}; expected {EXPECTED_FILE}{relative})"
+            )
+        return refuse(f"'{shorten(ref, 300)}' (resolved to {shorten(str(resolved), 300)}): {exc.message}")
+    return parent, None
+
+
+def _merge_into(base: dict, override: dict) -> dict:
+    """Mappings merge key by key, anything else (lists included) is replaced by the override. In place,
+    without copies: both come fresh from the YAML builder and share nothing."""
+    for key, value in override.items():
+        if key in base and isinstance(base[key], dict) and isinstance(value, dict):
+            _merge_into(base[key], value)
+        else:
+            base[key] = value
+    return base
+
+
+def _merge_positions(
+    entries: dict[Path_, tuple[str, int]], base: dict, link: _Link
+) -> dict[Path_, tuple[str, int]]:
+    """Positions after `link` overrides `base`: a mapping the child wrote keeps the base's positions of
+    the keys it does not set; a replaced list or scalar takes the child's positions wholesale."""
+    replaced: set[Path_] = set()
+    _replaced_paths(base, link.data, (), replaced)
+    kept = {
+        path: where
+        for path, where in entries.items()
+        if not any(path[:n] in replaced for n in range(1, len(path) + 1))
+    }
+    kept.update(link.positions)
+    return kept
+
+
+def _replaced_paths(base: dict, override: dict, path: Path_, out: set[Path_]) -> None:
+    for key, value in override.items():
+        if key in base and isinstance(base[key], dict) and isinstance(value, dict):
+            _replaced_paths(base[key], value, (*path, key), out)
+        else:
+            out.add((*path, key))

@@ -3,6 +3,9 @@
 Unknown keys are refused everywhere (extra="forbid"); values are checked here, relations between
 fields in `Spec`'s validators, and anything that needs the teacher's architecture in spec/validate.py.
 docs/spec-reference.md is generated from these models (`make docs`).
+Every number is finite (allow_inf_nan=False on every model: `.inf`, `.nan` and `1e309` are refused,
+they would reach the records as invalid JSON) and bounded by spec/limits.py (a count of 10^400
+would overflow the plan's float arithmetic).
 """
 
 from __future__ import annotations
@@ -10,46 +13,76 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
     PositiveFloat,
-    PositiveInt,
     model_validator,
 )
 
+from ablate.spec.limits import (
+    MAX_COUNT,
+    MAX_PATH_CHARS,
+    MAX_RATE,
+    MAX_RESOURCES,
+    MAX_SEED,
+    MAX_TEMPERATURE,
+    MAX_TRIALS,
+)
 from ablate.spec.units import parse_tokens
 
+# The one config of every model: unknown keys refused, defaults validated, numbers finite.
+CONFIG = ConfigDict(extra="forbid", validate_default=True, allow_inf_nan=False)
 TokenCount = Annotated[int, BeforeValidator(parse_tokens)]
+PositiveInt = Annotated[int, Field(gt=0, le=MAX_COUNT)]  # batch sizes, lengths, dimensions, steps
+Count = Annotated[int, Field(ge=0, le=MAX_COUNT)]
+Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
+Rate = Annotated[float, Field(ge=0, le=MAX_RATE)]  # learning rates, weight decay
+
+
+def _no_nul(text: str) -> str:
+    if "\0" in text:
+        raise ValueError("a NUL character in a name or path (expected printable text)")
+    return text
+
+
+# A file name, path, URL or model id: the OS refuses longer ones and NUL bytes (with an exception).
+PathText = Annotated[str, Field(min_length=1, max_length=MAX_PATH_CHARS), AfterValidator(_no_nul)]
 Aggregation = Literal["mean", "l2", "var"]
 LOSSES = ("kld", "ce", "kld+intermediate", "scratch")
 TARGET_AXES = ("hidden_size", "intermediate_size", "num_attention_heads", "num_hidden_layers")
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_default=True)
+    """Sections default with default_factory: a default instance would be deep-copied on every use,
+    most of the time of validating a sweep of thousands of trials."""
+
+    model_config = CONFIG
 
 
 class Correction(Strict):
     """Teacher correction: fine-tune the teacher on the distillation data first (paper: LR 1/5, 120 warm-up)."""
 
     tokens: TokenCount
-    lr: PositiveFloat = 2e-5
-    min_lr: float = Field(0.0, ge=0)
-    warmup_steps: int = Field(120, ge=0)
+    lr: Rate = Field(2e-5, gt=0)
+    min_lr: Rate = 0.0
+    warmup_steps: Count = 120
     global_batch: PositiveInt | None = None  # None: same as distill
     micro_batch: PositiveInt | None = None
 
 
 class Teacher(Strict):
-    model: str = Field(min_length=1, description="builtin:NAME | local HF directory | HF id (local cache)")
-    config: str | None = Field(None, description="config.json to plan from when the weights are not here")
+    model: PathText = Field(description="builtin:NAME | local HF directory | HF id (local cache)")
+    config: PathText | None = Field(
+        None, description="config.json to plan from when the weights are not here"
+    )
     correction: Correction | None = None
 
 
 class Data(Strict):
-    corpus: str = "builtin:pydoc"
+    corpus: PathText = "builtin:pydoc"
     seq_len: PositiveInt = 128
     eval_tokens: TokenCount = 8000
 
@@ -71,8 +104,8 @@ class DepthImportance(Strict):
 
 
 class Importance(Strict):
-    width: WidthImportance = WidthImportance()
-    depth: DepthImportance = DepthImportance()
+    width: WidthImportance = Field(default_factory=WidthImportance)
+    depth: DepthImportance = Field(default_factory=DepthImportance)
 
 
 class Target(Strict):
@@ -90,24 +123,24 @@ class Target(Strict):
         return self
 
     def axes(self) -> dict[str, int]:
-        return {k: v for k, v in self.model_dump().items() if v is not None}
+        return {k: getattr(self, k) for k in TARGET_AXES if getattr(self, k) is not None}
 
 
 class Distill(Strict):
     loss: Literal["kld", "ce", "kld+intermediate", "scratch"] = "kld"
-    temperature: PositiveFloat = 1.0
+    temperature: float = Field(1.0, gt=0, le=MAX_TEMPERATURE)
     tokens: TokenCount
-    lr: PositiveFloat = 1e-4
-    min_lr: float = Field(4.5e-7, ge=0)
-    warmup_steps: int = Field(0, ge=0)
+    lr: Rate = Field(1e-4, gt=0)
+    min_lr: Rate = 4.5e-7
+    warmup_steps: Count = 0
     schedule: Literal["cosine", "linear", "constant"] = "cosine"
     global_batch: PositiveInt = 8
     micro_batch: PositiveInt = 4
     grad_clip: PositiveFloat | None = 1.0
-    weight_decay: float = Field(0.0, ge=0)
+    weight_decay: Rate = 0.0
     checkpoint_every: PositiveInt = 50
     eval_every: PositiveInt | None = None
-    intermediate_layers: list[tuple[int, int]] | None = Field(
+    intermediate_layers: list[tuple[Count, Count]] | None = Field(
         None, description="(student layer, teacher layer) pairs for kld+intermediate; default: evenly spaced"
     )
 
@@ -128,8 +161,8 @@ class Sweep(Strict):
     # a trial two grids both produce runs once.
     grid: dict[str, list[Any]] | list[dict[str, list[Any]]] = Field(default_factory=dict)
     exclude: list[dict[str, Any]] = Field(default_factory=list)
-    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
-    max_trials: PositiveInt = 1000
+    seeds: list[Seed] = Field(default_factory=lambda: [0], min_length=1)
+    max_trials: int = Field(1000, gt=0, le=MAX_TRIALS, description="refuse a grid larger than this")
 
     def grids(self) -> list[dict[str, list[Any]]]:
         return list(self.grid) if isinstance(self.grid, list) else [self.grid]
@@ -142,9 +175,9 @@ class Sweep(Strict):
 class TrialResources(Strict):
     """What one trial gets: `cpu` and `gpu` are totals for the trial, split evenly over its workers."""
 
-    cpu: float = Field(1.0, gt=0)
-    gpu: float = Field(0.0, ge=0)
-    workers: PositiveInt = Field(1, description="processes per trial (Ray Train workers)")
+    cpu: float = Field(1.0, gt=0, le=MAX_RESOURCES)
+    gpu: float = Field(0.0, ge=0, le=MAX_RESOURCES)
+    workers: int = Field(1, gt=0, le=MAX_RESOURCES, description="processes per trial (Ray Train workers)")
     strategy: Literal["single", "ddp", "fsdp"] = Field(
         "single",
         description="single process; DDP (model fits one device); FSDP2 (parameters, gradients, optimizer state sharded)",
@@ -179,22 +212,22 @@ class SharedResources(Strict):
     Unset: one worker's share of the trial. More GPUs than one let a teacher that does not fit one GPU
     be split over several (they must be on one node)."""
 
-    cpu: float | None = Field(None, gt=0)
-    gpu: float | None = Field(None, ge=0)
+    cpu: float | None = Field(None, gt=0, le=MAX_RESOURCES)
+    gpu: float | None = Field(None, ge=0, le=MAX_RESOURCES)
 
 
 class Resources(Strict):
-    trial: TrialResources = TrialResources()
-    shared: SharedResources = SharedResources()
+    trial: TrialResources = Field(default_factory=TrialResources)
+    shared: SharedResources = Field(default_factory=SharedResources)
     max_concurrent: PositiveInt = 2
-    max_failures: int = Field(0, ge=0)
+    max_failures: Count = 0
     asha: bool = False
 
 
 class Tracking(Strict):
-    db: str = "sqlite:///.ablate/ablate.db"
-    mlflow: str = "sqlite:///.ablate/mlflow.db"
-    artifacts: str = ".ablate/artifacts"
+    db: PathText = "sqlite:///.ablate/ablate.db"
+    mlflow: PathText = "sqlite:///.ablate/mlflow.db"
+    artifacts: PathText = ".ablate/artifacts"
 
 
 class Build(Strict):
@@ -219,16 +252,16 @@ class Spec(Strict):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$", max_length=64)
     description: str = ""
     teacher: Teacher
-    data: Data = Data()
-    calibration: Calibration = Calibration()
-    importance: Importance = Importance()
+    data: Data = Field(default_factory=Data)
+    calibration: Calibration = Field(default_factory=Calibration)
+    importance: Importance = Field(default_factory=Importance)
     targets: dict[str, Target] = Field(min_length=1)
     distill: Distill
-    sweep: Sweep = Sweep()
-    resources: Resources = Resources()
-    tracking: Tracking = Tracking()
-    build: Build = Build()
-    report: ReportSettings = ReportSettings()
+    sweep: Sweep = Field(default_factory=Sweep)
+    resources: Resources = Field(default_factory=Resources)
+    tracking: Tracking = Field(default_factory=Tracking)
+    build: Build = Field(default_factory=Build)
+    report: ReportSettings = Field(default_factory=ReportSettings)
 
     @model_validator(mode="after")
     def _batch_divides_over_workers(self) -> Spec:

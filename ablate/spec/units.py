@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import re
+
+from ablate.spec.limits import MAX_TOKEN_TEXT, MAX_TOKENS
 
 SUFFIXES = {
     "": 1,
@@ -17,6 +20,7 @@ SUFFIXES = {
 }
 _PATTERN = re.compile(r"^\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE]([+-]?[0-9]+))?\s*([A-Za-z]*)\s*$")
 EXPECTED = "a positive whole number of tokens, optionally with a k, M, B or T suffix (e.g. 20k, 1.8B, 380B)"
+TOO_LARGE = f"expected at most {MAX_TOKENS // 10**12}T = 10^{len(str(MAX_TOKENS)) - 1} tokens"
 
 
 def parse_tokens(value: object) -> int:
@@ -26,10 +30,18 @@ def parse_tokens(value: object) -> int:
     if isinstance(value, int):
         number = value
     elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"not a finite number of tokens (got {value!r}; expected {EXPECTED})")
+        if value > MAX_TOKENS:
+            raise ValueError(f"token count too large (got {value!r}; {TOO_LARGE})")
         if not value.is_integer():
             raise ValueError(f"not a whole number of tokens (got {value!r}; expected {EXPECTED})")
         number = int(value)
     elif isinstance(value, str):
+        if len(value) > MAX_TOKEN_TEXT:
+            raise ValueError(
+                f"not a token count (got {len(value)} characters; expected {EXPECTED}, at most {MAX_TOKEN_TEXT} characters)"
+            )
         if value.strip().startswith("-"):
             raise ValueError(f"token count must be positive (got {value!r}; expected {EXPECTED})")
         match = _PATTERN.match(value)
@@ -43,8 +55,13 @@ def parse_tokens(value: object) -> int:
         scaled = int(whole or "0") * 10 ** len(frac) + int(frac or "0")
         numerator = scaled * SUFFIXES[suffix]
         power = int(exponent or "0") - len(frac)
+        # Refuse by size before computing: 10**999999999 would take minutes and gigabytes.
+        if numerator and len(str(numerator)) + power > len(str(MAX_TOKENS)):
+            raise ValueError(f"token count too large (got {value!r}; {TOO_LARGE})")
         if power >= 0:
             number = numerator * 10**power
+        elif numerator and -power > len(str(numerator)):  # 1e-999999: less than one token
+            raise ValueError(f"{value!r} is not a whole number of tokens (expected {EXPECTED})")
         else:
             if numerator % 10 ** (-power):
                 raise ValueError(f"{value!r} is not a whole number of tokens (expected {EXPECTED})")
@@ -53,6 +70,8 @@ def parse_tokens(value: object) -> int:
         raise ValueError(f"not a token count (got {value!r}; expected {EXPECTED})")
     if number <= 0:
         raise ValueError(f"token count must be positive (got {value!r}; expected {EXPECTED})")
+    if number > MAX_TOKENS:
+        raise ValueError(f"token count too large (got {value!r}; {TOO_LARGE})")
     return number
 
 

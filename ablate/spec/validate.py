@@ -18,7 +18,9 @@ from transformers import PretrainedConfig
 from ablate.errors import AblateError, SpecError
 from ablate.models.arch import check_target
 from ablate.models.registry import load_config
+from ablate.spec.limits import MAX_COUNT, MAX_TRIALS
 from ablate.spec.load import Path_, Problem, SourceMap, dotted, load_document
+from ablate.spec.problems import shorten
 from ablate.spec.schema import Spec
 from ablate.spec.sweep import (
     SEED_AXIS,
@@ -26,10 +28,23 @@ from ablate.spec.sweep import (
     Trial,
     expand,
     grid_points,
+    grid_size,
+    match_masks,
     normalise,
     schema_has_path,
-    set_path,
 )
+
+TEACHER_DIMS = (
+    "num_hidden_layers",
+    "hidden_size",
+    "intermediate_size",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "vocab_size",
+)
+MAX_PROBLEMS = 100  # shown by validate
+MAX_TRIAL_PROBLEMS = 20  # one invalid combination repeats over many trials: show the first ones
+MAX_GUESSES = 20  # did-you-mean costs a comparison with every path of the spec: for the first ones
 
 
 @dataclass
@@ -49,7 +64,7 @@ def load_spec(path: str | Path) -> LoadedSpec:
     path = Path(path)
     raw, source, problems = load_document(path)
     if problems:
-        raise SpecError([str(p) for p in problems])
+        raise SpecError(_shown(problems, path))
     spec, problems = _validate_schema(raw, source)
     teacher_config = None
     if spec is not None:
@@ -57,16 +72,40 @@ def load_spec(path: str | Path) -> LoadedSpec:
         problems += teacher_problems
     problems += _check_sweep(raw, spec, source)
     if problems:
-        raise SpecError([str(p) for p in _unique(problems)])
+        raise SpecError(_shown(_unique(problems), path))
     assert spec is not None and teacher_config is not None
-    trials = expand(raw, spec)
+
+    def invalid(point: dict[str, Any], exc: ValidationError) -> None:
+        # Relations between swept fields (e.g. global_batch vs micro_batch), per combination.
+        if len(problems) < MAX_TRIAL_PROBLEMS:
+            changed = {p: v for p, v in point.items() if p not in (TARGET_AXIS, SEED_AXIS)}
+            note = f" [in the trial {shorten(repr(changed), 200)}]"
+            problems.extend(
+                _problem(source, ("sweep", "grid"), describe_error(err, raw) + note) for err in exc.errors()
+            )
+
+    trials = expand(raw, spec, invalid)
+    if problems:
+        raise SpecError(_shown(_unique(problems), path))
     return LoadedSpec(path, raw, spec, source, teacher_config, trials)
 
 
 def resolve_relative(spec_path: Path, value: str) -> str:
     """A relative file reference in a spec is relative to the spec's folder when it exists there."""
     candidate = spec_path.parent / value
-    return str(candidate) if not Path(value).is_absolute() and candidate.exists() else value
+    try:
+        return str(candidate) if not Path(value).is_absolute() and candidate.exists() else value
+    except (OSError, ValueError):  # a name too long for the OS: the reader of the value says so
+        return value
+
+
+def _shown(problems: list[Problem], path: Path) -> list[str]:
+    """The problems as lines, the first MAX_PROBLEMS of them: a spec with 5000 bad targets needs its
+    first mistakes fixed, not 5000 lines."""
+    lines = [str(p) for p in problems[:MAX_PROBLEMS]]
+    if len(problems) > MAX_PROBLEMS:
+        lines.append(f"{path}: {len(problems) - MAX_PROBLEMS} more problems not shown (fix these first)")
+    return lines
 
 
 def _unique(problems: list[Problem]) -> list[Problem]:
@@ -92,9 +131,26 @@ def _validate_schema(
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
-            loc = tuple(err["loc"])
+            loc = _written_path(tuple(err["loc"]), raw)
             problems.append(_problem(source, prefix or loc, describe_error(err, raw) + note))
         return None, problems
+
+
+def _written_path(loc: tuple, raw: Any) -> Path_:
+    """A pydantic location without the names of union members ('dict[str,list[any]]' in
+    sweep.grid.dict[str,list[any]].distill.lr): only keys and indexes the spec wrote, or a missing key."""
+    node, out = raw, []
+    for part in loc:
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            node = node[part]
+        elif isinstance(part, str) and "[" in part:
+            continue
+        else:
+            node = None
+        out.append(part)
+    return tuple(out)
 
 
 def describe_error(err: dict, raw: dict) -> str:
@@ -103,9 +159,9 @@ def describe_error(err: dict, raw: dict) -> str:
     got = err.get("input")
     if kind == "extra_forbidden":
         allowed = _allowed_keys(loc[:-1], raw)
-        guess = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+        guess = difflib.get_close_matches(str(loc[-1])[:100], allowed, n=1)
         hint = f"; did you mean '{guess[0]}'?" if guess else ""
-        return f"unknown key '{loc[-1]}' (expected one of: {', '.join(allowed)}{hint})"
+        return f"unknown key '{shorten(str(loc[-1]))}' (expected one of: {', '.join(allowed)}{hint})"
     if kind == "missing":
         return "required field is missing (expected a value)"
     if kind in ("value_error", "assertion_error"):
@@ -160,11 +216,21 @@ def _check_teacher(
     config_ref = spec.teacher.config
     config_path = resolve_relative(spec_path, config_ref) if config_ref else None
     model_ref = resolve_relative(spec_path, spec.teacher.model)
+    field = ("teacher", "config") if config_ref else ("teacher", "model")
     try:
         config = load_config(model_ref, config_path)
     except AblateError as exc:
-        field = ("teacher", "config") if config_ref else ("teacher", "model")
         return None, [_problem(source, field, str(exc))]
+    except (OSError, ValueError) as exc:  # e.g. a file name longer than the OS allows
+        reason = getattr(exc, "strerror", None) or str(exc)
+        return None, [
+            _problem(
+                source, field, f"cannot read {shorten(repr(config_ref or spec.teacher.model))}: {reason}"
+            )
+        ]
+    bad = _bad_teacher_shape(config)
+    if bad:
+        return None, [_problem(source, field, bad)]
     problems = []
     for name, target in spec.targets.items():
         for message in check_target(config, target.axes()):
@@ -172,6 +238,21 @@ def _check_teacher(
             path = ("targets", name, axis) if axis in target.axes() else ("targets", name)
             problems.append(_problem(source, path, message))
     return config, problems
+
+
+def _bad_teacher_shape(config: PretrainedConfig) -> str:
+    """What is wrong with the teacher config's dimensions, if anything: every plan and check divides
+    and multiplies them, so each must be a whole number in range (a config.json is input too)."""
+    for name in (*TEACHER_DIMS, "head_dim"):
+        value = getattr(config, name, None)
+        if name == "head_dim" and value is None:
+            continue
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 < value <= MAX_COUNT:
+            return (
+                f"the teacher config's {name} is not usable (got {shorten(repr(value))}; expected a whole "
+                f"number from 1 to {MAX_COUNT})"
+            )
+    return ""
 
 
 def _check_grid(
@@ -189,16 +270,30 @@ def _check_grid(
         problems.append(
             _problem(source, prefix, "empty grid (got {}; expected at least one axis, or omit sweep.grid)")
         )
+    paths: list[str] | None = None
     for axis, values in grid.items():
         where = (*prefix, axis)
-        if axis not in (TARGET_AXIS, SEED_AXIS) and not schema_has_path(Spec, axis.split("."), raw):
-            guess = difflib.get_close_matches(axis, _all_paths(raw), n=1)
-            hint = f"; did you mean '{guess[0]}'?" if guess else ""
+        if axis.split(".")[0] == "sweep":
             problems.append(
                 _problem(
                     source,
                     where,
-                    f"sweep path '{axis}' does not exist in the spec (expected a dotted path such as distill.loss{hint})",
+                    f"sweep path '{shorten(axis)}' cannot be swept (a trial has no sweep of its own; "
+                    "expected a path outside sweep, such as distill.loss)",
+                )
+            )
+            continue
+        if axis not in (TARGET_AXIS, SEED_AXIS) and not schema_has_path(Spec, axis.split("."), raw):
+            hint = ""
+            if len(problems) < MAX_GUESSES:
+                paths = _all_paths(raw) if paths is None else paths
+                guess = difflib.get_close_matches(axis, paths, n=1)
+                hint = f"; did you mean '{guess[0]}'?" if guess else ""
+            problems.append(
+                _problem(
+                    source,
+                    where,
+                    f"sweep path '{shorten(axis)}' does not exist in the spec (expected a dotted path such as distill.loss{hint})",
                 )
             )
             continue
@@ -216,7 +311,7 @@ def _check_grid(
                         _problem(
                             source,
                             (*where, i),
-                            f"unknown target {value!r} (expected one of: {', '.join(targets)})",
+                            f"unknown target {shorten(repr(value))} (expected one of: {one_of(targets)})",
                         )
                     )
                 continue
@@ -249,8 +344,26 @@ def _check_sweep(raw: dict, spec: Spec | None, source: SourceMap) -> list[Proble
     grid = {axis: values for sub in grids for axis, values in sub.items()}  # every axis, for excludes
     if spec is None or problems:
         return problems
+    # The size first, from the axes' lengths: nothing is built for a grid that is refused.
+    seeds = len(spec.sweep.seeds)
+    total = grid_size(spec.sweep.grids(), len(spec.targets), seeds)
+    if total > spec.sweep.max_trials:
+        fix = (
+            f"raise sweep.max_trials to {total}, or sweep fewer values"
+            if total <= MAX_TRIALS
+            else f"sweep fewer values, or split the study: sweep.max_trials goes up to {MAX_TRIALS}"
+        )
+        return [
+            _problem(
+                source,
+                ("sweep", "grid"),
+                f"the grid makes {_count(total)} trials (expected at most sweep.max_trials = "
+                f"{spec.sweep.max_trials}; {fix})",
+            )
+        ]
     points = grid_points(spec.sweep.grid, targets)
     normal_points = [{p: normalise(raw, p, v) for p, v in point.items()} for point in points]
+    rules: list[dict[str, Any]] = []
     for i, rule in enumerate(spec.sweep.exclude):
         where = ("sweep", "exclude", i)
         unknown = [p for p in rule if p not in grid and p not in (TARGET_AXIS, SEED_AXIS)]
@@ -259,53 +372,41 @@ def _check_sweep(raw: dict, spec: Spec | None, source: SourceMap) -> list[Proble
                 _problem(
                     source,
                     where,
-                    f"exclude names {unknown[0]!r}, which is not a sweep axis (expected one of: {', '.join([TARGET_AXIS, *grid])})",
+                    f"exclude names {shorten(repr(unknown[0]))}, which is not a sweep axis (expected one of: "
+                    f"{one_of([TARGET_AXIS, *grid])})",
                 )
             )
+            rules.append({})  # keeps rules[i] the i-th rule
             continue
         try:
-            normal_rule = {p: normalise(raw, p, v) for p, v in rule.items()}
+            rules.append({p: normalise(raw, p, v) for p, v in rule.items()})
         except ValidationError as exc:
             problems.append(_problem(source, where, describe_error(exc.errors()[0], raw)))
-            continue
-        if not any(all(pt.get(p) == v for p, v in normal_rule.items()) for pt in normal_points):
+            rules.append({})
+    for i, (rule, mask) in enumerate(zip(rules, match_masks(normal_points, rules), strict=True)):
+        if rule and not mask:
             problems.append(
                 _problem(
                     source,
-                    where,
-                    f"exclude {rule} matches no trial of the grid (expected a combination the grid produces)",
+                    ("sweep", "exclude", i),
+                    f"exclude {shorten(repr(spec.sweep.exclude[i]), 200)} matches no trial of the grid "
+                    "(expected a combination the grid produces)",
                 )
             )
-    total = len(points) * len(spec.sweep.seeds)
-    if total > spec.sweep.max_trials:
-        problems.append(
-            _problem(
-                source,
-                ("sweep", "grid"),
-                f"the grid makes {total} trials (expected at most sweep.max_trials = {spec.sweep.max_trials})",
-            )
-        )
-    if problems:
-        return problems
-    # Combinations: relations between swept fields (e.g. global_batch vs micro_batch) per kept point.
-    rules = (
-        [{p: normalise(raw, p, v) for p, v in rule.items()} for rule in spec.sweep.exclude]
-        if not problems
-        else []
-    )
-    for point, normal in zip(points, normal_points, strict=True):
-        if any(all(normal.get(p) == v for p, v in rule.items()) for rule in rules):
-            continue
-        trial_raw = raw
-        for path, value in point.items():
-            if path not in (TARGET_AXIS, SEED_AXIS):
-                trial_raw = set_path(trial_raw, path, value)
-        changed = {p: v for p, v in point.items() if p not in (TARGET_AXIS, SEED_AXIS)}
-        _, trial_problems = _validate_schema(
-            trial_raw, source, ("sweep", "grid"), f" [in the trial {changed}]"
-        )
-        problems += trial_problems
     return problems
+
+
+def _count(n: int) -> str:
+    """A trial count for a message: 10^12 written out is unreadable, 10^400 is unprintable."""
+    digits = len(str(n)) if n < 10**4000 else 4000
+    return str(n) if digits <= 9 else f"about 10^{digits - 1}"
+
+
+def one_of(names: list[str], limit: int = 12) -> str:
+    """A list of allowed names for a message, cut after `limit` (5000 targets make one long line)."""
+    shown = [shorten(str(n)) for n in names[:limit]]
+    more = f", ... ({len(names)} in all)" if len(names) > limit else ""
+    return ", ".join(shown) + more
 
 
 def _all_paths(raw: dict, prefix: str = "") -> list[str]:
