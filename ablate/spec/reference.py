@@ -25,7 +25,7 @@ HEADER = """\
 
 Generated from `ablate/spec/schema.py` by `python -m ablate.spec.reference` (`make docs`); do not edit by
 hand. Every section and field a spec may have, with its type, default and limits. Unknown keys are
-errors. Token counts take suffixes (`20k`, `1.8B`, `380B`). `extends: base.yaml` deep-merges a base spec
+errors. Every number must be finite (`.inf`, `.nan`, `1e309` are refused). Token counts take suffixes (`20k`, `1.8B`, `380B`). `extends: base.yaml` deep-merges a base spec
 (relative to the file that names it). `sweep.grid` keys are dotted paths into this reference (plus
 `target` and `seed`).
 """
@@ -66,9 +66,21 @@ def _type(annotation: Any) -> str:
     return {"int": "integer", "float": "number", "str": "string", "bool": "boolean"}.get(name, name)
 
 
+def _metadata(annotation: Any) -> list[Any]:
+    """Constraint objects inside an annotation (``PositiveFloat | None`` keeps its ``Gt`` in the union)."""
+    out: list[Any] = []
+    if typing.get_origin(annotation) is typing.Annotated:
+        for extra in typing.get_args(annotation)[1:]:
+            out += list(getattr(extra, "metadata", None) or [extra])
+        return out + _metadata(typing.get_args(annotation)[0])
+    for arg in typing.get_args(annotation):
+        out += _metadata(arg)
+    return out
+
+
 def _limits(info: FieldInfo) -> str:
     parts = []
-    for meta in info.metadata:
+    for meta in [*info.metadata, *_metadata(info.annotation)]:
         for attr, word in (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<="), ("min_length", "length >="),
                            ("max_length", "length <="), ("pattern", "matches")):  # fmt: skip
             value = getattr(meta, attr, None)
