@@ -29,6 +29,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from ablate.diskspace import translating_write_errors
 from ablate.errors import TrainError
 
 STRATEGIES = ("single", "ddp", "fsdp")
@@ -250,10 +251,12 @@ def save_sharded(
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     parallel.barrier()
-    dcp.save(training_state(student, projection, optimizer, full=False), checkpoint_id=str(tmp))
+    with translating_write_errors(tmp, f"sharded checkpoint {final}"):
+        dcp.save(training_state(student, projection, optimizer, full=False), checkpoint_id=str(tmp))
     parallel.barrier()
     if parallel.is_main:
-        torch.save(meta, tmp / DCP_META)
+        with translating_write_errors(tmp, f"sharded checkpoint {final}"):
+            torch.save(meta, tmp / DCP_META)
         shutil.rmtree(old, ignore_errors=True)
         if final.exists():
             os.replace(final, old)

@@ -293,7 +293,7 @@ class ArtifactStore:
         else:
             tmp = Path(tempfile.mkdtemp(prefix=f"ablate-{h}."))
         try:
-            with translating_write_errors(tmp, f"artifact {h}"):
+            with translating_write_errors(tmp, f"artifact {h} (to be published as {self.path_for(h)})"):
                 yield tmp
                 manifest = json.dumps(_manifest(tmp, h), indent=1).encode()
                 (tmp / MARKER).write_bytes(manifest)
