@@ -50,6 +50,12 @@ def _chain(exc: BaseException) -> Iterator[BaseException]:
         seen.add(id(e))
         yield e
         todo += [c for c in (e.__cause__, e.__context__) if c is not None]
+        failures = getattr(e, "failures", None)  # torch.distributed.checkpoint: rank -> (exception, trace)
+        if isinstance(failures, dict):
+            for value in failures.values():
+                inner = value[0] if isinstance(value, tuple) and value else value
+                if isinstance(inner, BaseException):
+                    todo.append(inner)
 
 
 def _kind(exc: BaseException) -> str | None:
@@ -93,7 +99,9 @@ def translating_write_errors(path: str | os.PathLike[str], what: str) -> Iterato
     """Re-raise a failed write inside the block as the WriteError `explain` makes of it."""
     try:
         yield
-    except Exception as exc:
+    except (KeyboardInterrupt, SystemExit, GeneratorExit):
+        raise
+    except BaseException as exc:  # torch.distributed.checkpoint raises a BaseException per failed save
         error = explain(exc, path, what)
         if error is None:
             raise
