@@ -1,8 +1,9 @@
 """Content checksums of an artifact folder: computed once when it is published, verified before reuse.
 
-Why sha256 with 8 MiB reads: hashlib's sha256 runs on the CPU's SHA extensions (1.7 GB/s on one core of
-the development machine, blake2b 0.8 GB/s), so hashing costs about what reading the bytes once costs
-(bench/artifact_verify.py measures both): a 16 GB 8B checkpoint takes ~10 s to verify, once.
+Why sha256 with 8 MiB reads: hashlib's sha256 runs on the CPU's SHA extensions (1.7 GB/s of one core on
+the development machine from memory, blake2b 0.8 GB/s; 0.75 CPU-seconds per GiB from a file), about two
+cold reads of the same bytes (bench/artifact_verify.py): a 16 GB 8B checkpoint costs ~11 s of one core
+to hash at publish, and as much again only when its files changed or were copied (see the stamp below).
 
 Why a stamp: a folder that verified keeps `<stamp dir>/<hash>.json` holding the manifest's digest and each
 file's (size, mtime_ns, ctime_ns, inode). A later verification whose files all still stat the same is
