@@ -158,7 +158,11 @@ class ArtifactStore:
         """The manifest of a complete artifact (files, sizes, when and where it was written)."""
         self._require(h)
         with self.fs.open(f"{self._path(h)}/{MARKER}", "rb") as f:
-            return json.loads(f.read().decode())
+            raw = f.read()
+        try:
+            return json.loads(raw.decode())
+        except ValueError:
+            raise ArtifactCorrupt(h, self.path_for(h), [f"its manifest {MARKER} is not valid JSON"]) from None
 
     def list(self) -> list[str]:
         """Hashes of all complete artifacts, sorted."""

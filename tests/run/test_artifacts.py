@@ -282,3 +282,11 @@ def test_other_errors_inside_a_write_pass_through_unchanged(tmp_path):
     with pytest.raises(KeyError, match="nope"):
         with store.write(H):
             raise KeyError("nope")
+
+
+def test_a_garbled_manifest_is_refused_not_a_traceback(store):
+    _published(store, {"result.json": b"{}"})
+    store.fs.pipe_file(f"{store.root}/{H}/{MARKER}", b"\x00not json")
+    for read in (store.verify, store.manifest, lambda h: store.open(h, "result.json")):
+        with pytest.raises(ArtifactCorrupt, match=f"its manifest {MARKER} is not valid JSON"):
+            read(H)
