@@ -159,6 +159,7 @@ def submit_command(spec_path: str, address: str | None, recompute: tuple[str, ..
 
     Finished work is reused only when its artifact's checksums verify; a damaged artifact stops the
     submission (exit 2) with the --recompute command that runs it again.
+
     Exit 0 when every trial completed, 1 when any stage or trial failed, 2 for a bad spec or artifact.
     """
     from ablate.commands.plan import _load_or_exit
