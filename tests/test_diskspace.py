@@ -86,3 +86,13 @@ def test_a_training_checkpoint_on_a_full_disk_names_its_path(tmp_path):
     ):
         _atomic_write_bytes(path, lambda f: torch.save({"w": torch.zeros(1000)}, FillsUp(f)))
     assert list(tmp_path.iterdir()) == []  # no partial file left
+
+
+def test_a_failed_trial_reports_the_write_error_not_what_it_wraps(tmp_path):
+    from ablate.run.runners import error_line
+
+    with pytest.raises(WriteError) as caught:
+        with translating_write_errors(tmp_path, "artifact eval-1"):
+            raise _torch_full_disk()
+    line = error_line(caught.value)  # what a trial's failure and `ablate status` show
+    assert line.startswith("WriteError: no space left on device while writing artifact eval-1")

@@ -448,9 +448,10 @@ _BOOKKEEPING = ("step", "steps")
 
 def error_line(exc: BaseException) -> str:
     """An exception as one readable line: the innermost cause of a Ray/Tune wrapper, its type and the
-    first line of its message (or the last line of a traceback text)."""
+    first line of its message (or the last line of a traceback text). An AblateError is the user's
+    message: what it was raised from (a full disk's RuntimeError, a bad pickle) stays beneath it."""
     seen = set()
-    while id(exc) not in seen:
+    while id(exc) not in seen and not isinstance(exc, AblateError):
         seen.add(id(exc))
         inner = getattr(exc, "cause", None) or getattr(exc, "__cause__", None)
         if not isinstance(inner, BaseException):
