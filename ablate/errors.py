@@ -31,3 +31,7 @@ class TrainError(AblateError):
 
 class RunError(AblateError):
     """The executor or the records cannot proceed."""
+
+
+class WriteError(AblateError):
+    """A file could not be written where ablate keeps its results (a full disk, above all)."""

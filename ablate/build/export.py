@@ -121,16 +121,54 @@ def generation_config(config: PretrainedConfig, tokenizer=None) -> GenerationCon
     return gen
 
 
-def export_model(source_dir: Path, target: Path, dtype: str = "auto") -> dict[str, Any]:
+def non_finite(model: torch.nn.Module) -> list[tuple[str, tuple[int, ...], int]]:
+    """(name, shape, count) of every floating-point parameter or buffer holding a NaN or an infinity."""
+    found = []
+    with torch.no_grad():
+        for name, tensor in model.state_dict(keep_vars=False).items():
+            if tensor.is_floating_point():
+                bad = int(tensor.numel() - torch.isfinite(tensor).sum().item())
+                if bad:
+                    found.append((name, tuple(tensor.shape), bad))
+    return found
+
+
+def _refuse_non_finite(model: torch.nn.Module, source_dir: Path, why: str) -> None:
+    found = non_finite(model)
+    if not found:
+        return
+    name, shape, bad = found[0]
+    others = (
+        f" (and {len(found) - 1} more tensor(s): {', '.join(n for n, _, _ in found[1:4])}...)"
+        if len(found) > 1
+        else ""
+    )
+    raise BuildError(
+        f"tensor {name} {list(shape)} of the model in {source_dir} holds {bad:,} non-finite value(s) (NaN or "
+        f"inf){others}; nothing was exported. {why}"
+    )
+
+
+def export_model(source_dir: Path, target: Path, dtype: str = "auto", origin: str = "") -> dict[str, Any]:
     """Load the distilled checkpoint and write it as a plain HF directory (weights, config, generation
-    config, tokenizer); returns facts (params, dtype, bytes)."""
+    config, tokenizer); returns facts (params, dtype, bytes). Every tensor must be finite, as loaded and
+    in the exported dtype: a model with a NaN is never exported (`origin` says how to remake it)."""
     from ablate.models.registry import load_model
 
     model, tokenizer = load_model(str(source_dir))
+    _refuse_non_finite(
+        model,
+        source_dir,
+        "Its checksums match, so it was published that way (a diverged run)"
+        + (f": {origin}" if origin else ""),
+    )
     if dtype != "auto":
         if dtype not in DTYPES:
             raise BuildError(f"--dtype {dtype!r} is not one of auto, {', '.join(DTYPES)}")
         model.to(DTYPES[dtype])
+        _refuse_non_finite(
+            model, source_dir, f"Its values overflow --dtype {dtype}: build with --dtype bfloat16 or auto"
+        )
     for attr in ("ablate_kept",):
         if hasattr(model, attr):
             delattr(model, attr)

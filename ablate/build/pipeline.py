@@ -134,13 +134,24 @@ def build(
 # --- stages ------------------------------------------------------------------------------------------
 
 
+def _spec_word(recipe: Recipe) -> str:
+    """How the user names the spec in a suggested command."""
+    return str(recipe.source.spec_path) if recipe.source.spec_path else "SPEC"
+
+
 def run_stages(recipe: Recipe, store, records, say: Say, on_step=None) -> list[dict[str, Any]]:
-    """Every stage of the recipe: reused when its artifact is complete, else run here and recorded."""
+    """Every stage of the recipe: reused when its artifact is complete and its checksums verify (a
+    damaged one stops the build: ArtifactCorrupt), else run here and recorded."""
+    from ablate.run.artifacts import ArtifactCorrupt
     from ablate.run.runners import run_stage
 
     done = []
     for stage in recipe.chain:
         if store.exists(stage.hash):
+            try:
+                store.verify(stage.hash)
+            except ArtifactCorrupt as exc:
+                raise exc.for_spec(_spec_word(recipe)) from None
             done.append({"kind": stage.kind, "hash": stage.hash, "action": "reused"})
             if records is not None:
                 records.upsert_stage(stage.hash, stage.kind, stage.config, stage.parents)
@@ -377,10 +388,12 @@ def _export(
     teacher_params = sum(p.numel() for p in teacher.parameters())
     teacher_shape = shape_of(teacher.config)
     del teacher
-    source_dir = store.local_path(recipe.final_distill.hash) / "model"
+    distill_hash = recipe.final_distill.hash
+    source_dir = store.local_path(distill_hash) / "model"
+    origin = f"artifact {distill_hash}: recompute it with `ablate submit {_spec_word(recipe)} --recompute {distill_hash}`"
 
     def write(tmp: Path) -> None:
-        facts = ex.export_model(source_dir, tmp / ex.MODEL_DIR, dtype)
+        facts = ex.export_model(source_dir, tmp / ex.MODEL_DIR, dtype, origin=origin)
         result.params = {"teacher": teacher_params, "student": facts["params"], "planned": planned}
         if facts["params"] != planned:
             raise BuildError(

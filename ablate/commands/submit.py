@@ -144,11 +144,23 @@ def _counts(counts: dict[str, int]) -> str:
 @click.option(
     "--address", default=None, help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)."
 )
+@click.option(
+    "--recompute",
+    "recompute",
+    metavar="STAGE",
+    multiple=True,
+    help="Run STAGE again instead of reusing its artifact (deleted first), and every stage made from it: "
+    "a kind (teacher, importance, prune, distill, eval: all of them in SPEC) or a stage hash or unique "
+    "prefix, as a failed verification names it. Repeatable.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def submit_command(spec_path: str, address: str | None, as_json: bool) -> None:
+def submit_command(spec_path: str, address: str | None, recompute: tuple[str, ...], as_json: bool) -> None:
     """Run SPEC: shared stages once, trials on Ray; resumes and never redoes finished work.
 
-    Exit 0 when every trial completed, 1 when any stage or trial failed, 2 for a bad spec.
+    Finished work is reused only when its artifact's checksums verify; a damaged artifact stops the
+    submission (exit 2) with the --recompute command that runs it again.
+
+    Exit 0 when every trial completed, 1 when any stage or trial failed, 2 for a bad spec or artifact.
     """
     from ablate.commands.plan import _load_or_exit
     from ablate.run.executor import submit
@@ -156,11 +168,11 @@ def submit_command(spec_path: str, address: str | None, as_json: bool) -> None:
     loaded = _load_or_exit(spec_path, as_json)
     console = Console(stderr=True, log_path=False)
     if as_json:
-        result = submit(loaded, address)
+        result = submit(loaded, address, recompute_stages=recompute)
         click.echo(json.dumps(result.to_dict(), indent=2, default=str))
     else:
         with LiveProgress(console, len(loaded.trials)) as progress:
-            result = submit(loaded, address, progress)
+            result = submit(loaded, address, progress, recompute)
         out = _console()
         print_trials(result.trials, out, f"{result.experiment}: {len(result.trials)} trials")
         out.print(

@@ -29,6 +29,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from ablate.diskspace import translating_write_errors
 from ablate.errors import TrainError
 
 STRATEGIES = ("single", "ddp", "fsdp")
@@ -250,10 +251,12 @@ def save_sharded(
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     parallel.barrier()
-    dcp.save(training_state(student, projection, optimizer, full=False), checkpoint_id=str(tmp))
+    with translating_write_errors(tmp, f"sharded checkpoint {final}"):
+        dcp.save(training_state(student, projection, optimizer, full=False), checkpoint_id=str(tmp))
     parallel.barrier()
     if parallel.is_main:
-        torch.save(meta, tmp / DCP_META)
+        with translating_write_errors(tmp, f"sharded checkpoint {final}"):
+            torch.save(meta, tmp / DCP_META)
         shutil.rmtree(old, ignore_errors=True)
         if final.exists():
             os.replace(final, old)
@@ -277,12 +280,48 @@ def load_sharded_meta(out: Path) -> dict[str, Any] | None:
 def load_sharded(
     out: Path, student: nn.Module, projection: nn.Module | None, optimizer: torch.optim.Optimizer
 ) -> None:
-    """Load `out/checkpoint/` into this process's (possibly differently sharded) model and optimizer."""
+    """Load `out/checkpoint/` into this process's (possibly differently sharded) model and optimizer,
+    unpickling nothing but DCP's own metadata classes and plain values (ablate.distill.safe_dcp)."""
     import torch.distributed.checkpoint as dcp
 
+    from ablate.distill.safe_dcp import SafeFileSystemReader, SafeLoadPlanner, load_metadata
+
+    folder = out / DCP_CHECKPOINT
+    metadata = folder / ".metadata"
+    if metadata.is_file():  # checked here first: inside dcp.load a refusal is flattened into a string
+        with open(metadata, "rb") as f:
+            load_metadata(f, str(metadata))
     state = training_state(student, projection, optimizer, full=False)
-    dcp.load(state, checkpoint_id=str(out / DCP_CHECKPOINT))
+    try:
+        dcp.load(state, storage_reader=SafeFileSystemReader(folder), planner=SafeLoadPlanner())
+    except TrainError:
+        raise
+    except (Exception, dcp.api.CheckpointException) as exc:  # DCP wraps each rank's failure (a BaseException)
+        inner = _train_error(exc)
+        if inner is not None:
+            raise inner from exc
+        raise TrainError(
+            f"checkpoint {folder} cannot be loaded ({type(exc).__name__}: {str(exc).strip()[:300]}); "
+            f"delete {folder} to restart the run"
+        ) from exc
     load_training_state(student, projection, optimizer, state, full=False)
+
+
+def _train_error(exc: BaseException) -> TrainError | None:
+    """A TrainError inside DCP's CheckpointException (one per failed rank), if there is one."""
+    seen: list[BaseException] = [exc]
+    while seen:
+        e = seen.pop()
+        if isinstance(e, TrainError):
+            return e
+        failures = getattr(e, "failures", None)
+        if isinstance(failures, dict):
+            for value in failures.values():
+                inner = value[0] if isinstance(value, tuple) else value
+                if isinstance(inner, BaseException):
+                    seen.append(inner)
+        seen += [c for c in (e.__cause__, e.__context__) if c is not None]
+    return None
 
 
 def full_model_state(model: nn.Module, parallel: Parallel) -> dict[str, Tensor] | None:

@@ -39,6 +39,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ablate.diskspace import translating_write_errors
 from ablate.distill.losses import (
     LOSSES,
     HiddenProjection,
@@ -424,13 +425,15 @@ def _norm_modules(model: nn.Module, layers: Sequence[int]) -> list[nn.Module]:
 
 
 def _atomic_write_bytes(path: Path, write: Callable[[Any], None]) -> None:
+    """Write `path` whole or not at all; a full disk is a WriteError naming the path and the free bytes."""
     tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
     try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        with translating_write_errors(path, f"checkpoint {path.name}"):
+            with open(tmp, "wb") as f:
+                write(f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()

@@ -6,6 +6,7 @@ Layout under the store root (a local directory or any fsspec URL)::
     <root>/<hash>/_ABLATE_COMPLETE   JSON manifest, written last: the folder counts as complete only with it
     <root>/.tmp/<hash>.<nonce>/  in-flight writes (local stores), renamed into place on success
     <root>/.trash/               folders moved aside before deletion or replacement
+    <root>/.verified/<hash>.json the stat of a folder's files when they last verified (ablate.run.integrity)
 
 Local stores publish with one ``os.rename`` of a finished folder (manifest inside), so an artifact appears
 complete or not at all, and a crash leaves only a temporary folder that :meth:`ArtifactStore.exists` ignores.
@@ -13,11 +14,19 @@ Remote stores (``s3://``, ``gs://``, ...) have no atomic folder rename: the file
 manifest last, and a folder without its manifest is treated as absent and cleared by the next writer.
 Concurrent writers of one hash both succeed; the first to publish wins and the others' output is discarded
 (same hash, same inputs, so the same content up to non-determinism).
+
+Integrity: the manifest records the size and sha256 of every file, hashed once while publishing. Every
+load verifies them (`local_path` the whole folder, `open` the file it returns), and `verify` is what a
+reuse calls; a mismatch, a missing or added file, or a manifest without checksums raises ArtifactCorrupt
+naming the artifact and `ablate submit SPEC --recompute HASH`. Repeated loads of an unchanged folder cost
+a stat per file (see ablate.run.integrity for why that is safe). Remote stores: `verify` compares the
+listing (names, sizes) with the manifest; the bytes are checked when `local_path` downloads them.
 """
 
 from __future__ import annotations
 
 import errno
+import io
 import json
 import os
 import re
@@ -34,14 +43,27 @@ from typing import IO, Any
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
+from ablate.diskspace import translating_write_errors
 from ablate.errors import RunError
+from ablate.run.integrity import (
+    ALGORITHM,
+    ArtifactCorrupt,
+    digest_bytes,
+    folder_checksums,
+    listing_problems,
+    manifest_problems,
+    verify_folder,
+    write_stamp,
+)
 
 MARKER = "_ABLATE_COMPLETE"
 _TMP = ".tmp"
 _TRASH = ".trash"
+_VERIFIED = ".verified"
+OPEN_LIMIT = 256 * 2**20  # open() reads the (small) file whole to verify what it returns
 _HASH_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
-__all__ = ["MARKER", "ArtifactMissing", "ArtifactStore"]
+__all__ = ["MARKER", "ArtifactCorrupt", "ArtifactMissing", "ArtifactStore"]
 
 
 class ArtifactMissing(RunError):
@@ -68,19 +90,15 @@ def _fsync_dir(path: str) -> None:
 
 
 def _manifest(folder: Path, h: str) -> dict[str, Any]:
-    files = []
-    total = 0
-    for p in sorted(folder.rglob("*")):
-        if p.is_file() and p.name != MARKER:
-            size = p.stat().st_size
-            files.append({"path": p.relative_to(folder).as_posix(), "size": size})
-            total += size
+    """Files with their sizes and sha256 (hashed here, once per artifact), and where it was made."""
+    files = folder_checksums(folder, skip=[MARKER])
     return {
         "hash": h,
         "created": time.time(),
         "host": socket.gethostname(),
         "pid": os.getpid(),
-        "bytes": total,
+        "bytes": sum(f["size"] for f in files),
+        "checksum": ALGORITHM,
         "files": files,
     }
 
@@ -140,7 +158,11 @@ class ArtifactStore:
         """The manifest of a complete artifact (files, sizes, when and where it was written)."""
         self._require(h)
         with self.fs.open(f"{self._path(h)}/{MARKER}", "rb") as f:
-            return json.loads(f.read().decode())
+            raw = f.read()
+        try:
+            return json.loads(raw.decode())
+        except ValueError:
+            raise ArtifactCorrupt(h, self.path_for(h), [f"its manifest {MARKER} is not valid JSON"]) from None
 
     def list(self) -> list[str]:
         """Hashes of all complete artifacts, sorted."""
@@ -158,18 +180,52 @@ class ArtifactStore:
                 "(`ablate submit` re-runs stages whose artifact is missing)"
             )
 
-    # ------------------------------------------------------------------ reading
-    def local_path(self, h: str) -> Path:
-        """A local folder holding the complete artifact ``h``; remote artifacts are downloaded to the cache."""
+    # ------------------------------------------------------------------ verifying
+    def _stamp_path(self, h: str, base: str | os.PathLike[str] | None = None) -> Path:
+        return Path(base if base is not None else self.root) / _VERIFIED / f"{_check_hash(h)}.json"
+
+    def verify(self, h: str) -> None:
+        """Raise ArtifactCorrupt unless the complete artifact ``h`` matches its manifest's checksums.
+
+        Local stores check every byte (a stat per file when nothing changed since the last check); remote
+        stores check the listing (names and sizes), and the bytes when `local_path` downloads them.
+        """
         self._require(h)
         if self.is_local:
+            verify_folder(h, Path(self._path(h)), MARKER, self._stamp_path(h))
+            return
+        manifest = self.manifest(h)
+        problems = manifest_problems(manifest)
+        if not problems:
+            remote = self._path(h)
+            found = {
+                rel: int(self.fs.size(f"{remote}/{rel}"))
+                for rel in self._remote_files(remote)
+                if rel != MARKER
+            }
+            problems = listing_problems({f["path"]: f["size"] for f in manifest["files"]}, found)
+        if problems:
+            raise ArtifactCorrupt(h, self.path_for(h), problems)
+
+    # ------------------------------------------------------------------ reading
+    def local_path(self, h: str) -> Path:
+        """A local folder holding the complete, verified artifact ``h``; remote artifacts are downloaded
+        to the cache (and downloaded again when the cached copy no longer verifies)."""
+        self._require(h)
+        if self.is_local:
+            self.verify(h)
             return Path(self._path(h))
         cache_root = Path(
             self._cache_dir or os.environ.get("ABLATE_ARTIFACT_CACHE") or "~/.cache/ablate/artifacts"
         ).expanduser()
         target = cache_root / h
+        stamp = self._stamp_path(h, cache_root)
         if (target / MARKER).exists():
-            return target
+            try:
+                verify_folder(h, target, MARKER, stamp)
+                return target
+            except ArtifactCorrupt:
+                shutil.rmtree(target, ignore_errors=True)  # a damaged cache copy: fetch it again
         cache_root.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{h}.", dir=cache_root))
         try:
@@ -178,17 +234,42 @@ class ArtifactStore:
                 dest = tmp / rel
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 self.fs.get_file(f"{remote}/{rel}", str(dest))
-            self._publish_local(tmp, target)
+            verify_folder(h, tmp, MARKER, shown_path=self.path_for(h))
+            if self._publish_local(tmp, target):
+                write_stamp(stamp, target, (target / MARKER).read_bytes(), MARKER)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return target
 
     def open(self, h: str, name: str, mode: str = "rb") -> IO[Any]:
-        """Open file ``name`` (relative path) inside the complete artifact ``h`` for reading."""
+        """File ``name`` (relative path) of the complete artifact ``h``, read whole and verified against
+        the manifest before it is returned (meant for the small JSON records, up to OPEN_LIMIT bytes)."""
         if any(c in mode for c in "wax+"):
             raise ValueError("artifacts are read-only once published; use write() to produce one")
-        self._require(h)
-        return self.fs.open(f"{self._path(h)}/{name.lstrip('/')}", mode)
+        rel = name.lstrip("/")
+        manifest = self.manifest(h)
+        problems = manifest_problems(manifest)
+        entry = next((f for f in manifest.get("files") or [] if f.get("path") == rel), None)
+        if not problems and entry is None:
+            raise FileNotFoundError(f"artifact {h} has no file {rel!r} (see its manifest {MARKER})")
+        if not problems and entry["size"] > OPEN_LIMIT:
+            raise ValueError(
+                f"{rel} of artifact {h} is {entry['size']:,} bytes; read it through local_path()"
+            )
+        if not problems:
+            with self.fs.open(f"{self._path(h)}/{rel}", "rb") as f:
+                data = f.read(OPEN_LIMIT + 1)
+            if len(data) != entry["size"]:
+                problems = [
+                    f"{rel}: {len(data)} bytes, the manifest says {entry['size']} (truncated or extended)"
+                ]
+            elif (digest := digest_bytes(data)) != entry[ALGORITHM]:
+                problems = [
+                    f"{rel}: content changed ({ALGORITHM} {digest[:12]}..., the manifest says {entry[ALGORITHM][:12]}...)"
+                ]
+        if problems:
+            raise ArtifactCorrupt(h, self.path_for(h), problems)
+        return io.BytesIO(data) if "b" in mode else io.StringIO(data.decode())
 
     def _remote_files(self, remote: str) -> list[str]:
         files = []
@@ -216,16 +297,22 @@ class ArtifactStore:
         else:
             tmp = Path(tempfile.mkdtemp(prefix=f"ablate-{h}."))
         try:
-            yield tmp
-            (tmp / MARKER).write_text(json.dumps(_manifest(tmp, h), indent=1))
-            if self.is_local:
-                self._publish_local(tmp, Path(self._path(h)), overwrite=overwrite)
-            else:
-                self._publish_remote(tmp, h, overwrite=overwrite)
+            with translating_write_errors(tmp, f"artifact {h} (to be published as {self.path_for(h)})"):
+                yield tmp
+                manifest = json.dumps(_manifest(tmp, h), indent=1).encode()
+                (tmp / MARKER).write_bytes(manifest)
+                if self.is_local:
+                    final = Path(self._path(h))
+                    if self._publish_local(tmp, final, overwrite=overwrite):
+                        # just hashed: a reuse needs no second read unless a file changes
+                        write_stamp(self._stamp_path(h), final, manifest, MARKER)
+                else:
+                    self._publish_remote(tmp, h, overwrite=overwrite)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
-    def _publish_local(self, tmp: Path, final: Path, *, overwrite: bool = False) -> None:
+    def _publish_local(self, tmp: Path, final: Path, *, overwrite: bool = False) -> bool:
+        """Rename `tmp` into place; False when another writer's complete folder is kept instead."""
         for p in tmp.rglob("*"):
             if p.is_file():
                 with open(p, "rb") as f:
@@ -234,7 +321,7 @@ class ArtifactStore:
         for _ in range(10):
             if final.exists():
                 if (final / MARKER).exists() and not overwrite:
-                    return  # another writer published first
+                    return False  # another writer published first
                 # incomplete leftover (or replacement): move it aside atomically, then delete
                 trash.mkdir(exist_ok=True)
                 aside = trash / f"{final.name}.{uuid.uuid4().hex}"
@@ -252,7 +339,7 @@ class ArtifactStore:
                     continue  # a concurrent writer got there between our check and rename
                 raise
             _fsync_dir(str(final.parent))
-            return
+            return True
         raise RunError(
             f"could not publish artifact {final}: the folder keeps changing under concurrent writers"
         )
@@ -274,6 +361,8 @@ class ArtifactStore:
     def delete(self, h: str) -> bool:
         """Remove artifact ``h`` (complete or not); True if something was removed."""
         final = self._path(h)
+        if self.is_local:
+            self._stamp_path(h).unlink(missing_ok=True)
         if not self.fs.exists(final):
             return False
         if self.is_local:

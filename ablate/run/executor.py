@@ -7,7 +7,8 @@ runs, so ablate does both:
 
 - a stage whose artifact is in the store is never run again (in this submission or a later one, by this
   experiment or another); a trial whose distill and eval artifacts exist is recorded from them in the
-  driver without starting Ray at all;
+  driver without starting Ray at all. Reuse needs the artifact's checksums to verify: a damaged one stops
+  the submission before any work (ArtifactCorrupt), and `--recompute` deletes and re-runs named stages;
 - an interrupted distillation resumes from its checkpoint in `<artifacts>/.work/<distill hash>`;
 - each trial keeps its one MLflow child run (found by tag) across submissions, and a submission with
   nothing to do opens neither Ray nor MLflow.
@@ -25,7 +26,7 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,8 +34,8 @@ from typing import Any
 from ablate.errors import RunError
 from ablate.plan.graph import StageGraph, build_graph
 from ablate.plan.stages import Stage
-from ablate.run import runners
-from ablate.run.artifacts import ArtifactStore
+from ablate.run import recompute, runners
+from ablate.run.artifacts import ArtifactCorrupt, ArtifactStore
 from ablate.run.runners import error_line
 from ablate.spec.validate import LoadedSpec
 from ablate.track.db import Records, TrialInfo, connect
@@ -160,13 +161,20 @@ def _scalars(d: dict[str, Any]) -> dict[str, float]:
 class Executor:
     """One submission of one spec."""
 
-    def __init__(self, loaded: LoadedSpec, address: str | None = None, progress: Progress | None = None):
+    def __init__(
+        self,
+        loaded: LoadedSpec,
+        address: str | None = None,
+        progress: Progress | None = None,
+        recompute_stages: Sequence[str] = (),
+    ):
         self.loaded = loaded
         self.spec = loaded.spec
         self.name = loaded.spec.name
         self.address = address
         self.progress = progress or (lambda event, data: None)
         self.graph: StageGraph = build_graph(loaded.trials)
+        self.recompute = recompute.select(self.graph, recompute_stages)  # hashes run again, not reused
         self.base_dir = str(loaded.path.parent.resolve())
         self.store = ArtifactStore(_absolute(self.spec.tracking.artifacts))
         self.records: Records = connect(_absolute_sqlite(self.spec.tracking.db))
@@ -233,7 +241,7 @@ class Executor:
             if status is None:
                 self.records.upsert_stage(stage.hash, stage.kind, stage.config, stage.parents)
                 status = "pending"
-            present = self.store.exists(stage.hash)
+            present = self._present(stage)
             if status == "completed" and not present:
                 self.records.reset_stage(stage.hash)  # its artifact vanished: run it again
                 status = "pending"
@@ -257,6 +265,20 @@ class Executor:
             self.trial_ids[trial.key] = info.id
             if info.mlflow_run_id:
                 self.run_ids[trial.key] = info.mlflow_run_id
+
+    def _present(self, stage: Stage) -> bool:
+        """Whether the stage's artifact is there to reuse: never when --recompute names it (it is deleted),
+        and only once its checksums verify (a damaged one stops the submission: it is never reused)."""
+        if stage.hash in self.recompute:
+            self.store.delete(stage.hash)
+            return False
+        if not self.store.exists(stage.hash):
+            return False
+        try:
+            self.store.verify(stage.hash)
+        except ArtifactCorrupt as exc:
+            raise exc.for_spec(str(self.loaded.path)) from None
+        return True
 
     def _count(self, bucket: dict[str, int], kind: str) -> None:
         bucket[kind] = bucket.get(kind, 0) + 1
@@ -839,11 +861,17 @@ def _define_tune_classes() -> None:
         _TUNE_CLASSES[cls.__name__] = cls
 
 
-def submit(loaded: LoadedSpec, address: str | None = None, progress: Progress | None = None) -> SubmitResult:
-    """Run `loaded` (see the module docstring); the records and MLflow hold the outcome."""
+def submit(
+    loaded: LoadedSpec,
+    address: str | None = None,
+    progress: Progress | None = None,
+    recompute_stages: Sequence[str] = (),
+) -> SubmitResult:
+    """Run `loaded` (see the module docstring); the records and MLflow hold the outcome.
+    `recompute_stages` (kinds or hashes, see ablate.run.recompute) run again instead of being reused."""
     if not loaded.trials:
         raise RunError(f"spec {loaded.path} has no trials to run")
-    executor = Executor(loaded, address, progress)
+    executor = Executor(loaded, address, progress, recompute_stages)
     try:
         return executor.submit()
     finally:

@@ -344,8 +344,10 @@ def run_stage(
     device: str | None = None,
 ) -> dict[str, Any]:
     """Run one stage unless its artifact is already complete (then read back its facts). `parallel`
-    and `device` reach the stages whose work is split over workers (WORKER_STAGES: they train)."""
+    and `device` reach the stages whose work is split over workers (WORKER_STAGES: they train). A
+    complete artifact is reused only once it verifies (ArtifactCorrupt otherwise, never a silent reuse)."""
     if store.exists(stage.hash):
+        store.verify(stage.hash)
         return {"reused": True}
     if stage.kind not in RUNNERS:
         raise RunError(f"no runner for stage kind {stage.kind!r}")
@@ -379,6 +381,7 @@ def stage_on_workers(
     started = time.perf_counter()
     store = ArtifactStore(store_url)
     if store.exists(stage.hash):
+        store.verify(stage.hash)
         return {"reused": True, "seconds": 0.0}
     config = {
         "stage": stage,
@@ -445,9 +448,10 @@ _BOOKKEEPING = ("step", "steps")
 
 def error_line(exc: BaseException) -> str:
     """An exception as one readable line: the innermost cause of a Ray/Tune wrapper, its type and the
-    first line of its message (or the last line of a traceback text)."""
+    first line of its message (or the last line of a traceback text). An AblateError is the user's
+    message: what it was raised from (a full disk's RuntimeError, a bad pickle) stays beneath it."""
     seen = set()
-    while id(exc) not in seen:
+    while id(exc) not in seen and not isinstance(exc, AblateError):
         seen.add(id(exc))
         inner = getattr(exc, "cause", None) or getattr(exc, "__cause__", None)
         if not isinstance(inner, BaseException):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
+import json
 import multiprocessing as mp
 import os
 import uuid
@@ -9,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from ablate.run.artifacts import MARKER, ArtifactMissing, ArtifactStore
+from ablate.run.artifacts import MARKER, ArtifactCorrupt, ArtifactMissing, ArtifactStore
 
 H = "a1b2c3d4e5f6"
 
@@ -68,7 +71,9 @@ def test_incomplete_folder_is_not_an_artifact_and_is_replaced(store):
     with store.write(H) as d:
         (d / "good.bin").write_bytes(b"ok")
     assert store.exists(H)
-    assert store.manifest(H)["files"] == [{"path": "good.bin", "size": 2}]
+    assert store.manifest(H)["files"] == [
+        {"path": "good.bin", "size": 2, "sha256": hashlib.sha256(b"ok").hexdigest()}
+    ]
     assert not store.fs.exists(f"{store.root}/{H}/half.bin")
 
 
@@ -134,7 +139,7 @@ def test_concurrent_writers_same_hash(tmp_path):
     assert len(files) == 20
     writers = {(store.local_path(H) / f).read_text() for f in files}
     assert len(writers) == 1  # every file from one writer: no mixing
-    assert sorted(os.listdir(root)) in ([".tmp", H], [".tmp", ".trash", H])
+    assert sorted(n for n in os.listdir(root) if n != ".verified") in ([".tmp", H], [".tmp", ".trash", H])
     assert not any((root / ".tmp").iterdir())
 
 
@@ -151,3 +156,137 @@ def _race_writer(root: str, h: str, i: int, barrier) -> None:
     with store.write(h) as d:
         for k in range(20):
             (d / f"shard-{k:02d}.txt").write_text(f"writer {i}")
+
+
+# ------------------------------------------------------------------------------------------- integrity
+def _published(store: ArtifactStore, files: dict[str, bytes]) -> None:
+    with store.write(H) as d:
+        for rel, data in files.items():
+            (d / rel).parent.mkdir(parents=True, exist_ok=True)
+            (d / rel).write_bytes(data)
+
+
+def _damage(store: ArtifactStore, how: str) -> None:
+    """Change a published artifact behind the store's back, the way a disk, a script or a person might."""
+    base = f"{store.root}/{H}"
+    if how == "flip":  # same size, one byte different
+        data = bytearray(store.fs.cat_file(f"{base}/model/weights.bin"))
+        data[17] ^= 0x40
+        store.fs.pipe_file(f"{base}/model/weights.bin", bytes(data))
+    elif how == "truncate":
+        store.fs.pipe_file(f"{base}/model/weights.bin", store.fs.cat_file(f"{base}/model/weights.bin")[:100])
+    elif how == "delete":
+        store.fs.rm(f"{base}/config.json")
+    elif how == "add":
+        store.fs.pipe_file(f"{base}/model/extra.bin", b"planted")
+
+
+@pytest.mark.parametrize(
+    "how, says",
+    [
+        ("flip", "model/weights.bin: content changed"),
+        ("truncate", "model/weights.bin: 100 bytes, the manifest says 4096"),
+        ("delete", "config.json: missing"),
+        ("add", "model/extra.bin: not in the manifest"),
+    ],
+)
+def test_a_changed_artifact_is_refused_naming_the_file_and_the_fix(store, how, says):
+    _published(store, {"model/weights.bin": os.urandom(4096), "config.json": b'{"a": 1}'})
+    store.verify(H)
+    _damage(store, how)
+    with pytest.raises(ArtifactCorrupt) as caught:
+        if store.is_local or how != "flip":
+            store.verify(H)  # a remote store checks names and sizes without downloading
+        store.local_path(H)
+    message = str(caught.value)
+    assert says in message and f"artifact {H}" in message and f"--recompute {H}" in message
+    assert caught.value.hash == H
+
+
+def test_open_returns_only_verified_bytes(store):
+    _published(store, {"result.json": b'{"loss": 1.5}'})
+    with store.open(H, "result.json", "r") as f:
+        assert f.read() == '{"loss": 1.5}'
+    store.fs.pipe_file(f"{store.root}/{H}/result.json", b'{"loss": 0.1}')  # same size, better number
+    with pytest.raises(ArtifactCorrupt, match="result.json: content changed"):
+        store.open(H, "result.json")
+
+
+def test_a_manifest_without_checksums_is_refused(store):
+    _published(store, {"w.bin": b"x" * 10})
+    path = f"{store.root}/{H}/{MARKER}"
+    manifest = json.loads(store.fs.cat_file(path))
+    manifest.pop("checksum")
+    for f in manifest["files"]:
+        f.pop("sha256")
+    store.fs.pipe_file(path, json.dumps(manifest).encode())  # what an ablate before checksums wrote
+    with pytest.raises(ArtifactCorrupt, match="no sha256 checksums .* cannot be verified"):
+        store.verify(H)
+
+
+def test_an_unchanged_artifact_is_hashed_once_then_stat_only(tmp_path, monkeypatch):
+    from ablate.run import integrity
+
+    store = ArtifactStore(tmp_path / "a")
+    hashed: list[str] = []
+    real = integrity.file_digest
+    monkeypatch.setattr(integrity, "file_digest", lambda p: hashed.append(str(p)) or real(p))
+    _published(store, {"w.bin": b"x" * 1000, "c.json": b"{}"})
+    assert len(hashed) == 2  # the publisher hashes each file once
+    for _ in range(3):
+        store.local_path(H)
+    assert len(hashed) == 2  # the publisher's stamp holds: no re-read
+    weights = tmp_path / "a" / H / "w.bin"
+    stat = weights.stat()
+    with open(weights, "r+b") as f:  # in place, same size, and the mtime put back
+        f.write(b"y")
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    with pytest.raises(ArtifactCorrupt, match="w.bin: content changed"):
+        store.local_path(H)  # the ctime moved: hashed again, and caught
+
+
+def test_a_full_disk_names_the_artifact_path_and_free_bytes(tmp_path):
+    import errno
+
+    import torch
+
+    from ablate.errors import WriteError
+
+    store = ArtifactStore(tmp_path / "a")
+
+    class FullDisk(io.RawIOBase):  # a file on a filesystem that fills up after the first writes
+        written = 0
+
+        def writable(self) -> bool:
+            return True
+
+        def write(self, b) -> int:
+            self.written += 1
+            if self.written > 3:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return len(b)
+
+    with pytest.raises(WriteError) as caught:
+        with store.write(H):
+            torch.save({"w": torch.zeros(1000)}, FullDisk())  # RuntimeError: ... unexpected pos ...
+    message = str(caught.value)
+    assert "no space left on device" in message and f"artifact {H}" in message
+    assert str(tmp_path / "a" / ".tmp") in message and "bytes free of" in message
+    assert "unexpected pos" in message  # what torch said, kept for the record
+    assert isinstance(caught.value.__cause__, RuntimeError)
+    assert not store.exists(H) and not any((tmp_path / "a" / ".tmp").iterdir())
+
+
+def test_other_errors_inside_a_write_pass_through_unchanged(tmp_path):
+    store = ArtifactStore(tmp_path / "a")
+    with pytest.raises(KeyError, match="nope"):
+        with store.write(H):
+            raise KeyError("nope")
+
+
+def test_a_garbled_manifest_is_refused_not_a_traceback(store):
+    _published(store, {"result.json": b"{}"})
+    store.fs.pipe_file(f"{store.root}/{H}/{MARKER}", b"\x00not json")
+    for read in (store.verify, store.manifest, lambda h: store.open(h, "result.json")):
+        with pytest.raises(ArtifactCorrupt, match=f"its manifest {MARKER} is not valid JSON"):
+            read(H)
