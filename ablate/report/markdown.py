@@ -29,6 +29,7 @@ from ablate.report.findings import (
     fmt_value,
     shape_kind,
 )
+from ablate.secrets import redact_text
 
 __all__ = ["REPORT_MD", "finding_file", "render_markdown", "write_report"]
 
@@ -459,7 +460,7 @@ def write_report(report: Report, out_dir: str | os.PathLike[str]) -> list[Path]:
     """
     from ablate.report.plots import render_plots
 
-    files = {REPORT_MD: render_markdown(report).encode()}
+    files = {REPORT_MD: redact_text(render_markdown(report)).encode()}  # no spec password in the report
     files.update(render_plots(report))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
