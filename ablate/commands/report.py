@@ -180,7 +180,8 @@ def _reachable_host(host: str) -> str:
             return address
     except OSError:
         pass
-    return socket.getfqdn()
+    name = socket.getfqdn()
+    return socket.gethostname() if name.startswith("localhost") else name
 
 
 def _server_uri(uri: str) -> str:
