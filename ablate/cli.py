@@ -9,7 +9,7 @@ import sys
 import click
 
 from ablate.errors import AblateError
-from ablate.secrets import RedactingFilter, redact_text
+from ablate.secrets import install_log_redaction, redact_text
 
 # name -> (module, attribute, one-line help). Commands are imported when run, not at start-up: several
 # pull in torch and transformers (seconds), which `ablate status`, `report` or `--help` never need.
@@ -71,9 +71,7 @@ def main(ctx: click.Context, debug: bool) -> None:
     logging.basicConfig(
         level=logging.DEBUG if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
-    for handler in logging.getLogger().handlers:  # log lines leave the process: mask any password in them
-        if not any(isinstance(f, RedactingFilter) for f in handler.filters):
-            handler.addFilter(RedactingFilter())
+    install_log_redaction()  # log lines leave the process: mask any password in them
 
 
 def _shorten(text: str, limit: int) -> str:

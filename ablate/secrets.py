@@ -15,7 +15,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["MASK", "RedactingFilter", "redact", "redact_text", "redact_url"]
+__all__ = ["MASK", "RedactingFilter", "install_log_redaction", "redact", "redact_text", "redact_url"]
 
 MASK = "***"
 
@@ -86,19 +86,38 @@ def _is_secret_key(key: str) -> bool:
     return bool(_SECRET_KEY.match(key))
 
 
+def _clean_record(record: logging.LogRecord) -> logging.LogRecord:
+    try:
+        message = record.getMessage()
+    except Exception:  # noqa: BLE001 - a malformed record is logging's problem, not ours
+        return record
+    clean = redact_text(message)
+    if clean != message:
+        record.msg, record.args = clean, None
+    if record.exc_info and record.exc_info[1] is not None and not record.exc_text:
+        record.exc_text = redact_text(logging.Formatter().formatException(record.exc_info))
+    elif record.exc_text:
+        record.exc_text = redact_text(record.exc_text)
+    return record
+
+
 class RedactingFilter(logging.Filter):
     """A logging filter that masks secrets in every record it passes (message and arguments merged)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        try:
-            message = record.getMessage()
-        except Exception:  # noqa: BLE001 - a malformed record is logging's problem, not ours
-            return True
-        clean = redact_text(message)
-        if clean != message:
-            record.msg, record.args = clean, None
-        if record.exc_info and record.exc_info[1] is not None and not record.exc_text:
-            record.exc_text = redact_text(logging.Formatter().formatException(record.exc_info))
-        elif record.exc_text:
-            record.exc_text = redact_text(record.exc_text)
+        _clean_record(record)
         return True
+
+
+def install_log_redaction() -> None:
+    """Mask secrets in every log record this process creates, whichever logger and handler it goes
+    to (MLflow and Ray bring their own handlers, which a filter on the root handler never sees)."""
+    factory = logging.getLogRecordFactory()
+    if getattr(factory, "_ablate_redacting", False):
+        return
+
+    def redacting_factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        return _clean_record(factory(*args, **kwargs))
+
+    redacting_factory._ablate_redacting = True  # type: ignore[attr-defined]
+    logging.setLogRecordFactory(redacting_factory)

@@ -73,3 +73,23 @@ def test_log_records_are_masked(caplog):
         caplog.handler.removeFilter(caplog.handler.filters[-1])
     text = caplog.text
     assert PW not in text and "postgresql://bob:***@h/d" in text
+
+
+def test_every_logger_is_masked_once_installed(capsys):
+    """MLflow's loggers have handlers of their own that do not propagate to the root."""
+    from ablate.secrets import install_log_redaction
+
+    previous = logging.getLogRecordFactory()
+    logger = logging.getLogger("ablate.test_secrets.own")
+    handler = logging.StreamHandler()
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        install_log_redaction()
+        install_log_redaction()  # once
+        logger.warning("store %s", f"postgresql://bob:{PW}@h/d")
+    finally:
+        logging.setLogRecordFactory(previous)
+        logger.removeHandler(handler)
+    err = capsys.readouterr().err
+    assert PW not in err and "postgresql://bob:***@h/d" in err
