@@ -251,13 +251,6 @@ def ui_command(
     Runs until interrupted (Ctrl-C). When tracking.mlflow is an MLflow server, only prints its URL.
     A --host that other machines can reach needs --allow-remote: the MLflow UI has no authentication.
     """
-    exposed = not _is_loopback(host)
-    if exposed and not allow_remote:
-        raise AblateError(
-            f"--host {host} serves the MLflow UI to every machine that can reach this one, without "
-            "authentication (anyone there can read and change the runs); add --allow-remote to do it "
-            "anyway, or keep the default 127.0.0.1 and use an SSH tunnel (ssh -L PORT:127.0.0.1:PORT host)"
-        )
     try:
         records = open_records(db)
     except ReportError:
@@ -289,6 +282,13 @@ def ui_command(
     if remote:
         click.echo(f"tracking.mlflow is an MLflow server; open {what}:\n{url}")
         return
+    exposed = not _is_loopback(host)
+    if exposed and not allow_remote:
+        raise AblateError(
+            f"--host {host} serves the MLflow UI to every machine that can reach this one, without "
+            "authentication (anyone there can read and change the runs); add --allow-remote to do it "
+            "anyway, or keep the default 127.0.0.1 and use an SSH tunnel (ssh -L PORT:127.0.0.1:PORT host)"
+        )
     server_uri = _server_uri(uri)
     if server_uri.startswith("sqlite:///"):
         path = Path(server_uri[len("sqlite:///") :])
