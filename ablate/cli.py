@@ -9,6 +9,7 @@ import sys
 import click
 
 from ablate.errors import AblateError
+from ablate.secrets import install_log_redaction, redact_text
 
 # name -> (module, attribute, one-line help). Commands are imported when run, not at start-up: several
 # pull in torch and transformers (seconds), which `ablate status`, `report` or `--help` never need.
@@ -55,7 +56,7 @@ class AblateGroup(click.Group):
         except AblateError as exc:
             if ctx.obj and ctx.obj.get("debug"):
                 raise
-            click.echo(f"error: {exc}", err=True)
+            click.echo(f"error: {redact_text(str(exc))}", err=True)
             sys.exit(2)
 
 
@@ -70,6 +71,7 @@ def main(ctx: click.Context, debug: bool) -> None:
     logging.basicConfig(
         level=logging.DEBUG if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
+    install_log_redaction()  # log lines leave the process: mask any password in them
 
 
 def _shorten(text: str, limit: int) -> str:

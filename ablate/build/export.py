@@ -27,6 +27,7 @@ from transformers import GenerationConfig, PretrainedConfig
 
 from ablate.build.recipe import BuildError, Recipe
 from ablate.models.arch import shape_of
+from ablate.secrets import redact, redact_text
 from ablate.spec.units import format_tokens
 
 MANIFEST = "build.json"
@@ -100,7 +101,8 @@ def publish(out: Path, recipe_id: str, write: Callable[[Path], None]) -> None:
 
 
 def write_manifest(folder: Path, data: Mapping[str, Any]) -> None:
-    (folder / MANIFEST).write_text(json.dumps({**data, "written": time.time()}, indent=1, default=str) + "\n")
+    text = json.dumps(redact({**data, "written": time.time()}), indent=1, default=str)
+    (folder / MANIFEST).write_text(text + "\n")
 
 
 def folder_bytes(folder: Path) -> int:
@@ -387,7 +389,7 @@ def model_card(
         "## The spec that produced it",
         "",
         "```yaml",
-        recipe.source.spec_text.rstrip(),
+        redact_text(recipe.source.spec_text).rstrip(),  # the card is published: no passwords
         "```",
         "",
     ]

@@ -26,6 +26,7 @@ from ablate.build import trtllm
 from ablate.build.recipe import BuildError, Recipe, Source, resolve
 from ablate.build.throughput import ThroughputTable
 from ablate.plan.stages import Stage
+from ablate.secrets import redact, redact_text
 from ablate.spec.units import format_tokens
 
 log = logging.getLogger(__name__)
@@ -507,7 +508,7 @@ def _trtllm(
 
 def _atomic_json(path: Path, data: Any) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=1, default=str) + "\n")
+    tmp.write_text(json.dumps(redact(data), indent=1, default=str) + "\n")
     os.replace(tmp, path)
 
 
@@ -521,7 +522,7 @@ def write_report(recipe: Recipe, result: BuildResult, reports_dir: Path) -> Path
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / ("build-dry-run.md" if result.dry_run else "build.md")
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(build_markdown(recipe, result))
+    tmp.write_text(redact_text(build_markdown(recipe, result)))
     os.replace(tmp, path)
     return path
 

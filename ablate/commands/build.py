@@ -9,6 +9,8 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from ablate.secrets import redact, redact_text
+
 
 def _ints(text: str | None) -> tuple[int, ...] | None:
     if not text:
@@ -76,7 +78,8 @@ class _StepBar:
 @click.option(
     "--db",
     default=None,
-    help="Results database URL (default: the spec's tracking.db, else .ablate/ablate.db).",
+    envvar="ABLATE_DB",
+    help="Results database URL (default: $ABLATE_DB, else the spec's tracking.db, else .ablate/ablate.db).",
 )
 @click.option("--artifacts", default=None, help="Artifact store (default: the spec's tracking.artifacts).")
 @click.option("--dtype", default="auto", type=click.Choice(["auto", "float32", "bfloat16", "float16"]),
@@ -125,7 +128,7 @@ def build_command(
 
     hf_logging.disable_progress_bar()  # per-file load/save bars of tiny folders: noise next to ours
     console = Console(stderr=True, soft_wrap=True)
-    say = (lambda m: None) if as_json else (lambda m: console.print(m, highlight=False))
+    say = (lambda m: None) if as_json else (lambda m: console.print(redact_text(m), highlight=False))
     bar = None if as_json else _StepBar(console)
     wanted_formats = [f.strip() for f in formats.split(",")] if formats else None
     allowed = {"hf", "trtllm-bf16", "trtllm-fp8"}
@@ -153,7 +156,7 @@ def build_command(
         if bar is not None:
             bar.close()
     if as_json:
-        click.echo(json.dumps(result.to_dict(), indent=2, default=str))
+        click.echo(json.dumps(redact(result.to_dict()), indent=2, default=str))
         return
     out_console = Console(soft_wrap=True)
     p = result.params

@@ -14,6 +14,7 @@ from ablate.errors import SpecError
 from ablate.plan.estimate import H100_BF16_DENSE_FLOPS, estimate
 from ablate.plan.graph import build_graph
 from ablate.plan.memory import GPUS
+from ablate.secrets import redact, redact_text
 from ablate.spec.units import format_tokens
 from ablate.spec.validate import LoadedSpec, load_spec
 
@@ -29,10 +30,10 @@ def _load_or_exit(spec_path: str, as_json: bool) -> LoadedSpec:
         return load_spec(spec_path)
     except SpecError as exc:
         if as_json:
-            click.echo(json.dumps({"valid": False, "problems": exc.problems}, indent=2))
+            click.echo(json.dumps({"valid": False, "problems": redact(exc.problems)}, indent=2))
         else:
-            for problem in exc.problems:
-                click.echo(problem, err=True)
+            for problem in exc.problems:  # a problem quotes the value: a tracking URL's password too
+                click.echo(redact_text(problem), err=True)
             click.echo(f"{len(exc.problems)} problem(s) in {spec_path}", err=True)
         sys.exit(2)
 

@@ -3,8 +3,10 @@ experiment's tracking store, opened on the run-comparison view of its trials).""
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import math
+import os
 import signal
 import socket
 import subprocess
@@ -16,6 +18,7 @@ import click
 
 from ablate.errors import AblateError
 from ablate.report.model import ReportError, compare_runs_url
+from ablate.secrets import redact_text, redact_url
 
 DEFAULT_DB = "sqlite:///.ablate/ablate.db"
 DEFAULT_MLFLOW = "sqlite:///.ablate/mlflow.db"
@@ -26,7 +29,7 @@ def open_records(db: str) -> Any:
     report must not create an empty database where the user mistyped a path)."""
     from sqlalchemy.engine import make_url
 
-    from ablate.track.db import connect, redact_url
+    from ablate.track.db import connect
 
     raw = db.strip()
     path: str | None = None
@@ -61,7 +64,11 @@ def open_records(db: str) -> Any:
     help="Direction of a metric the table of known metrics does not have (or to override it).",
 )
 @click.option(
-    "--db", default=DEFAULT_DB, show_default=True, help="Results database URL (the spec's tracking.db)."
+    "--db",
+    default=DEFAULT_DB,
+    show_default=True,
+    envvar="ABLATE_DB",
+    help="Results database URL (the spec's tracking.db); $ABLATE_DB keeps a password off the command line.",
 )
 @click.option(
     "--out",
@@ -114,7 +121,10 @@ def _attach_to_mlflow(records: Any, name: str, folder: Path) -> None:
 
         MlflowMirror(uri, name).log_artifact(exp.mlflow_run_id, folder, "report")
     except Exception as exc:  # noqa: BLE001 - the report on disk is what matters
-        click.echo(f"warning: report not attached to MLflow run {exp.mlflow_run_id}: {exc}", err=True)
+        click.echo(
+            f"warning: report not attached to MLflow run {exp.mlflow_run_id}: {redact_text(str(exc))}",
+            err=True,
+        )
 
 
 def _print_summary(report: Any, paths: list[Path]) -> None:
@@ -156,6 +166,37 @@ def _port_free(host: str, port: int) -> bool:
     return True
 
 
+def _is_loopback(host: str) -> bool:
+    """True for an address only this machine can reach (127.0.0.0/8, ::1, localhost)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        try:
+            return all(ipaddress.ip_address(a[4][0]).is_loopback for a in socket.getaddrinfo(host, None))
+        except (OSError, ValueError):
+            return False
+
+
+def _reachable_host(host: str) -> str:
+    """The address other machines use to reach a server bound to ``host``: for a wildcard (0.0.0.0, ::)
+    this machine's address on its default route (no packet is sent), else its host name."""
+    if host not in ("0.0.0.0", "::", ""):
+        return host
+    family, probe = (socket.AF_INET6, "2001:db8::1") if host == "::" else (socket.AF_INET, "192.0.2.1")
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as s:
+            s.connect((probe, 9))
+            address = s.getsockname()[0]
+        if not ipaddress.ip_address(address).is_loopback:
+            return address
+    except OSError:
+        pass
+    name = socket.getfqdn()
+    return socket.gethostname() if name.startswith("localhost") else name
+
+
 def _server_uri(uri: str) -> str:
     """A tracking URI as `mlflow server --backend-store-uri` wants it (absolute SQLite path, psycopg)."""
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
@@ -190,7 +231,11 @@ def ui_target(records: Any | None, name: str | None) -> dict[str, Any]:
 @click.command("ui")
 @click.argument("name", required=False)
 @click.option(
-    "--db", default=DEFAULT_DB, show_default=True, help="Results database URL (the spec's tracking.db)."
+    "--db",
+    default=DEFAULT_DB,
+    show_default=True,
+    envvar="ABLATE_DB",
+    help="Results database URL (the spec's tracking.db); $ABLATE_DB keeps a password off the command line.",
 )
 @click.option("--port", default=5000, show_default=True, type=click.IntRange(1, 65535))
 @click.option(
@@ -200,16 +245,25 @@ def ui_target(records: Any | None, name: str | None) -> dict[str, Any]:
     help="Interface to bind; the default keeps the UI on this machine.",
 )
 @click.option(
-    "--tracking-uri", default=None, help="Serve this MLflow store instead of the spec's tracking.mlflow."
+    "--allow-remote",
+    is_flag=True,
+    help="Allow a --host other machines can reach: MLflow then serves the runs to them without authentication.",
 )
-def ui_command(name: str | None, db: str, port: int, host: str, tracking_uri: str | None) -> None:
+@click.option(
+    "--tracking-uri",
+    default=None,
+    envvar="ABLATE_TRACKING_URI",
+    help="Serve this MLflow store instead of the spec's tracking.mlflow (or $ABLATE_TRACKING_URI).",
+)
+def ui_command(
+    name: str | None, db: str, port: int, host: str, allow_remote: bool, tracking_uri: str | None
+) -> None:
     """Start the MLflow UI on NAME's tracking store and print the URL of the run-comparison view with
     NAME's trials selected (without NAME: the only experiment in the records, else the experiment list).
 
     Runs until interrupted (Ctrl-C). When tracking.mlflow is an MLflow server, only prints its URL.
+    A --host that other machines can reach needs --allow-remote: the MLflow UI has no authentication.
     """
-    from ablate.track.db import redact_url
-
     try:
         records = open_records(db)
     except ReportError:
@@ -223,7 +277,7 @@ def ui_command(name: str | None, db: str, port: int, host: str, tracking_uri: st
             records.close()
     uri = tracking_uri or target["tracking_uri"]
     remote = uri.startswith(("http://", "https://"))
-    show_host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    show_host = _reachable_host(host)
     base = (
         uri.rstrip("/")
         if remote
@@ -241,6 +295,13 @@ def ui_command(name: str | None, db: str, port: int, host: str, tracking_uri: st
     if remote:
         click.echo(f"tracking.mlflow is an MLflow server; open {what}:\n{url}")
         return
+    exposed = not _is_loopback(host)
+    if exposed and not allow_remote:
+        raise AblateError(
+            f"--host {host} serves the MLflow UI to every machine that can reach this one, without "
+            "authentication (anyone there can read and change the runs); add --allow-remote to do it "
+            "anyway, or keep the default 127.0.0.1 and use an SSH tunnel (ssh -L PORT:127.0.0.1:PORT host)"
+        )
     server_uri = _server_uri(uri)
     if server_uri.startswith("sqlite:///"):
         path = Path(server_uri[len("sqlite:///") :])
@@ -250,13 +311,15 @@ def ui_command(name: str | None, db: str, port: int, host: str, tracking_uri: st
             )
     if not _port_free(host, port):
         raise AblateError(f"port {port} on {host} is in use (another `ablate ui`?); pass --port")
+    # The store URL (it may hold a password) goes through the environment, never the arguments: any user
+    # of this machine can read a command line (ps), only this user can read the environment.
+    env = {**os.environ, "MLFLOW_BACKEND_STORE_URI": server_uri}
+    env.pop("MLFLOW_REGISTRY_STORE_URI", None)  # MLflow defaults it to the backend store
     cmd = [
         sys.executable,
         "-m",
         "mlflow",
         "server",
-        "--backend-store-uri",
-        server_uri,
         "--host",
         host,
         "--port",
@@ -267,11 +330,17 @@ def ui_command(name: str | None, db: str, port: int, host: str, tracking_uri: st
     if server_uri.startswith("sqlite:///"):
         artifacts = Path(server_uri[len("sqlite:///") :]).parent / "mlartifacts"
         cmd += ["--artifacts-destination", artifacts.as_uri()]
+    if exposed:
+        click.echo(
+            f"warning: the MLflow UI listens on {host}:{port} without authentication: anyone who can reach "
+            f"{show_host}:{port} can read and change every run in {redact_url(server_uri)}",
+            err=True,
+        )
     click.echo(f"MLflow UI on {redact_url(server_uri)} at {base} (Ctrl-C stops it)")
     click.echo(f"{what}:")
     click.echo(url, nl=True)
     sys.stdout.flush()
-    proc = subprocess.Popen(cmd)
+    proc = subprocess.Popen(cmd, env=env)
 
     def _stop(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt

@@ -14,6 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from ablate.errors import RunError
+from ablate.secrets import redact, redact_text, redact_url
 
 DEFAULT_DB = "sqlite:///.ablate/ablate.db"
 
@@ -49,7 +50,7 @@ class LiveProgress:
         self.bars.__exit__(*exc)
 
     def _line(self, text: str) -> None:
-        self.bars.console.print(text, highlight=False)
+        self.bars.console.print(redact_text(text), highlight=False)
 
     def _overall(self) -> None:
         info = f"[red]{self.failed} failed[/red]" if self.failed else ""
@@ -169,7 +170,7 @@ def submit_command(spec_path: str, address: str | None, recompute: tuple[str, ..
     console = Console(stderr=True, log_path=False)
     if as_json:
         result = submit(loaded, address, recompute_stages=recompute)
-        click.echo(json.dumps(result.to_dict(), indent=2, default=str))
+        click.echo(json.dumps(redact(result.to_dict()), indent=2, default=str))
     else:
         with LiveProgress(console, len(loaded.trials)) as progress:
             result = submit(loaded, address, progress, recompute)
@@ -182,12 +183,22 @@ def submit_command(spec_path: str, address: str | None, recompute: tuple[str, ..
         )
         for t in result.trials:
             if t["error"]:
-                out.print(f"[red]{t['key']}[/red] {t['status']}: {t['error']}", highlight=False)
+                out.print(f"[red]{t['key']}[/red] {t['status']}: {redact_text(t['error'])}", highlight=False)
         if not result.ok:
-            out.print(
-                f"details: ablate status {result.experiment} --db {loaded.spec.tracking.db}", highlight=False
-            )
+            out.print(_details_line(result.experiment, loaded.spec.tracking.db), highlight=False)
     sys.exit(0 if result.ok else 1)
+
+
+def _details_line(experiment: str, db: str) -> str:
+    """Where to look next after a failed submission; the database URL without its password (and where
+    to put it back: $ABLATE_DB, which keeps it off the command line)."""
+    shown = redact_url(db)
+    if shown == db:
+        return f"details: ablate status {experiment} --db {db}"
+    return (
+        f"details: ablate status {experiment} --db '{shown}' (password not shown: put the spec's "
+        "tracking.db in $ABLATE_DB and leave out --db)"
+    )
 
 
 def _db_option(f):
@@ -195,7 +206,8 @@ def _db_option(f):
         "--db",
         default=DEFAULT_DB,
         show_default=True,
-        help="Results database URL (the spec's tracking.db).",
+        envvar="ABLATE_DB",
+        help="Results database URL (the spec's tracking.db); $ABLATE_DB keeps a password off the command line.",
     )(f)
 
 
@@ -223,7 +235,7 @@ def status_command(name: str | None, db: str, as_json: bool) -> None:
     records = _records(db)
     console = _console()
     if name is None:
-        experiments = [e.to_dict() for e in records.list_experiments()]
+        experiments = [redact(e.to_dict()) for e in records.list_experiments()]
         if as_json:
             click.echo(json.dumps(experiments, indent=2, default=str))
             return
@@ -248,6 +260,7 @@ def status_command(name: str | None, db: str, as_json: bool) -> None:
         for t in summary.trials
     ]
     problems = [e for e in records.events(name, min_level="warning", limit=10)]
+    trials = redact(trials)  # records written before redaction existed may hold a password
     if as_json:
         click.echo(
             json.dumps(
@@ -256,7 +269,7 @@ def status_command(name: str | None, db: str, as_json: bool) -> None:
                     "counts": summary.counts,
                     "stages": summary.stages,
                     "trials": trials,
-                    "events": [e.to_dict() for e in problems],
+                    "events": [redact(e.to_dict()) for e in problems],
                 },
                 indent=2,
                 default=str,
@@ -276,7 +289,9 @@ def status_command(name: str | None, db: str, as_json: bool) -> None:
         console.print("recent warnings and errors:")
         for e in problems:
             console.print(
-                f"  {e.time:%Y-%m-%d %H:%M:%S} {e.level}: {e.message}", highlight=False, markup=False
+                f"  {e.time:%Y-%m-%d %H:%M:%S} {e.level}: {redact_text(e.message)}",
+                highlight=False,
+                markup=False,
             )
 
 

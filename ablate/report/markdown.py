@@ -20,6 +20,7 @@ from ablate.report.findings import MIN_PAIRS, RULES
 from ablate.report.model import AGREES, CLEAR, DISAGREES, Finding, Report, TrialRow, fmt_value
 from ablate.report.plots import FINDING_PREFIX, LOSS_PNG, QUALITY_PNG, finding_file, render_plots
 from ablate.report.practices import MAPPING, PRACTICES, shape_kind
+from ablate.secrets import redact_text
 
 __all__ = ["REPORT_MD", "render_markdown", "write_report"]
 
@@ -512,7 +513,7 @@ def write_report(report: Report, out_dir: str | os.PathLike[str]) -> list[Path]:
     Everything is rendered before the first file is written, so an error leaves no partial report.
     """
 
-    files = {REPORT_MD: render_markdown(report).encode()}
+    files = {REPORT_MD: redact_text(render_markdown(report)).encode()}  # no spec password in the report
     files.update(render_plots(report))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

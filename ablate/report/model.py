@@ -252,29 +252,33 @@ class Report:
         return compare_runs_url(self.ui_base, self.mlflow_experiment_id, runs)
 
     def to_dict(self) -> dict[str, Any]:
-        return _jsonable(
-            {
-                "experiment": self.experiment,
-                "description": self.description,
-                "spec_hash": self.spec_hash,
-                "metric": self.metric,
-                "higher_is_better": self.higher_is_better,
-                "margin": self.margin,
-                "family_size": self.family_size,
-                "counts": self.counts,
-                "teacher": self.teacher,
-                "trials": [t.to_dict() for t in self.trials],
-                "findings": [f.to_dict() for f in self.findings],
-                "best_trial": self.best_trial.to_dict(),
-                "recipe": self.recipe,
-                "untested_practices": self.untested,
-                "mlflow": {
-                    "tracking_uri": _redact(self.tracking_uri),
-                    "experiment_id": self.mlflow_experiment_id,
-                    "parent_run_id": self.mlflow_parent_run_id,
-                    "compare_url": self.compare_url(),
-                },
-            }
+        from ablate.secrets import redact
+
+        return redact(  # the JSON leaves the process: no password of the spec goes with it
+            _jsonable(
+                {
+                    "experiment": self.experiment,
+                    "description": self.description,
+                    "spec_hash": self.spec_hash,
+                    "metric": self.metric,
+                    "higher_is_better": self.higher_is_better,
+                    "margin": self.margin,
+                    "family_size": self.family_size,
+                    "counts": self.counts,
+                    "teacher": self.teacher,
+                    "trials": [t.to_dict() for t in self.trials],
+                    "findings": [f.to_dict() for f in self.findings],
+                    "best_trial": self.best_trial.to_dict(),
+                    "recipe": self.recipe,
+                    "untested_practices": self.untested,
+                    "mlflow": {
+                        "tracking_uri": _redact(self.tracking_uri),
+                        "experiment_id": self.mlflow_experiment_id,
+                        "parent_run_id": self.mlflow_parent_run_id,
+                        "compare_url": self.compare_url(),
+                    },
+                }
+            )
         )
 
 
@@ -288,7 +292,7 @@ def compare_runs_url(base: str, experiment_id: str, run_ids: Sequence[str]) -> s
 
 
 def _redact(url: str) -> str:
-    from ablate.track.db import redact_url
+    from ablate.secrets import redact_url
 
     return redact_url(url) if "://" in url else url
 

@@ -34,7 +34,7 @@ from typing import Any
 from ablate.errors import RunError
 from ablate.plan.graph import StageGraph, build_graph
 from ablate.plan.stages import Stage
-from ablate.run import recompute, runners
+from ablate.run import raynet, recompute, runners
 from ablate.run.artifacts import ArtifactCorrupt, ArtifactStore
 from ablate.run.runners import error_line
 from ablate.spec.validate import LoadedSpec
@@ -139,14 +139,17 @@ def init_ray(address: str | None = None) -> None:
     common = {"logging_level": logging.WARNING, "log_to_driver": False, "configure_logging": True}
     try:
         if address:
+            raynet.warn_without_token(address)
             _token_auth_for_address()
             ray.init(address=address, **common)
         else:
             # "local": a new Ray of our own even when `ray start` runs on this machine (ray.init() without
-            # an address would join the cluster named in /tmp/ray/ray_current_cluster, stale or not).
-            ray.init(
-                address="local", include_dashboard=False, object_store_memory=OBJECT_STORE_BYTES, **common
-            )
+            # an address would join the cluster named in /tmp/ray/ray_current_cluster, stale or not);
+            # listening on 127.0.0.1 only (raynet.loopback_only).
+            with raynet.loopback_only():
+                ray.init(
+                    address="local", include_dashboard=False, object_store_memory=OBJECT_STORE_BYTES, **common
+                )
     except ConnectionError as exc:
         raise RunError(
             f"cannot connect to the Ray cluster at {address}: {error_line(exc)}; "

@@ -29,6 +29,7 @@ from ablate.distill.parallel import Parallel
 from ablate.errors import AblateError, RunError
 from ablate.plan.stages import Stage
 from ablate.run.artifacts import ArtifactStore
+from ablate.secrets import redact_text
 
 log = logging.getLogger(__name__)
 StepCallback = Callable[[dict[str, Any]], None]
@@ -457,7 +458,7 @@ def error_line(exc: BaseException) -> str:
         if not isinstance(inner, BaseException):
             break
         exc = inner
-    text = str(exc).strip()
+    text = redact_text(str(exc).strip())  # errors are recorded, printed and logged to MLflow
     if "Traceback (most recent call last)" in text:
         lines = [line.strip() for line in text.splitlines() if line.strip()]
         return lines[-1] if lines else type(exc).__name__

@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import re
 import socket
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -56,6 +55,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, rela
 from sqlalchemy.pool import StaticPool
 
 from ablate.errors import RunError
+from ablate.secrets import redact_text, redact_url
 
 log = logging.getLogger(__name__)
 
@@ -433,19 +433,6 @@ def _value(v: float | None) -> float:
 
 
 # ====================================================================== URLs and engines
-
-_PASSWORD_IN_TEXT = re.compile(r"(://[^/:@\s]*:)[^@\s]*@")
-_PASSWORD_PARAM = re.compile(r"(?i)((?:password|passwd|pwd)=)[^&\s]*")
-
-
-def redact_url(url: str | URL) -> str:
-    """The URL with any password replaced by ``***``; safe to print or log."""
-    try:
-        u = make_url(url) if isinstance(url, str) else url
-        out = u.render_as_string(hide_password=True)
-    except (ArgumentError, ValueError, TypeError):
-        out = _PASSWORD_IN_TEXT.sub(r"\1***@", str(url))
-    return _PASSWORD_PARAM.sub(r"\1***", out)
 
 
 def normalize_url(url: str) -> URL:
@@ -840,7 +827,9 @@ class Records:
         )
 
     def mark_stage_failed(self, h: str, error: str) -> StageInfo:
-        return self._update_stage(h, status="failed", finished_at=_now(), error=str(error)[:_MAX_ERROR])
+        return self._update_stage(
+            h, status="failed", finished_at=_now(), error=redact_text(str(error))[:_MAX_ERROR]
+        )
 
     def reset_stage(self, h: str) -> StageInfo:
         """Back to pending (e.g. its artifact vanished from the store); attempts are kept."""
@@ -936,12 +925,14 @@ class Records:
             elif status in TERMINAL:
                 t.finished_at = now
                 t.error = (
-                    None if status == "completed" else (None if error is None else str(error)[:_MAX_ERROR])
+                    None
+                    if status == "completed"
+                    else (None if error is None else redact_text(str(error))[:_MAX_ERROR])
                 )
             else:  # pending
                 t.finished_at = None
                 if error is not None:
-                    t.error = str(error)[:_MAX_ERROR]
+                    t.error = redact_text(str(error))[:_MAX_ERROR]
             if mlflow_run_id is not None:
                 t.mlflow_run_id = mlflow_run_id
             name = s.scalar(select(Experiment.name).where(Experiment.id == t.experiment_id))
@@ -1124,7 +1115,7 @@ class Records:
                     trial_id=trial_id,
                     stage_hash=stage_hash,
                     level=level,
-                    message=str(message)[:_MAX_ERROR],
+                    message=redact_text(str(message))[:_MAX_ERROR],
                 )
             )
 

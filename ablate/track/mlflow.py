@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ablate.errors import RunError
-from ablate.track.db import redact_url
+from ablate.secrets import redact_text, redact_url
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +63,7 @@ def _quote(value: str) -> str:
 
 def _str(value: Any, limit: int) -> str:
     s = value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
+    s = redact_text(s)  # params and tags leave the process: no password of a URL or a spec goes with them
     if len(s) > limit:
         log.warning("MLflow value truncated to %d characters: %s...", limit, s[:60])
         s = s[: limit - 3] + "..."
@@ -111,7 +112,8 @@ class MlflowMirror:
             self.client = MlflowClient(tracking_uri=self.tracking_uri)
         except Exception as e:
             raise RunError(
-                f"cannot open the MLflow store {redact_url(self.tracking_uri)}: {e}; check tracking.mlflow"
+                f"cannot open the MLflow store {redact_url(self.tracking_uri)}: {redact_text(str(e))}; "
+                "check tracking.mlflow"
             ) from None
         self._lock = threading.RLock()
         self._experiment_id: str | None = None
