@@ -6,7 +6,7 @@ fields in `Spec`'s validators, and anything that needs the teacher's architectur
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
     BaseModel,
@@ -18,11 +18,15 @@ from pydantic import (
     model_validator,
 )
 
+from ablate.spec.budget import fits_one_step, tokens_per_step
 from ablate.spec.units import parse_tokens
 
 TokenCount = Annotated[int, BeforeValidator(parse_tokens)]
 Aggregation = Literal["mean", "l2", "var"]
-LOSSES = ("kld", "ce", "kld+intermediate", "scratch")
+Loss = Literal["kld", "ce", "kld+intermediate", "scratch"]
+Schedule = Literal["cosine", "linear", "constant"]
+LOSSES: tuple[str, ...] = get_args(Loss)
+SCHEDULES: tuple[str, ...] = get_args(Schedule)
 TARGET_AXES = ("hidden_size", "intermediate_size", "num_attention_heads", "num_hidden_layers")
 
 
@@ -93,13 +97,14 @@ class Target(Strict):
 
 
 class Distill(Strict):
-    loss: Literal["kld", "ce", "kld+intermediate", "scratch"] = "kld"
+    # These defaults are also the trainer's (ablate.distill.config.TrainConfig) and the CLI's.
+    loss: Loss = "kld"
     temperature: PositiveFloat = 1.0
     tokens: TokenCount
     lr: PositiveFloat = 1e-4
     min_lr: float = Field(4.5e-7, ge=0)
     warmup_steps: int = Field(0, ge=0)
-    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    schedule: Schedule = "cosine"
     global_batch: PositiveInt = 8
     micro_batch: PositiveInt = 4
     grad_clip: PositiveFloat | None = 1.0
@@ -250,8 +255,8 @@ class Spec(Strict):
 
     @model_validator(mode="after")
     def _distill_fits_one_step(self) -> Spec:
-        step_tokens = self.distill.global_batch * self.data.seq_len
-        if self.distill.tokens < step_tokens:
+        step_tokens = tokens_per_step(self.distill.global_batch, self.data.seq_len)
+        if not fits_one_step(self.distill.tokens, self.distill.global_batch, self.data.seq_len):
             raise ValueError(
                 f"distill.tokens ({self.distill.tokens}) is less than one optimizer step "
                 f"(global_batch {self.distill.global_batch} x seq_len {self.data.seq_len} = {step_tokens} tokens)"
