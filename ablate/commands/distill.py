@@ -174,7 +174,8 @@ def _run(
         load_config(teacher_ref)
     _quiet_transformers()
     from ablate.data.corpus import token_splits
-    from ablate.distill.train import check_compatible, train
+    from ablate.distill.models import check_compatible
+    from ablate.distill.train import train
     from ablate.evaluate import evaluate
     from ablate.models.registry import load_model
 

@@ -13,8 +13,9 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from ablate.distill.config import TrainConfig, TrainResult
 from ablate.distill.parallel import Parallel
-from ablate.distill.train import TrainConfig, TrainResult, train
+from ablate.distill.train import train
 from ablate.errors import TrainError
 
 PAPER_WARMUP_STEPS = 120

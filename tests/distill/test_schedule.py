@@ -3,7 +3,9 @@ import math
 import pytest
 import torch
 
-from ablate.distill.train import DataOrder, TrainConfig, lr_at, train
+from ablate.distill.config import TrainConfig, lr_at
+from ablate.distill.data_order import DataOrder
+from ablate.distill.train import train
 from ablate.errors import TrainError
 from tests.distill.conftest import text_batches, tiny_model
 
