@@ -17,18 +17,20 @@ from ablate.distill.config import TrainConfig, TrainResult
 from ablate.distill.parallel import Parallel
 from ablate.distill.train import train
 from ablate.errors import TrainError
+from ablate.spec.schema import Correction
 
-PAPER_WARMUP_STEPS = 120
+_DEFAULTS = Correction.model_fields  # the spec's teacher.correction: the paper's LR and warm-up
 
 
 def correction_config(
     tokens: int,
-    lr: float = 2e-5,
-    min_lr: float = 0.0,
-    warmup_steps: int = PAPER_WARMUP_STEPS,
+    lr: float = _DEFAULTS["lr"].default,
+    min_lr: float = _DEFAULTS["min_lr"].default,
+    warmup_steps: int = _DEFAULTS["warmup_steps"].default,
     **overrides: Any,
 ) -> TrainConfig:
-    """A TrainConfig for teacher correction (loss 'ce'); other fields as in TrainConfig."""
+    """A TrainConfig for teacher correction (loss 'ce'); lr, min_lr and warm-up default to the spec's
+    `teacher.correction`, other fields as in TrainConfig."""
     if overrides.get("loss", "ce") != "ce":
         raise TrainError("teacher correction trains with loss 'ce' (there is no teacher of the teacher)")
     overrides.pop("loss", None)
