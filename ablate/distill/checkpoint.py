@@ -35,6 +35,9 @@ RESULT = "train_result.json"
 CHECKPOINT_FORMAT = 2  # 2: model and optimizer state keyed by parameter name (get_state_dict)
 # Fields that do not change the numbers a run produces; a resume may change them.
 _NOT_FINGERPRINTED = ("checkpoint_every", "device", "precision")
+# What a checkpoint's weights and optimizer state come from: the (wrapped) student, the kld+intermediate
+# projection or None, and the optimizer.
+TrainedState = tuple[nn.Module, nn.Module | None, torch.optim.Optimizer]
 
 
 def atomic_write_bytes(path: Path, write: Callable[[Any], None]) -> None:
@@ -119,16 +122,31 @@ def set_rng_state(state: Mapping[str, Tensor], device: torch.device) -> None:
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
-def save_checkpoint(
-    out: Path,
+def checkpoint_meta(
+    step: int,
+    config: TrainConfig,
+    run_fingerprint: dict[str, Any],
     parallel: Parallel,
-    model: nn.Module,
-    projection: nn.Module | None,
-    optimizer: torch.optim.Optimizer,
-    meta: dict[str, Any],
-) -> None:
+    device: torch.device,
+    history: dict[str, list],
+) -> dict[str, Any]:
+    """Everything a checkpoint holds besides the weights and optimizer state (the format's fields)."""
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "step": step,
+        "data_position": step * config.global_batch,
+        "fingerprint": run_fingerprint,
+        "config": config.to_dict(),
+        "workers": parallel.world,
+        "rng": rng_state(device),
+        "history": history,
+    }
+
+
+def save_checkpoint(out: Path, parallel: Parallel, meta: dict[str, Any], trained: TrainedState) -> None:
     """Write the run's state after `meta["step"]` steps, in the form that fits the number of workers; the
     other form, if an earlier attempt left one, is superseded and removed."""
+    model, projection, optimizer = trained
     if parallel.distributed:
         save_sharded(out, parallel, model, projection, optimizer, meta)
         if parallel.is_main:

@@ -40,13 +40,12 @@ from torch import Tensor, nn
 
 from ablate.distill.checkpoint import (
     CHECKPOINT,
-    CHECKPOINT_FORMAT,
     RESULT,
     atomic_write_json,
     check_resumable,
+    checkpoint_meta,
     fingerprint,
     load_checkpoint,
-    rng_state,
     save_checkpoint,
     set_rng_state,
 )
@@ -390,17 +389,8 @@ class _Run:
 
     def save(self, step: int) -> None:
         """Checkpoint the state after `step` steps."""
-        meta = {
-            "format": CHECKPOINT_FORMAT,
-            "step": step,
-            "data_position": step * self.config.global_batch,
-            "fingerprint": self.fingerprint,
-            "config": self.config.to_dict(),
-            "workers": self.parallel.world,
-            "rng": rng_state(self.device),
-            "history": self.history,
-        }
-        save_checkpoint(self.out, self.parallel, self.model, self.projection, self.optimizer, meta)
+        meta = checkpoint_meta(step, self.config, self.fingerprint, self.parallel, self.device, self.history)
+        save_checkpoint(self.out, self.parallel, meta, (self.model, self.projection, self.optimizer))
         self.last_saved = step
 
     def tokens_per_s(self, done: int) -> float:
