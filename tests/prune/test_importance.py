@@ -10,14 +10,10 @@ import torch.nn.functional as F
 
 from ablate.errors import PruneError
 from ablate.models.arch import skip_layers
-from ablate.prune.importance import (
-    AGGREGATIONS,
-    ImportanceScores,
-    Moments,
-    baseline_importance,
-    compute_importance,
-    estimate_importance,
-)
+from ablate.prune.activation import estimate_importance
+from ablate.prune.importance import baseline_importance, compute_importance
+from ablate.prune.moments import AGGREGATIONS, Moments
+from ablate.prune.scores import ImportanceScores
 
 from .tiny import tiny_model, token_batch
 
