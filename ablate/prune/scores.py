@@ -167,10 +167,7 @@ def _moment_prefixes(state: dict[str, Tensor]) -> list[str]:
 
 def scores_from_state(state: dict[str, Tensor], settings: dict, shape: dict) -> ImportanceScores:
     """Scores read off an activation pass's accumulators with `settings["batch_agg"]`."""
-    batch_agg = settings["batch_agg"]
-    heads = Moments.from_state(state, "heads").finalize(batch_agg)
-    mlp = Moments.from_state(state, "mlp").finalize(batch_agg)
-    hidden = Moments.from_state(state, "hidden").finalize(batch_agg).sum(0)
+    batch_agg, method = settings["batch_agg"], settings["depth_method"]
     depth_scores = {"block_importance": (1 - state["bi_cos_sum"] / state["bi_tokens"]).float()}
     if "lm_loss_sum" in state:
         base = state["base_loss_sum"] / state["loss_tokens"]
@@ -180,14 +177,12 @@ def scores_from_state(state: dict[str, Tensor], settings: dict, shape: dict) -> 
         for k, v in state.items()
         if k.startswith("contig_")
     }
-    method = settings["depth_method"]
-    depth = depth_scores["lm_loss" if method == "lm_loss" else "block_importance"]
     return ImportanceScores(
         method="activation",
-        heads=heads,
-        mlp=mlp,
-        hidden=hidden,
-        depth=depth,
+        heads=Moments.from_state(state, "heads").finalize(batch_agg),
+        mlp=Moments.from_state(state, "mlp").finalize(batch_agg),
+        hidden=Moments.from_state(state, "hidden").finalize(batch_agg).sum(0),  # summed over the norms
+        depth=depth_scores["lm_loss" if method == "lm_loss" else "block_importance"],
         settings=dict(settings),
         shape=dict(shape),
         contiguous=contiguous,
