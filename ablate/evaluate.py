@@ -16,8 +16,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from transformers import PreTrainedModel
 
+from ablate.data.corpus import batches
 from ablate.errors import ModelError
-from ablate.prune.importance import as_batches
 
 
 def kl_sum(teacher_logits: Tensor, student_logits: Tensor) -> Tensor:
@@ -50,7 +50,7 @@ def evaluate(
         m.eval()
     try:
         with torch.inference_mode():
-            for batch in as_batches(eval_batches, batch_size):
+            for batch in batches(eval_batches, batch_size):
                 batch = batch.to(device)
                 logits = model(input_ids=batch, use_cache=False).logits.to(device)
                 nll += F.cross_entropy(

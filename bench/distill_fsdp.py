@@ -33,8 +33,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from transformers import MistralForCausalLM  # noqa: E402
 
+from ablate.distill.config import TrainConfig  # noqa: E402
 from ablate.distill.parallel import Parallel  # noqa: E402
-from ablate.distill.train import TrainConfig, train  # noqa: E402
+from ablate.distill.train import train  # noqa: E402
 from ablate.models.arch import pruned_config  # noqa: E402
 from bench.distill_throughput import PRESETS, teacher_config  # noqa: E402
 

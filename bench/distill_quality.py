@@ -28,7 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ablate.commands.prune import parse_target  # noqa: E402
 from ablate.data.corpus import batches, token_splits  # noqa: E402
-from ablate.distill.train import TrainConfig, reinitialise, train  # noqa: E402
+from ablate.distill.config import TrainConfig  # noqa: E402
+from ablate.distill.models import reinitialise  # noqa: E402
+from ablate.distill.train import train  # noqa: E402
 from ablate.evaluate import evaluate  # noqa: E402
 from ablate.models.registry import load_model  # noqa: E402
 from ablate.prune.apply import prune_model  # noqa: E402

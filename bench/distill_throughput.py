@@ -31,8 +31,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from transformers import MistralConfig, MistralForCausalLM  # noqa: E402
 
+from ablate.distill.config import TrainConfig  # noqa: E402
 from ablate.distill.losses import cross_entropy_loss, kl_div_loss  # noqa: E402
-from ablate.distill.train import TrainConfig, train  # noqa: E402
+from ablate.distill.train import train  # noqa: E402
 from ablate.models.arch import pruned_config  # noqa: E402
 from ablate.models.registry import tiny_mistral_config  # noqa: E402
 

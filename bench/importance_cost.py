@@ -75,7 +75,7 @@ def main() -> None:
 
     from ablate.data.corpus import batches, token_splits
     from ablate.models.registry import load_model
-    from ablate.prune.importance import estimate_importance
+    from ablate.prune.activation import estimate_importance
 
     hf_logging.disable_progress_bar()
     torch.set_num_threads(args.threads)

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from ablate.evaluate import evaluate  # noqa: E402
 from ablate.models.placement import gpu_count, place  # noqa: E402
 from ablate.models.registry import tiny_mistral_model  # noqa: E402
-from ablate.prune.importance import estimate_importance  # noqa: E402
+from ablate.prune.activation import estimate_importance  # noqa: E402
 
 
 def split_map(model) -> dict[str, object]:

@@ -42,8 +42,9 @@ def main() -> None:
     from ablate.evaluate import evaluate
     from ablate.models.arch import count_parameters, pruned_config, shape_of
     from ablate.models.registry import load_model
+    from ablate.prune.activation import estimate_importance
     from ablate.prune.apply import prune_model
-    from ablate.prune.importance import baseline_importance, estimate_importance
+    from ablate.prune.importance import baseline_importance
     from ablate.spec.units import parse_tokens
 
     hf_logging.disable_progress_bar()

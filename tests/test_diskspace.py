@@ -78,13 +78,13 @@ def test_other_errors_are_left_alone(tmp_path, exc):
 
 
 def test_a_training_checkpoint_on_a_full_disk_names_its_path(tmp_path):
-    from ablate.distill.train import _atomic_write_bytes
+    from ablate.distill.checkpoint import atomic_write_bytes
 
     path = tmp_path / "checkpoint.pt"
     with pytest.raises(
         WriteError, match=rf"no space left on device while writing checkpoint checkpoint.pt to {path} \("
     ):
-        _atomic_write_bytes(path, lambda f: torch.save({"w": torch.zeros(1000)}, FillsUp(f)))
+        atomic_write_bytes(path, lambda f: torch.save({"w": torch.zeros(1000)}, FillsUp(f)))
     assert list(tmp_path.iterdir()) == []  # no partial file left
 
 

@@ -21,9 +21,11 @@ from typing import Any
 
 import click
 
+from ablate.distill.config import TrainConfig
 from ablate.errors import DataError, TrainError
 from ablate.fsutil import staged_dir
-from ablate.spec.units import parse_tokens
+from ablate.spec.schema import LOSSES, SCHEDULES, Calibration, Correction, Data, Distill
+from ablate.spec.units import format_tokens, parse_tokens
 
 log = logging.getLogger(__name__)
 
@@ -105,46 +107,86 @@ class _Progress:
             self.bar.update(self.task, completed=metrics["step"], loss=f"{metrics['loss']:.4f}")
 
 
+def _number(x: float) -> str:
+    """A default as the help writes it: 1e-4, 4.5e-7, 0, 120."""
+    if x == 0 or (float(x).is_integer() and abs(x) >= 1):
+        return str(int(x))
+    mantissa, exponent = f"{x:e}".split("e")
+    return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+
+
+def _defaults(name: str) -> str:
+    """`[distill: X; correct: Y]`: an option whose default differs between the two commands (the spec's
+    `distill` and `teacher.correction` defaults)."""
+    distill, correct = Distill.model_fields[name].default, Correction.model_fields[name].default
+    return f"[distill: {_number(distill)}; correct: {_number(correct)}]"
+
+
+# The options both commands share. Trainer settings default to TrainConfig's (which are the spec's); the
+# three left unset (None) take the command's own default: TrainConfig's for distill, the correction's for
+# correct. The last six are the command's, not the trainer's (_COMMAND_OPTIONS).
+_TRAIN_OPTIONS = [
+    click.option("--lr", type=float, default=None, help=f"Peak learning rate {_defaults('lr')}."),
+    click.option(
+        "--min-lr", type=float, default=None, help=f"LR at the end of the decay {_defaults('min_lr')}."
+    ),
+    click.option("--warmup-steps", type=click.IntRange(min=0), default=None, help=_defaults("warmup_steps")),
+    click.option("--schedule", type=click.Choice(SCHEDULES), default=TrainConfig.schedule),
+    click.option(
+        "--global-batch", type=click.IntRange(min=1), default=TrainConfig.global_batch, show_default=True
+    ),
+    click.option(
+        "--micro-batch", type=click.IntRange(min=1), default=TrainConfig.micro_batch, show_default=True
+    ),
+    click.option("--seq-len", type=click.IntRange(min=2), default=TrainConfig.seq_len, show_default=True),
+    click.option(
+        "--weight-decay", type=click.FloatRange(min=0), default=TrainConfig.weight_decay, show_default=True
+    ),
+    click.option(
+        "--grad-clip",
+        type=click.FloatRange(min=0, min_open=True),
+        default=TrainConfig.grad_clip,
+        show_default=True,
+    ),
+    click.option("--seed", type=int, default=TrainConfig.seed, show_default=True),
+    click.option(
+        "--checkpoint-every",
+        type=click.IntRange(min=1),
+        default=TrainConfig.checkpoint_every,
+        show_default=True,
+        help="Steps.",
+    ),
+    click.option(
+        "--corpus", default=Data.model_fields["corpus"].default, show_default=True, help="Training corpus."
+    ),
+    click.option(
+        "--eval-tokens",
+        default=format_tokens(Data.model_fields["eval_tokens"].default),
+        show_default=True,
+        help="Held-out tokens kept out of training.",
+    ),
+    click.option(
+        "--eval-batch-size",
+        type=click.IntRange(min=1),
+        default=Calibration.model_fields["batch_size"].default,
+        show_default=True,
+    ),
+    click.option("--device", default=None, help="cpu, cuda, cuda:N (default: cuda when visible)."),
+    click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Run directory."),
+    click.option("--json", "as_json", is_flag=True, help="Machine-readable output."),
+]
+_COMMAND_OPTIONS = ("corpus", "eval_tokens", "eval_batch_size", "device", "out_dir", "as_json")
+
+
 def _train_options(f):
-    options = [
-        click.option(
-            "--lr", type=float, default=None, help="Peak learning rate [distill: 1e-4; correct: 2e-5]."
-        ),
-        click.option(
-            "--min-lr",
-            type=float,
-            default=None,
-            help="LR at the end of the decay [distill: 4.5e-7; correct: 0].",
-        ),
-        click.option(
-            "--warmup-steps", type=click.IntRange(min=0), default=None, help="[distill: 0; correct: 120]"
-        ),
-        click.option("--schedule", type=click.Choice(["cosine", "linear", "constant"]), default="cosine"),
-        click.option("--global-batch", type=click.IntRange(min=1), default=8, show_default=True),
-        click.option("--micro-batch", type=click.IntRange(min=1), default=4, show_default=True),
-        click.option("--seq-len", type=click.IntRange(min=2), default=128, show_default=True),
-        click.option("--weight-decay", type=click.FloatRange(min=0), default=0.0, show_default=True),
-        click.option(
-            "--grad-clip", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True
-        ),
-        click.option("--seed", type=int, default=0, show_default=True),
-        click.option(
-            "--checkpoint-every", type=click.IntRange(min=1), default=50, show_default=True, help="Steps."
-        ),
-        click.option("--corpus", default="builtin:pydoc", show_default=True, help="Training corpus."),
-        click.option(
-            "--eval-tokens", default="8k", show_default=True, help="Held-out tokens kept out of training."
-        ),
-        click.option("--eval-batch-size", type=click.IntRange(min=1), default=8, show_default=True),
-        click.option("--device", default=None, help="cpu, cuda, cuda:N (default: cuda when visible)."),
-        click.option(
-            "--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Run directory."
-        ),
-        click.option("--json", "as_json", is_flag=True, help="Machine-readable output."),
-    ]
-    for option in reversed(options):
+    for option in reversed(_TRAIN_OPTIONS):
         f = option(f)
     return f
+
+
+def _trainer_settings(options: dict[str, Any]) -> dict[str, Any]:
+    """The trainer's settings among a command's options; those left unset keep the trainer's default."""
+    return {k: v for k, v in options.items() if k not in _COMMAND_OPTIONS and v is not None}
 
 
 def _quiet_transformers() -> None:
@@ -174,7 +216,8 @@ def _run(
         load_config(teacher_ref)
     _quiet_transformers()
     from ablate.data.corpus import token_splits
-    from ablate.distill.train import check_compatible, train
+    from ablate.distill.models import check_compatible
+    from ablate.distill.train import train
     from ablate.evaluate import evaluate
     from ablate.models.registry import load_model
 
@@ -238,6 +281,42 @@ def _echo(info: dict[str, Any], kind: str, as_json: bool) -> None:
     click.echo(line + f"\n  model saved to {info['out']}")
 
 
+def _execute(
+    kind: str,
+    model_ref: str,
+    teacher_ref: str | None,
+    config: TrainConfig,
+    options: dict[str, Any],
+    **extra: Any,
+) -> None:
+    """Shared tail of `distill` and `correct`: check, run (resuming), write OUT/KIND.json and print."""
+    config.validate()
+    eval_count = _tokens(options["eval_tokens"], "--eval-tokens")
+    out = Path(options["out_dir"])
+    _check_out(out)
+    info = _run(
+        kind=kind, model_ref=model_ref, teacher_ref=teacher_ref, config=config, corpus=options["corpus"],
+        eval_count=eval_count, eval_batch_size=options["eval_batch_size"], device=_device(options["device"]),
+        out=out, as_json=options["as_json"],
+    )  # fmt: skip
+    info.update(extra)
+    _write_json(out / f"{kind}.json", info)
+    _echo(info, kind, options["as_json"])
+
+
+def _layer_pairs(text: str | None) -> list[tuple[int, ...]] | None:
+    """--intermediate-layers 'S:T,S:T' as (student, teacher) pairs."""
+    if not text:
+        return None
+    try:
+        layers = [tuple(int(x) for x in pair.split(":")) for pair in text.split(",") if pair]
+        if any(len(pair) != 2 for pair in layers):
+            raise ValueError
+    except ValueError:
+        raise TrainError(f"--intermediate-layers {text!r} must look like 0:0,1:2 (student:teacher)") from None
+    return layers
+
+
 @click.command("distill")
 @click.option(
     "--teacher", "teacher_ref", required=True, help="builtin:NAME, a local HF directory, or a cached HF id."
@@ -246,12 +325,17 @@ def _echo(info: dict[str, Any], kind: str, as_json: bool) -> None:
 @click.option("--tokens", "tokens_text", required=True, help="Training budget, e.g. 20k, 1.8B.")
 @click.option(
     "--loss",
-    type=click.Choice(["kld", "ce", "kld+intermediate", "scratch"]),
-    default="kld",
+    type=click.Choice(LOSSES),
+    default=TrainConfig.loss,
     show_default=True,
     help="kld: forward KL to the teacher; ce: LM loss only; scratch: random init + ce.",
 )
-@click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True)
+@click.option(
+    "--temperature",
+    type=click.FloatRange(min=0, min_open=True),
+    default=TrainConfig.temperature,
+    show_default=True,
+)
 @click.option(
     "--intermediate-layers",
     default=None,
@@ -265,57 +349,18 @@ def distill_command(
     loss: str,
     temperature: float,
     intermediate_layers: str | None,
-    lr: float | None,
-    min_lr: float | None,
-    warmup_steps: int | None,
-    schedule: str,
-    global_batch: int,
-    micro_batch: int,
-    seq_len: int,
-    weight_decay: float,
-    grad_clip: float,
-    seed: int,
-    checkpoint_every: int,
-    corpus: str,
-    eval_tokens: str,
-    eval_batch_size: int,
-    device: str | None,
-    out_dir: str,
-    as_json: bool,
+    **options: Any,
 ) -> None:
     """Retrain a pruned student from its teacher (or with ce / from scratch, as baselines)."""
-    from ablate.distill.train import TrainConfig
-
-    layers = None
-    if intermediate_layers:
-        try:
-            layers = [
-                tuple(int(x) for x in pair.split(":")) for pair in intermediate_layers.split(",") if pair
-            ]
-            if any(len(pair) != 2 for pair in layers):
-                raise ValueError
-        except ValueError:
-            raise TrainError(
-                f"--intermediate-layers {intermediate_layers!r} must look like 0:0,1:2 (student:teacher)"
-            ) from None
+    layers = _layer_pairs(intermediate_layers)
     config = TrainConfig(
-        loss=loss, temperature=temperature, tokens=_tokens(tokens_text, "--tokens"),
-        lr=1e-4 if lr is None else lr, min_lr=4.5e-7 if min_lr is None else min_lr,
-        warmup_steps=0 if warmup_steps is None else warmup_steps, schedule=schedule, global_batch=global_batch,
-        micro_batch=micro_batch, seq_len=seq_len, seed=seed, grad_clip=grad_clip, weight_decay=weight_decay,
-        checkpoint_every=checkpoint_every, intermediate_layers=layers,
-    )  # fmt: skip
-    config.validate()
-    eval_count = _tokens(eval_tokens, "--eval-tokens")
-    out = Path(out_dir)
-    _check_out(out)
-    info = _run(
-        kind="distill", model_ref=student_ref, teacher_ref=teacher_ref, config=config, corpus=corpus,
-        eval_count=eval_count, eval_batch_size=eval_batch_size, device=_device(device), out=out, as_json=as_json,
-    )  # fmt: skip
-    info["loss"] = loss
-    _write_json(out / "distill.json", info)
-    _echo(info, "distill", as_json)
+        loss=loss,
+        temperature=temperature,
+        tokens=_tokens(tokens_text, "--tokens"),
+        intermediate_layers=layers,
+        **_trainer_settings(options),
+    )
+    _execute("distill", student_ref, teacher_ref, config, options, loss=loss)
 
 
 @click.command("correct")
@@ -324,48 +369,13 @@ def distill_command(
 )
 @click.option("--tokens", "tokens_text", required=True, help="Fine-tuning budget, e.g. 100k, 1.8B.")
 @_train_options
-def correct_command(
-    teacher_ref: str,
-    tokens_text: str,
-    lr: float | None,
-    min_lr: float | None,
-    warmup_steps: int | None,
-    schedule: str,
-    global_batch: int,
-    micro_batch: int,
-    seq_len: int,
-    weight_decay: float,
-    grad_clip: float,
-    seed: int,
-    checkpoint_every: int,
-    corpus: str,
-    eval_tokens: str,
-    eval_batch_size: int,
-    device: str | None,
-    out_dir: str,
-    as_json: bool,
-) -> None:
+def correct_command(teacher_ref: str, tokens_text: str, **options: Any) -> None:
     """Teacher correction: fine-tune the teacher on the distillation corpus (loss ce) before pruning.
 
     Defaults follow the Minitron paper: 120 warm-up steps and a small peak LR (about 1/5 of the
     teacher's pre-training LR; 2e-5 here unless --lr says otherwise).
     """
-    from ablate.distill.correction import PAPER_WARMUP_STEPS, correction_config
+    from ablate.distill.correction import correction_config
 
-    config = correction_config(
-        tokens=_tokens(tokens_text, "--tokens"), lr=2e-5 if lr is None else lr,
-        min_lr=0.0 if min_lr is None else min_lr,
-        warmup_steps=PAPER_WARMUP_STEPS if warmup_steps is None else warmup_steps, schedule=schedule,
-        global_batch=global_batch, micro_batch=micro_batch, seq_len=seq_len, seed=seed, grad_clip=grad_clip,
-        weight_decay=weight_decay, checkpoint_every=checkpoint_every,
-    )  # fmt: skip
-    config.validate()
-    eval_count = _tokens(eval_tokens, "--eval-tokens")
-    out = Path(out_dir)
-    _check_out(out)
-    info = _run(
-        kind="correct", model_ref=teacher_ref, teacher_ref=None, config=config, corpus=corpus,
-        eval_count=eval_count, eval_batch_size=eval_batch_size, device=_device(device), out=out, as_json=as_json,
-    )  # fmt: skip
-    _write_json(out / "correct.json", info)
-    _echo(info, "correct", as_json)
+    config = correction_config(tokens=_tokens(tokens_text, "--tokens"), **_trainer_settings(options))
+    _execute("correct", teacher_ref, None, config, options)

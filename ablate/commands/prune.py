@@ -152,7 +152,8 @@ def prune_command(
     from ablate.data.corpus import batches, token_splits
     from ablate.models.registry import load_model
     from ablate.prune.apply import prune_model, save_pruned
-    from ablate.prune.importance import ImportanceScores, compute_importance, finite_or_raise
+    from ablate.prune.importance import compute_importance, finite_or_raise
+    from ablate.prune.scores import ImportanceScores
 
     started = time.perf_counter()
     model, tokenizer = load_model(model_ref)

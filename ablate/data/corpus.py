@@ -17,7 +17,7 @@ import logging
 import math
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -203,9 +203,17 @@ def token_splits(
     )
 
 
-def batches(sequences: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:
-    """Consecutive batches [<=batch_size, seq_len] of a [n, seq_len] tensor (the last may be smaller)."""
+def batches(sequences: torch.Tensor | Iterable[torch.Tensor], batch_size: int) -> Iterator[torch.Tensor]:
+    """Batches [b, seq_len] for a forward pass: consecutive slices of at most `batch_size` sequences of a
+    [n, seq_len] (or one [seq_len]) tensor, the last may be smaller; an iterable of [b, seq_len] (or
+    [seq_len]) tensors is taken as already batched."""
+    if not isinstance(sequences, torch.Tensor):
+        for batch in sequences:
+            yield batch.unsqueeze(0) if batch.dim() == 1 else batch
+        return
     if batch_size < 1:
         raise DataError(f"batch_size must be positive (got {batch_size})")
+    if sequences.dim() == 1:
+        sequences = sequences.unsqueeze(0)
     for start in range(0, len(sequences), batch_size):
         yield sequences[start : start + batch_size]

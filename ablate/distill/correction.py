@@ -7,27 +7,28 @@ warm-up steps) fixes that. It is the same trainer with loss 'ce' and no teacher.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from torch import Tensor, nn
 
-from ablate.distill.parallel import Parallel
-from ablate.distill.train import TrainConfig, TrainResult, train
+from ablate.distill.config import TrainConfig, TrainResult
+from ablate.distill.train import train
 from ablate.errors import TrainError
+from ablate.spec.schema import Correction
 
-PAPER_WARMUP_STEPS = 120
+_DEFAULTS = Correction.model_fields  # the spec's teacher.correction: the paper's LR and warm-up
 
 
 def correction_config(
     tokens: int,
-    lr: float = 2e-5,
-    min_lr: float = 0.0,
-    warmup_steps: int = PAPER_WARMUP_STEPS,
+    lr: float = _DEFAULTS["lr"].default,
+    min_lr: float = _DEFAULTS["min_lr"].default,
+    warmup_steps: int = _DEFAULTS["warmup_steps"].default,
     **overrides: Any,
 ) -> TrainConfig:
-    """A TrainConfig for teacher correction (loss 'ce'); other fields as in TrainConfig."""
+    """A TrainConfig for teacher correction (loss 'ce'); lr, min_lr and warm-up default to the spec's
+    `teacher.correction`, other fields as in TrainConfig."""
     if overrides.get("loss", "ce") != "ce":
         raise TrainError("teacher correction trains with loss 'ce' (there is no teacher of the teacher)")
     overrides.pop("loss", None)
@@ -35,21 +36,14 @@ def correction_config(
 
 
 def correct_teacher(
-    teacher: nn.Module,
-    train_batches: Tensor,
-    config: TrainConfig,
-    out_dir: str | Path,
-    on_step: Callable[[dict[str, Any]], None] | None = None,
-    eval_fn: Callable[[nn.Module], Mapping[str, float]] | None = None,
-    eval_every: int | None = None,
-    parallel: Parallel | None = None,
+    teacher: nn.Module, train_batches: Tensor, config: TrainConfig, out_dir: str | Path, **options: Any
 ) -> TrainResult:
-    """Fine-tune `teacher` in place (resumable like `train`, on several workers like `train`); it is
-    left in eval mode."""
+    """Fine-tune `teacher` in place with `train` and leave it in eval mode. `options` are train's
+    keywords (on_step, eval_fn, eval_every, parallel): resumable and on several workers like `train`."""
     if config.loss != "ce":
         raise TrainError(
             f"teacher correction trains with loss 'ce', not '{config.loss}'; use correction_config()"
         )
-    result = train(teacher, None, train_batches, config, out_dir, on_step, eval_fn, eval_every, parallel)
+    result = train(teacher, None, train_batches, config, out_dir, **options)
     teacher.eval()
     return result

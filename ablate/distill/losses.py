@@ -12,8 +12,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-LOSSES = ("kld", "ce", "kld+intermediate", "scratch")
-
 
 def _compute_dtype(*tensors: Tensor) -> torch.dtype:
     dtype = torch.float32

@@ -35,7 +35,7 @@ from ablate.models.arch import (
     rebuild_rotary,
     shape_of,
 )
-from ablate.prune.importance import ImportanceScores
+from ablate.prune.scores import ImportanceScores
 
 log = logging.getLogger(__name__)
 

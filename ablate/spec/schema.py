@@ -10,7 +10,7 @@ would overflow the plan's float arithmetic).
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
     AfterValidator,
@@ -22,6 +22,7 @@ from pydantic import (
     model_validator,
 )
 
+from ablate.spec.budget import fits_one_step, tokens_per_step
 from ablate.spec.limits import (
     MAX_COUNT,
     MAX_PATH_CHARS,
@@ -51,7 +52,10 @@ def _no_nul(text: str) -> str:
 # A file name, path, URL or model id: the OS refuses longer ones and NUL bytes (with an exception).
 PathText = Annotated[str, Field(min_length=1, max_length=MAX_PATH_CHARS), AfterValidator(_no_nul)]
 Aggregation = Literal["mean", "l2", "var"]
-LOSSES = ("kld", "ce", "kld+intermediate", "scratch")
+Loss = Literal["kld", "ce", "kld+intermediate", "scratch"]
+Schedule = Literal["cosine", "linear", "constant"]
+LOSSES: tuple[str, ...] = get_args(Loss)
+SCHEDULES: tuple[str, ...] = get_args(Schedule)
 TARGET_AXES = ("hidden_size", "intermediate_size", "num_attention_heads", "num_hidden_layers")
 
 
@@ -127,13 +131,14 @@ class Target(Strict):
 
 
 class Distill(Strict):
-    loss: Literal["kld", "ce", "kld+intermediate", "scratch"] = "kld"
+    # These defaults are also the trainer's (ablate.distill.config.TrainConfig) and the CLI's.
+    loss: Loss = "kld"
     temperature: float = Field(1.0, gt=0, le=MAX_TEMPERATURE)
     tokens: TokenCount
     lr: Rate = Field(1e-4, gt=0)
     min_lr: Rate = 4.5e-7
     warmup_steps: Count = 0
-    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    schedule: Schedule = "cosine"
     global_batch: PositiveInt = 8
     micro_batch: PositiveInt = 4
     grad_clip: PositiveFloat | None = 1.0
@@ -284,8 +289,8 @@ class Spec(Strict):
 
     @model_validator(mode="after")
     def _distill_fits_one_step(self) -> Spec:
-        step_tokens = self.distill.global_batch * self.data.seq_len
-        if self.distill.tokens < step_tokens:
+        step_tokens = tokens_per_step(self.distill.global_batch, self.data.seq_len)
+        if not fits_one_step(self.distill.tokens, self.distill.global_batch, self.data.seq_len):
             raise ValueError(
                 f"distill.tokens ({self.distill.tokens}) is less than one optimizer step "
                 f"(global_batch {self.distill.global_batch} x seq_len {self.data.seq_len} = {step_tokens} tokens)"

@@ -1,8 +1,9 @@
 """A real learning check: distillation must close most of the gap a pruning opened."""
 
 from ablate.data.corpus import batches, token_splits
+from ablate.distill.config import TrainConfig
 from ablate.distill.correction import correct_teacher, correction_config
-from ablate.distill.train import TrainConfig, train
+from ablate.distill.train import train
 from ablate.evaluate import evaluate
 from ablate.models.registry import load_model
 from ablate.prune.apply import prune_model

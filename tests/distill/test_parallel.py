@@ -10,8 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from ablate.distill.checkpoint import load_checkpoint
+from ablate.distill.config import TrainConfig
 from ablate.distill.parallel import DCP_CHECKPOINT, DCP_META, Parallel
-from ablate.distill.train import TrainConfig, load_checkpoint, train
+from ablate.distill.train import train
 from ablate.errors import TrainError
 from tests.distill.conftest import slice_prune, text_batches, tiny_model
 

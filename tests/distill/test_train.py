@@ -3,13 +3,11 @@ import json
 import pytest
 import torch
 
-from ablate.distill.train import (
-    TrainConfig,
-    check_compatible,
-    load_checkpoint,
-    resolve_layer_map,
-    train,
-)
+from ablate.distill.checkpoint import load_checkpoint
+from ablate.distill.config import TrainConfig
+from ablate.distill.layer_map import resolve_layer_map
+from ablate.distill.models import check_compatible
+from ablate.distill.train import train
 from ablate.errors import TrainError
 from tests.distill.conftest import slice_prune, text_batches, tiny_model
 

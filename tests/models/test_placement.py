@@ -8,7 +8,7 @@ import torch
 from ablate.evaluate import evaluate
 from ablate.models.placement import gpu_count, place
 from ablate.models.registry import tiny_mistral_model
-from ablate.prune.importance import estimate_importance
+from ablate.prune.activation import estimate_importance
 
 
 def _split_map(model) -> dict[str, str]:

@@ -13,8 +13,8 @@ from ablate.data.corpus import token_splits
 from ablate.evaluate import evaluate
 from ablate.models.arch import count_parameters, pruned_config
 from ablate.models.registry import load_model
+from ablate.prune.activation import estimate_importance
 from ablate.prune.apply import prune_model, save_pruned
-from ablate.prune.importance import estimate_importance
 
 pytestmark = [
     pytest.mark.slow,

@@ -16,8 +16,10 @@ from transformers import LlamaForCausalLM
 from ablate.errors import PruneError
 from ablate.models.arch import count_parameters, embeddings_tied, pruned_config, shape_of, skip_layers
 from ablate.models.tokenizer import byte_tokenizer
+from ablate.prune.activation import estimate_importance
 from ablate.prune.apply import prune_model, save_pruned, top_k
-from ablate.prune.importance import ImportanceScores, baseline_importance, estimate_importance
+from ablate.prune.importance import baseline_importance
+from ablate.prune.scores import ImportanceScores
 
 from .tiny import VARIANTS, logits, tiny_model, token_batch
 

@@ -1,10 +1,13 @@
+"""TrainConfig: the LR schedule, token accounting, refused values, and building it from the spec's section."""
+
 import math
 
 import pytest
-import torch
 
-from ablate.distill.train import DataOrder, TrainConfig, lr_at, train
+from ablate.distill.config import TrainConfig, lr_at
+from ablate.distill.train import train
 from ablate.errors import TrainError
+from ablate.spec.schema import Data, Distill
 from tests.distill.conftest import text_batches, tiny_model
 
 
@@ -82,14 +85,10 @@ def test_from_mapping_takes_the_spec_section():
         TrainConfig.from_mapping({"lossy": "kld"})
 
 
-def test_data_order_is_seeded_and_covers_every_sequence_once_per_epoch():
-    order = DataOrder(seed=7, n=10)
-    first = order.indices(0, 25)  # two and a half epochs, crossing epoch boundaries mid-batch
-    assert sorted(first[:10].tolist()) == list(range(10))
-    assert sorted(first[10:20].tolist()) == list(range(10))
-    assert not torch.equal(first[:10], first[10:20])  # a new permutation each epoch
-    again = DataOrder(seed=7, n=10)
-    assert torch.equal(
-        torch.cat([again.indices(0, 12), again.indices(12, 13)]), first
-    )  # position is all it needs
-    assert not torch.equal(DataOrder(seed=8, n=10).indices(0, 10), first[:10])
+def test_the_defaults_are_the_spec_schemas():
+    """One source of defaults: a field the spec's `distill` section also has defaults to the spec's value."""
+    shared = {
+        k: f.default for k, f in Distill.model_fields.items() if k != "tokens" and hasattr(TrainConfig, k)
+    }
+    assert shared and {k: getattr(TrainConfig(), k) for k in shared} == shared
+    assert TrainConfig().seq_len == Data.model_fields["seq_len"].default
