@@ -8,7 +8,9 @@ runs, so ablate does both:
 - a stage whose artifact is in the store is never run again (in this submission or a later one, by this
   experiment or another); a trial whose distill and eval artifacts exist is recorded from them in the
   driver without starting Ray at all;
-- an interrupted distillation resumes from its checkpoint in `<artifacts>/.work/<distill hash>`;
+- an interrupted distillation resumes from its checkpoint in `<artifacts>/.work/<distill hash>.<run>`;
+- two submissions at once (the same spec, or specs sharing stages) run each stage and trial once: a
+  submission claims what it runs (ablate.track.leases) and waits for what another live one holds;
 - each trial keeps its one MLflow child run (found by tag) across submissions, and a submission with
   nothing to do opens neither Ray nor MLflow.
 
@@ -462,17 +464,16 @@ class Executor:
                 self.progress("trial_wait", {"key": key, "owner": claim.owner})
             return "wait"
         self._refresh_stages(list(stages.values()))
-        if key in waited:  # the submission that held it let it go: take its outcome as it is
-            info = self.records.get_trial(self.name, key)
-            if info is not None:
-                self.trial_infos[key] = info
-                if self._trial_done(key) or info.status in ("failed", "cancelled"):
-                    self.leases.release_trial(trial_id)
-                    if info.status == "completed":
-                        for kind in TRIAL_KINDS:
-                            self._count(self.result.stages_reused, kind)
-                        self.progress("trial_done", {"key": key, "metrics": {}, "reused": True})
-                    return "done"
+        info = self.records.get_trial(self.name, key)
+        if info is not None:  # another submission may have finished it since this one registered
+            self.trial_infos[key] = info
+            if self._trial_done(key) or (key in waited and info.status in ("failed", "cancelled")):
+                self.leases.release_trial(trial_id)  # the outcome it left is this trial's outcome
+                if info.status == "completed":
+                    for kind in TRIAL_KINDS:
+                        self._count(self.result.stages_reused, kind)
+                    self.progress("trial_done", {"key": key, "metrics": {}, "reused": True})
+                return "done"
         broken = [h for h in stages.values() if h in failures]
         if broken:
             error = f"upstream stage {broken[0]} failed: {failures[broken[0]]}"
@@ -557,6 +558,7 @@ class Executor:
             "workers": res.workers,
             "strategy": res.strategy,
             "train_storage": str(self._tune_storage() / "train"),
+            "work_token": self.leases.owner.replace(":", "."),  # names its work folders (store_work_dir)
         }
 
     def _shared_resources(self) -> tuple[float, float]:
