@@ -102,7 +102,13 @@ def test_migrations_ship_inside_the_package():
 
     d = migrations_dir()
     assert d.parent.name == "track" and d.parent.parent.name == "ablate"
-    for rel in ["__init__.py", "env.py", "versions/__init__.py", "versions/0001_initial_schema.py", "versions/0002_leases.py"]:
+    for rel in [
+        "__init__.py",
+        "env.py",
+        "versions/__init__.py",
+        "versions/0001_initial_schema.py",
+        "versions/0002_leases.py",
+    ]:
         assert (d / rel).is_file(), rel
     assert importlib.resources.files("ablate.track.migrations").joinpath("env.py").is_file()
     from alembic.script import ScriptDirectory
