@@ -150,13 +150,15 @@ class Leases:
             )
 
     def others_active(self, experiment_id: int) -> bool:
-        """Whether another live submission holds a trial of the experiment."""
+        """Whether another live submission holds an unfinished trial of the experiment (one that only
+        looks at a finished trial for a moment does not count: it writes nothing to MLflow)."""
         with self.records._read() as s:
             rows = s.execute(
                 select(Trial.lease_owner, Trial.lease_until).where(
                     Trial.experiment_id == experiment_id,
                     Trial.lease_owner.is_not(None),
                     Trial.lease_owner != self.owner,
+                    Trial.status.not_in(("completed", "failed", "cancelled")),
                 )
             ).all()
         return any(holder_alive(o, u) for o, u in rows)
