@@ -73,6 +73,9 @@ class LiveProgress:
             facts = data.get("facts") or {}
             extra = f" in {facts['seconds']:.1f}s" if isinstance(facts.get("seconds"), (int, float)) else ""
             self._line(f"[green]{data['kind']:<10}[/green] {data['hash']} done{extra}")
+        elif event in ("stage_wait", "trial_wait"):
+            what = f"{data['kind']:<10} {data['hash']}" if event == "stage_wait" else f"trial      {key}"
+            self._line(f"[dim]{what} waiting for the submission running it ({data.get('owner')})[/dim]")
         elif event == "stage_failed":
             self._line(f"[red]{data['kind']:<10}[/red] {data['hash']} failed: {data['error']}")
         elif event == "trial_start":
@@ -161,7 +164,9 @@ def submit_command(spec_path: str, address: str | None, recompute: tuple[str, ..
     Finished work is reused only when its artifact's checksums verify; a damaged artifact stops the
     submission (exit 2) with the --recompute command that runs it again.
 
-    Exit 0 when every trial completed, 1 when any stage or trial failed, 2 for a bad spec or artifact.
+    Exit 0 when every trial completed, 1 when any stage or trial failed, 2 for a bad spec, a damaged
+    artifact or a submission that could not start. With --json, stdout holds one result object either
+    way. Submitting the same spec twice at once is safe: the second waits for the work the first holds.
     """
     from ablate.commands.plan import _load_or_exit
     from ablate.run.executor import submit
@@ -169,7 +174,11 @@ def submit_command(spec_path: str, address: str | None, recompute: tuple[str, ..
     loaded = _load_or_exit(spec_path, as_json)
     console = Console(stderr=True, log_path=False)
     if as_json:
-        result = submit(loaded, address, recompute_stages=recompute)
+        try:
+            result = submit(loaded, address, recompute_stages=recompute)
+        except Exception as exc:  # stdout still holds one result object; the error goes on as usual
+            click.echo(json.dumps(redact(_failure(loaded.spec.name, exc)), indent=2))
+            raise
         click.echo(json.dumps(redact(result.to_dict()), indent=2, default=str))
     else:
         with LiveProgress(console, len(loaded.trials)) as progress:
@@ -199,6 +208,13 @@ def _details_line(experiment: str, db: str) -> str:
         f"details: ablate status {experiment} --db '{shown}' (password not shown: put the spec's "
         "tracking.db in $ABLATE_DB and leave out --db)"
     )
+
+
+def _failure(experiment: str, exc: BaseException) -> dict[str, Any]:
+    """What `submit --json` prints when the submission stopped before it had a result."""
+    from ablate.run.runners import error_line
+
+    return {"experiment": experiment, "ok": False, "error": error_line(exc), "trials": []}
 
 
 def _db_option(f):

@@ -9,7 +9,9 @@ runs, so ablate does both:
   experiment or another); a trial whose distill and eval artifacts exist is recorded from them in the
   driver without starting Ray at all. Reuse needs the artifact's checksums to verify: a damaged one stops
   the submission before any work (ArtifactCorrupt), and `--recompute` deletes and re-runs named stages;
-- an interrupted distillation resumes from its checkpoint in `<artifacts>/.work/<distill hash>`;
+- an interrupted distillation resumes from its checkpoint in `<artifacts>/.work/<distill hash>.<run>`;
+- two submissions at once (the same spec, or specs sharing stages) run each stage and trial once: a
+  submission claims what it runs (ablate.track.leases) and waits for what another live one holds;
 - each trial keeps its one MLflow child run (found by tag) across submissions, and a submission with
   nothing to do opens neither Ray nor MLflow.
 
@@ -39,6 +41,7 @@ from ablate.run.artifacts import ArtifactCorrupt, ArtifactStore
 from ablate.run.runners import error_line
 from ablate.spec.validate import LoadedSpec
 from ablate.track.db import Records, TrialInfo, connect
+from ablate.track.leases import Leases
 from ablate.track.mlflow import MlflowMirror
 
 log = logging.getLogger(__name__)
@@ -48,6 +51,7 @@ OBJECT_STORE_BYTES = 256 * 1024**2  # trials exchange paths, not tensors: keep R
 Progress = Callable[[str, dict[str, Any]], None]
 KEY_DISTILL_PARAMS = ("loss", "lr", "tokens", "global_batch", "micro_batch", "warmup_steps", "schedule")
 DRIVER_MEMORY_BYTES = 256 * 2**20  # what the Tune trial of a multi-worker trial reserves for itself
+WAIT_POLL_S = 1.0  # how often a submission looks at work another submission holds
 
 __all__ = [  # noqa: F822 - the two Tune classes are defined on first use (module __getattr__)
     "CancelStopper",
@@ -181,13 +185,14 @@ class Executor:
         self.base_dir = str(loaded.path.parent.resolve())
         self.store = ArtifactStore(_absolute(self.spec.tracking.artifacts))
         self.records: Records = connect(_absolute_sqlite(self.spec.tracking.db))
+        self.leases = Leases(self.records)  # this submission's claims on stages and trials
+        self.experiment_id: int | None = None
         self.mlflow_uri = _absolute_sqlite(self.spec.tracking.mlflow)
         self._mirror: MlflowMirror | None = None
         self.trial_ids: dict[str, int] = {}
         self.trial_infos: dict[str, TrialInfo] = {}
         self.run_ids: dict[str, str] = {}
         self.stage_status: dict[str, str] = {}
-        self.mlflow_after_step: dict[str, int] = {}  # trial key -> last step MLflow already has
         self.ran: dict[str, dict[str, Any]] = {}  # trial key -> node, start and end of its work (this run)
         self._opener: threading.Thread | None = None
         self._opener_error: BaseException | None = None
@@ -227,10 +232,11 @@ class Executor:
     # ---------------------------------------------------------------- records
     def register(self) -> None:
         spec_text = self.loaded.path.read_text()
-        self.records.upsert_experiment(
+        experiment = self.records.upsert_experiment(
             self.name, spec_text, hashlib.sha256(spec_text.encode()).hexdigest()[:16]
         )
-        recovered = self.records.recover_interrupted(self.name)
+        self.experiment_id = experiment.id
+        recovered = self.leases.recover_interrupted(experiment.id)  # what a live submission holds stays
         if any(recovered.values()):
             self.records.log_event(
                 f"recovered after an interrupted submission: {recovered['trials']} trial(s), "
@@ -291,69 +297,132 @@ class Executor:
 
     # ---------------------------------------------------------------- shared stages
     def run_shared_stages(self) -> dict[str, str]:
-        """Teacher, importance and prune stages as Ray tasks in dependency order; returns failures."""
+        """Teacher, importance and prune stages as Ray tasks in dependency order; returns failures.
+
+        Each stage is claimed before it is launched (ablate.track.leases); one that another live
+        submission runs is waited for (its record polled) and then counted as reused, and its
+        children are launched once it is completed."""
         shared = [s for s in self.graph.stages.values() if s.kind in SHARED_KINDS]
         for stage in shared:
             if self._done(stage.hash):
                 self._count(self.result.stages_reused, stage.kind)
-        todo = [s for s in shared if not self._done(s.hash)]
+        unresolved = {s.hash: s for s in shared if not self._done(s.hash)}
         failures: dict[str, str] = {}
-        if not todo:
-            return failures
+        refs: dict[str, Any] = {}
+        pending: dict[Any, Stage] = {}
+        waited: set[str] = set()  # stages found held by another submission
+        while unresolved:
+            for stage in [s for s in unresolved.values() if s.hash not in refs]:
+                parent_failed = [p for p in stage.parents if p in failures]
+                if parent_failed:
+                    del unresolved[stage.hash]
+                    self._stage_failed(
+                        stage, f"not run: its parent stage {parent_failed[0]} failed", failures
+                    )
+                    continue
+                if any(p not in refs and not self._done(p) for p in stage.parents):
+                    continue  # a parent another submission runs: launched once it is completed
+                claim = self.leases.claim_stage(stage.hash, take_failed=stage.hash not in waited)
+                if claim.state == "held":
+                    if stage.hash not in waited:
+                        waited.add(stage.hash)
+                        self._waiting(stage, claim.owner)
+                    continue
+                if claim.state in ("completed", "failed"):  # the other submission finished it
+                    del unresolved[stage.hash]
+                    if claim.state == "failed":
+                        self._stage_failed(
+                            stage, f"failed in another submission: {claim.error}", failures, record=False
+                        )
+                    else:
+                        self._stage_reused(stage)
+                    continue
+                refs[stage.hash] = self._launch_shared(stage, refs)
+                pending[refs[stage.hash]] = stage
+            if pending:
+                import ray
+
+                done, _ = ray.wait(list(pending), num_returns=1, timeout=WAIT_POLL_S if waited else None)
+                for ref in done:
+                    stage = pending.pop(ref)
+                    del unresolved[stage.hash]
+                    self._shared_outcome(stage, ref, failures)
+            elif unresolved:
+                time.sleep(WAIT_POLL_S)  # only stages other submissions hold (or their children) are left
+        return failures
+
+    def _launch_shared(self, stage: Stage, refs: dict[str, Any]) -> Any:
+        """Start a claimed shared stage as a Ray task (after its parents' tasks, when it has some)."""
         self._start_ray()
         import ray
 
         trial_res = self.spec.resources.trial
-        remote = ray.remote(runners.stage_task)
-        on_workers = ray.remote(runners.stage_on_workers)
-        refs: dict[str, Any] = {}
-        pending: dict[Any, Stage] = {}
-        for stage in todo:  # insertion order is a topological order
-            parents = {self.graph.stages[p].kind: self.graph.stages[p] for p in stage.parents}
-            deps = [refs[p] for p in stage.parents if p in refs]
-            retries = {"max_retries": self.spec.resources.max_failures, "retry_exceptions": False}
-            if stage.kind in runners.WORKER_STAGES and trial_res.strategy != "single":
-                # Teacher correction trains like a trial: on the trial's workers (the task only waits).
-                ref = on_workers.options(num_cpus=0, memory=DRIVER_MEMORY_BYTES, **retries).remote(
-                    stage, parents, self.store.url, self.base_dir, self._worker_resources(), *deps
-                )
-            else:  # one process: resources.shared, by default one worker's share of the trial
-                cpu, gpu = self._shared_resources()
-                ref = remote.options(num_cpus=cpu, num_gpus=gpu, **retries).remote(
-                    stage, parents, self.store.url, self.base_dir, max(1, int(cpu)), *deps
-                )
-            refs[stage.hash] = ref
-            pending[ref] = stage
-            self.records.mark_stage_running(stage.hash)
-            self.progress("stage_start", {"kind": stage.kind, "hash": stage.hash})
-        while pending:
-            done, _ = ray.wait(list(pending), num_returns=1)
-            stage = pending.pop(done[0])
-            try:
-                facts = ray.get(done[0])
-            except Exception as exc:  # noqa: BLE001 - a stage failure is recorded, not raised
-                parent_failed = [p for p in stage.parents if p in failures]
-                if parent_failed:  # Ray hands a failed parent's error to its children unrun
-                    message = f"not run: its parent stage {parent_failed[0]} failed"
-                else:
-                    message = error_line(exc)
-                failures[stage.hash] = message
-                self.stage_status[stage.hash] = "failed"
-                self.records.mark_stage_failed(stage.hash, message)
-                self.records.log_event(
-                    f"{stage.kind} stage {stage.hash} failed: {message}",
-                    level="error",
-                    experiment=self.name,
-                    stage_hash=stage.hash,
-                )
-                self._count(self.result.stages_failed, stage.kind)
-                self.progress("stage_failed", {"kind": stage.kind, "hash": stage.hash, "error": message})
-                continue
-            self.stage_status[stage.hash] = "completed"
-            self.records.mark_stage_completed(stage.hash, self.store.path_for(stage.hash))
-            self._count(self.result.stages_run, stage.kind)
-            self.progress("stage_done", {"kind": stage.kind, "hash": stage.hash, "facts": facts})
-        return failures
+        parents = {self.graph.stages[p].kind: self.graph.stages[p] for p in stage.parents}
+        deps = [refs[p] for p in stage.parents if p in refs]
+        retries = {"max_retries": self.spec.resources.max_failures, "retry_exceptions": False}
+        if stage.kind in runners.WORKER_STAGES and trial_res.strategy != "single":
+            # Teacher correction trains like a trial: on the trial's workers (the task only waits).
+            on_workers = ray.remote(runners.stage_on_workers)
+            ref = on_workers.options(num_cpus=0, memory=DRIVER_MEMORY_BYTES, **retries).remote(
+                stage, parents, self.store.url, self.base_dir, self._worker_resources(), *deps
+            )
+        else:  # one process: resources.shared, by default one worker's share of the trial
+            cpu, gpu = self._shared_resources()
+            ref = (
+                ray.remote(runners.stage_task)
+                .options(num_cpus=cpu, num_gpus=gpu, **retries)
+                .remote(stage, parents, self.store.url, self.base_dir, max(1, int(cpu)), *deps)
+            )
+        self.progress("stage_start", {"kind": stage.kind, "hash": stage.hash})
+        return ref
+
+    def _shared_outcome(self, stage: Stage, ref: Any, failures: dict[str, str]) -> None:
+        import ray
+
+        try:
+            facts = ray.get(ref)
+        except Exception as exc:  # noqa: BLE001 - a stage failure is recorded, not raised
+            parent_failed = [p for p in stage.parents if p in failures]
+            if parent_failed:  # Ray hands a failed parent's error to its children unrun
+                message = f"not run: its parent stage {parent_failed[0]} failed"
+            else:
+                message = error_line(exc)
+            self._stage_failed(stage, message, failures)
+            return
+        self.stage_status[stage.hash] = "completed"
+        self.records.mark_stage_completed(stage.hash, self.store.path_for(stage.hash))
+        self._count(self.result.stages_run, stage.kind)
+        self.progress("stage_done", {"kind": stage.kind, "hash": stage.hash, "facts": facts})
+
+    def _stage_failed(
+        self, stage: Stage, message: str, failures: dict[str, str], record: bool = True
+    ) -> None:
+        failures[stage.hash] = message
+        self.stage_status[stage.hash] = "failed"
+        if record:
+            self.records.mark_stage_failed(stage.hash, message)
+            self.records.log_event(
+                f"{stage.kind} stage {stage.hash} failed: {message}",
+                level="error",
+                experiment=self.name,
+                stage_hash=stage.hash,
+            )
+        self._count(self.result.stages_failed, stage.kind)
+        self.progress("stage_failed", {"kind": stage.kind, "hash": stage.hash, "error": message})
+
+    def _stage_reused(self, stage: Stage) -> None:
+        """A stage another submission completed while this one waited for it."""
+        self.stage_status[stage.hash] = "completed"
+        self._count(self.result.stages_reused, stage.kind)
+        self.progress("stage_done", {"kind": stage.kind, "hash": stage.hash, "facts": {"reused": True}})
+
+    def _waiting(self, stage: Stage, owner: str | None) -> None:
+        self.records.log_event(
+            f"{stage.kind} stage {stage.hash} is being run by another submission ({owner}): waiting for it",
+            experiment=self.name,
+            stage_hash=stage.hash,
+        )
+        self.progress("stage_wait", {"kind": stage.kind, "hash": stage.hash, "owner": owner})
 
     # ---------------------------------------------------------------- trials
     def _trial_done(self, key: str) -> bool:
@@ -362,30 +431,107 @@ class Executor:
         return info.status == "completed" and all(self._done(stages[k]) for k in TRIAL_KINDS)
 
     def run_trials(self, failures: dict[str, str]) -> None:
+        """Record or run every trial not done yet, in rounds: each round takes the trials it can claim
+        (ablate.track.leases) with the stages they run, records those whose artifacts exist and runs the
+        rest in one Tune run; a trial (or a stage of it) another live submission holds waits for the
+        next round, and a trial that submission finished is taken from the records as it left it."""
         self._runs_ready()
-        todo, from_artifacts = [], []
+        remaining = []
         for trial in self.loaded.trials:
-            key = trial.key
-            stages = self.graph.trial_stages[key]
-            if self._trial_done(key):
+            if self._trial_done(trial.key):
                 for kind in TRIAL_KINDS:
                     self._count(self.result.stages_reused, kind)
-                continue
-            broken = [h for h in stages.values() if h in failures]
-            if broken:
-                error = f"upstream stage {broken[0]} failed: {failures[broken[0]]}"
-                self.records.set_trial_status(self.trial_ids[key], "failed", error=error)
-                self.mirror.set_terminated(self.run_id(key), "FAILED")
-                self.progress("trial_failed", {"key": key, "error": error})
-                continue
-            if all(self._done(stages[k]) for k in TRIAL_KINDS):
-                from_artifacts.append(key)
             else:
-                todo.append(trial)
-        for key in from_artifacts:
-            self._record_from_artifacts(key)
-        if todo:
-            self._tune(todo)
+                remaining.append(trial)
+        waited: set[str] = set()
+        while remaining:
+            todo, from_artifacts, later = [], [], []
+            for trial in remaining:
+                verdict = self._take_trial(trial.key, failures, waited)
+                if verdict == "wait":
+                    later.append(trial)
+                elif verdict == "artifacts":
+                    from_artifacts.append(trial.key)
+                elif verdict == "tune":
+                    todo.append(trial)
+            for key in from_artifacts:
+                try:
+                    self._record_from_artifacts(key)
+                finally:
+                    self.leases.release_trial(self.trial_ids[key])
+            if todo:
+                try:
+                    self._tune(todo)
+                finally:
+                    for t in todo:  # stages a failed trial never reached go back to pending
+                        for h in self.graph.trial_stages[t.key].values():
+                            if not self._done(h):
+                                self.leases.unclaim_stage(h)
+                        self.leases.release_trial(self.trial_ids[t.key])
+            remaining = later
+            if remaining and not (todo or from_artifacts):
+                time.sleep(WAIT_POLL_S)
+
+    def _take_trial(self, key: str, failures: dict[str, str], waited: set[str]) -> str:
+        """Claim a trial and the stages it still needs: "wait" (another submission holds one of them),
+        "done" (nothing left to do here), "artifacts" (record it from the store) or "tune" (run it)."""
+        trial_id = self.trial_ids[key]
+        stages = self.graph.trial_stages[key]
+        claim = self.leases.claim_trial(trial_id)
+        if claim.state == "held":
+            if key not in waited:
+                waited.add(key)
+                self.records.log_event(
+                    f"trial {key} is being run by another submission ({claim.owner}): waiting for it",
+                    experiment=self.name,
+                    trial_id=trial_id,
+                )
+                self.progress("trial_wait", {"key": key, "owner": claim.owner})
+            return "wait"
+        self._refresh_stages(list(stages.values()))
+        info = self.records.get_trial(self.name, key)
+        if info is not None:  # another submission may have finished it since this one registered
+            self.trial_infos[key] = info
+            if self._trial_done(key) or (key in waited and info.status in ("failed", "cancelled")):
+                self.leases.release_trial(trial_id)  # the outcome it left is this trial's outcome
+                if info.status == "completed":
+                    for kind in TRIAL_KINDS:
+                        self._count(self.result.stages_reused, kind)
+                    self.progress("trial_done", {"key": key, "metrics": {}, "reused": True})
+                return "done"
+        broken = [h for h in stages.values() if h in failures]
+        if broken:
+            error = f"upstream stage {broken[0]} failed: {failures[broken[0]]}"
+            self.records.set_trial_status(trial_id, "failed", error=error)
+            self.mirror.set_terminated(self.run_id(key), "FAILED")
+            self.progress("trial_failed", {"key": key, "error": error})
+            self.leases.release_trial(trial_id)
+            return "done"
+        for kind in TRIAL_KINDS:  # in order: an eval is claimed only once its distill is ours or done
+            h = stages[kind]
+            if self._done(h):
+                continue
+            stage_claim = self.leases.claim_stage(h)
+            if stage_claim.state == "completed":
+                self.stage_status[h] = "completed"
+            elif stage_claim.state == "held":  # another experiment's trial makes this very stage
+                for mine in TRIAL_KINDS[: TRIAL_KINDS.index(kind)]:
+                    self.leases.unclaim_stage(stages[mine])
+                if h not in waited:
+                    waited.add(h)
+                    self._waiting(self.graph.stages[h], stage_claim.owner)
+                return "wait"
+        if all(self._done(stages[k]) for k in TRIAL_KINDS):
+            return "artifacts"
+        return "tune"
+
+    def _refresh_stages(self, hashes: list[str]) -> None:
+        """Stages another submission completed since this one registered."""
+        for h in hashes:
+            if not self._done(h):
+                info = self.records.get_stage(h)
+                if info is not None and info.status == "completed" and self.store.exists(h):
+                    self.stage_status[h] = "completed"
 
     def _record_from_artifacts(self, key: str) -> None:
         """A trial whose distill and eval artifacts exist (another experiment made them, or a killed
@@ -437,6 +583,7 @@ class Executor:
             "workers": res.workers,
             "strategy": res.strategy,
             "train_storage": str(self._tune_storage() / "train"),
+            "work_token": self.leases.owner.replace(":", "."),  # names its work folders (store_work_dir)
         }
 
     def _shared_resources(self) -> tuple[float, float]:
@@ -486,9 +633,6 @@ class Executor:
         trial_res = self.spec.resources.trial
         for t in todo:
             self.run_id(t.key)  # every child run exists before the first result arrives
-            info = self.trial_infos[t.key]
-            if info.attempts:  # an earlier attempt logged steps to MLflow: do not log them twice
-                self.mlflow_after_step[t.key] = self._mlflow_last_step(self.run_ids[t.key])
             stages = self.graph.trial_stages[t.key]
             if self._done(stages["distill"]):
                 self._count(self.result.stages_reused, "distill")
@@ -560,18 +704,20 @@ class Executor:
             info = self.records.get_trial(self.name, t.key)
             if info is not None and info.status in ("pending", "running"):
                 self.records.set_trial_status(info.id, "cancelled", error="cancelled before it finished")
+                self.cancel_stages(t.key, "cancelled before it finished")
                 self.mirror.set_terminated(self.run_ids[t.key], "KILLED")
 
-    def _mlflow_last_step(self, run_id: str) -> int:
-        try:
-            history = self.mirror.client.get_metric_history(run_id, "loss")
-        except Exception:  # noqa: BLE001 - only an optimisation against duplicate points
-            return 0
-        return max((m.step for m in history), default=0)
+    def cancel_stages(self, key: str, reason: str) -> None:
+        """The stages a stopped trial held (its distill, its eval) are cancelled, not left running."""
+        for kind in TRIAL_KINDS:
+            h = self.graph.trial_stages[key][kind]
+            if not self._done(h) and self.leases.unclaim_stage(h, "cancelled", reason):
+                self.stage_status[h] = "cancelled"
 
     # ---------------------------------------------------------------- the whole submission
     def submit(self) -> SubmitResult:
         started = time.perf_counter()
+        self.leases.start_heartbeat()
         self.register()
         failures = self.run_shared_stages()
         self.run_trials(failures)
@@ -591,7 +737,8 @@ class Executor:
             if t.key in keys
         ]
         self.result.wall_s = time.perf_counter() - started
-        if self._mirror is not None:  # something was written to MLflow: the parent run ends with us
+        if self._mirror is not None and not self.leases.others_active(self.experiment_id or 0):
+            # something was written to MLflow: the parent run ends with the last submission working on it
             self.mirror.set_terminated(self.mirror.parent_run(), "FINISHED" if self.result.ok else "FAILED")
         self.records.log_event(
             f"submission finished in {self.result.wall_s:.1f}s: {sum(self.result.stages_run.values())} stages run, "
@@ -606,7 +753,10 @@ class Executor:
         if self._opener is not None:
             self._opener.join()
             self._opener = None
-        self.records.close()
+        try:
+            self.leases.release_all()  # what it still holds (it stopped early) is free for others
+        finally:
+            self.records.close()
 
 
 def _trial_steps(resolved: dict[str, Any]) -> int:
@@ -700,10 +850,7 @@ def _define_tune_classes() -> None:
         def on_trial_start(self, iteration, trials, trial, **info):
             key = self._key(trial)
             ex = self.ex
-            ex.records.set_trial_status(ex.trial_ids[key], "running")
-            distill = ex.graph.trial_stages[key]["distill"]
-            if not ex._done(distill):
-                ex.records.mark_stage_running(distill)
+            ex.records.set_trial_status(ex.trial_ids[key], "running")  # its stages: claimed already
             ex.mirror.set_status(ex.run_ids[key], "RUNNING")
             ex.progress("trial_start", {"key": key})
 
@@ -741,10 +888,7 @@ def _define_tune_classes() -> None:
             if not rows:
                 return
             self.ex.records.log_metrics(self.ex.trial_ids[key], rows)
-            after = self.ex.mlflow_after_step.get(key, 0)
-            fresh = [r for r in rows if r[1] > after] if after else rows
-            if fresh:
-                self.ex.mirror.log_step_metrics(self.ex.run_ids[key], fresh)
+            self.ex.mirror.log_step_metrics(self.ex.run_ids[key], rows)  # points it has already are skipped
 
         def flush_all(self) -> None:
             for key in list(self.buffer):
@@ -777,6 +921,7 @@ def _define_tune_classes() -> None:
                     reason = f"stopped early by ASHA at step {step}: its loss was not among the best"
                     ex.result.early_stopped.append(key)
                 ex.records.set_trial_status(ex.trial_ids[key], "cancelled", error=reason)
+                ex.cancel_stages(key, reason)
                 self._finish_tags(key)
                 ex.mirror.set_terminated(ex.run_ids[key], "KILLED")
                 ex.progress("trial_cancelled", {"key": key, "reason": reason})

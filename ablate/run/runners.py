@@ -76,6 +76,7 @@ def run_teacher(
     on_step: StepCallback | None = None,
     parallel: Parallel | None = None,
     device: str | None = None,
+    work_token: str | None = None,
 ) -> dict[str, Any]:
     """Record the teacher, corrected first when the spec asks. With `parallel` every worker of the
     trial shape fine-tunes it together (like a distillation) and rank 0 publishes it."""
@@ -107,7 +108,7 @@ def run_teacher(
             device=device,
         )
         model.train()
-        work = store_work_dir(store, stage.hash)
+        work = store_work_dir(store, stage.hash, work_token)
         result = correct_teacher(model, splits.train, config, work, on_step=on_step, parallel=parallel)
         facts["correction"] = {
             "steps": result.steps,
@@ -217,15 +218,58 @@ def run_prune(
     return {"params": params}
 
 
-def store_work_dir(store: ArtifactStore, stage_hash: str) -> Path:
-    """Where an unfinished run keeps its checkpoints: beside the store for local stores, so a killed
-    submission resumes from there; in the local cache for remote ones."""
-    if store.is_local:
-        path = Path(store.root) / ".work" / stage_hash
-    else:
-        path = Path("~/.cache/ablate/work").expanduser() / stage_hash
+STALE_WORK_S = 600.0  # a work folder of another host untouched this long belongs to a dead run
+
+
+def store_work_dir(store: ArtifactStore, stage_hash: str, token: str | None = None) -> Path:
+    """Where this run of a stage keeps its checkpoints: a folder of its own, `<hash>.<token>` under the
+    store's `.work/` (local stores) or the local cache (remote ones), so no other run of the stage can
+    write to it or remove it when it publishes. `token` names the run (the submission's
+    `host.pid.nonce`; the same for every worker of a trial); without one, this process's.
+
+    A folder a dead run left (a killed submission) is taken over by renaming it, so the run resumes
+    from its checkpoint; every worker of a trial may try, one rename wins and the others see its result.
+    """
+    base = Path(store.root) / ".work" if store.is_local else Path("~/.cache/ablate/work").expanduser()
+    base.mkdir(parents=True, exist_ok=True)
+    token = token or f"{socket.gethostname()}.{os.getpid()}.{os.urandom(6).hex()}"
+    path = base / f"{stage_hash}.{token}"
+    left = [p for p in base.glob(f"{stage_hash}*") if p != path and _left_by_dead_run(p, stage_hash)]
+    for old in sorted(left, key=_newest_mtime, reverse=True):
+        try:
+            os.rename(old, path)  # onto a missing or empty folder only: never over a checkpoint
+            log.info("resuming %s from the work folder %s", stage_hash, old.name)
+            break
+        except OSError:
+            continue
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def _newest_mtime(folder: Path) -> float:
+    try:
+        return max((p.stat().st_mtime for p in folder.rglob("*")), default=folder.stat().st_mtime)
+    except OSError:
+        return 0.0
+
+
+def _left_by_dead_run(folder: Path, stage_hash: str) -> bool:
+    """Whether a work folder of the stage belongs to no live run: one named by a process of this host
+    that is gone, one of another host untouched for STALE_WORK_S, or one of an older ablate (no token)."""
+    if folder.name == stage_hash:
+        return True
+    if not folder.name.startswith(stage_hash + "."):
+        return False  # another stage whose hash merely starts the same way
+    parts = folder.name[len(stage_hash) + 1 :].rsplit(".", 2)
+    if len(parts) == 3 and parts[1].isdigit() and parts[0] == socket.gethostname():
+        try:
+            os.kill(int(parts[1]), 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        return False
+    return time.time() - _newest_mtime(folder) > STALE_WORK_S
 
 
 def run_distill(
@@ -236,6 +280,7 @@ def run_distill(
     on_step: StepCallback | None = None,
     parallel: Parallel | None = None,
     device: str | None = None,
+    work_token: str | None = None,
 ) -> dict[str, Any]:
     """Distil the pruned student. With `parallel` every worker of the trial calls this; they train
     together and rank 0 publishes the artifact (the others return the same facts)."""
@@ -261,7 +306,7 @@ def run_distill(
 
         batch_size = stage.config["calibration"]["batch_size"]
         eval_fn = lambda model: evaluate(model, splits.eval, teacher=teacher, batch_size=batch_size)  # noqa: E731
-    work = store_work_dir(store, stage.hash)
+    work = store_work_dir(store, stage.hash, work_token)
     student.train()
     result = train(
         student,
@@ -343,17 +388,19 @@ def run_stage(
     on_step: StepCallback | None = None,
     parallel: Parallel | None = None,
     device: str | None = None,
+    work_token: str | None = None,
 ) -> dict[str, Any]:
-    """Run one stage unless its artifact is already complete (then read back its facts). `parallel`
-    and `device` reach the stages whose work is split over workers (WORKER_STAGES: they train). A
-    complete artifact is reused only once it verifies (ArtifactCorrupt otherwise, never a silent reuse)."""
+    """Run one stage unless its artifact is already complete (then read back its facts). `parallel`,
+    `device` and `work_token` (see store_work_dir) reach the stages whose work is split over workers
+    (WORKER_STAGES: they train). A complete artifact is reused only once it verifies (ArtifactCorrupt
+    otherwise, never a silent reuse)."""
     if store.exists(stage.hash):
         store.verify(stage.hash)
         return {"reused": True}
     if stage.kind not in RUNNERS:
         raise RunError(f"no runner for stage kind {stage.kind!r}")
     if stage.kind in WORKER_STAGES:
-        return RUNNERS[stage.kind](stage, store, parents, base_dir, on_step, parallel, device)
+        return RUNNERS[stage.kind](stage, store, parents, base_dir, on_step, parallel, device, work_token)
     return RUNNERS[stage.kind](stage, store, parents, base_dir, on_step)
 
 
@@ -403,7 +450,16 @@ def stage_worker(config: dict[str, Any]) -> None:
     parallel, device = _worker_place(resources)
     torch.set_num_threads(max(1, int(float(resources["cpu"]) / int(resources["workers"]))))
     store = ArtifactStore(config["store"])
-    run_stage(config["stage"], store, config["parents"], config["base_dir"], None, parallel, device)
+    run_stage(
+        config["stage"],
+        store,
+        config["parents"],
+        config["base_dir"],
+        None,
+        parallel,
+        device,
+        resources.get("work_token"),
+    )
 
 
 def torch_trainer(
@@ -579,6 +635,7 @@ def trial_body(
             on_step,
             parallel,
             device,
+            payload.get("work_token"),
         )
         if facts.get("reused"):  # published by an earlier attempt: the driver records its curves
             facts = read_distill_facts(store, distill.hash)

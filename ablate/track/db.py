@@ -184,6 +184,8 @@ class Trial(Base):
     updated_at: Mapped[datetime] = mapped_column(default=_now)
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
+    lease_owner: Mapped[str | None] = mapped_column(String(255))  # the live submission holding it
+    lease_until: Mapped[datetime | None]
 
     experiment: Mapped[Experiment] = relationship(back_populates="trials")
 
@@ -209,6 +211,8 @@ class Stage(Base):
     updated_at: Mapped[datetime] = mapped_column(default=_now)
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
+    lease_owner: Mapped[str | None] = mapped_column(String(255))  # see ablate.track.leases
+    lease_until: Mapped[datetime | None]
 
 
 class TrialStage(Base):
@@ -801,6 +805,8 @@ class Records:
             st = self._stage(s, h, lock=True)
             for k, v in values.items():
                 setattr(st, k, v)
+            if st.status != "running":  # a stage no longer running is held by nobody
+                st.lease_owner = st.lease_until = None
             st.updated_at = _now()
             s.flush()
             return _stage_info(st)

@@ -8,15 +8,22 @@ found again by tag on every later submission, never created anew:
   what nests it under the parent in the MLflow UI); its run name is the trial key.
 
 All metric, param and tag writes go through ``MlflowClient.log_batch`` in chunks within MLflow's limits.
+
+Several submissions may write to one store at once. What must happen once across processes (MLflow
+creating its schema in a fresh store, finding or creating the parent and a child run) runs under
+:func:`store_lock`: a file lock beside a SQLite store, a PostgreSQL advisory lock, or a file lock in the
+local cache for other stores. A metric point (name, step) a run already has is never logged again.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +94,55 @@ def _prepare_tracking_uri(uri: str) -> str:
     return uri
 
 
+LOCK_TIMEOUT_S = 600.0  # MLflow's migrations of a fresh store take seconds; a stuck holder is reported
+
+
+@contextmanager
+def store_lock(tracking_uri: str) -> Iterator[None]:
+    """Serialise, across processes, what must happen once per MLflow store (its schema, run creation)."""
+    if tracking_uri.startswith("postgresql"):
+        with _pg_advisory_lock(tracking_uri):
+            yield
+        return
+    from filelock import FileLock, Timeout
+
+    if tracking_uri.startswith("sqlite:////"):
+        path = Path(tracking_uri[len("sqlite:///") :].split("?", 1)[0] + ".lock")
+    else:  # a file store, a server: serialise at least the submissions of this machine
+        digest = hashlib.sha256(tracking_uri.encode()).hexdigest()[:16]
+        path = Path("~/.cache/ablate/locks").expanduser() / f"mlflow-{digest}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with FileLock(str(path), timeout=LOCK_TIMEOUT_S):
+            yield
+    except Timeout:
+        raise RunError(
+            f"waited {LOCK_TIMEOUT_S:.0f}s for {path}, held by another ablate process using the MLflow "
+            "store; if none is running, delete that file"
+        ) from None
+
+
+@contextmanager
+def _pg_advisory_lock(tracking_uri: str) -> Iterator[None]:
+    """A session advisory lock keyed by database and schema, on a connection of its own."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.pool import NullPool
+
+    engine = create_engine(tracking_uri, poolclass=NullPool)
+    key = "SELECT hashtextextended('ablate-mlflow:' || current_database() || ':' || coalesce(current_schema(), ''), 0)"
+    try:
+        with engine.connect() as conn:
+            conn.execute(text(f"SELECT pg_advisory_lock(({key}))"))
+            conn.commit()
+            try:
+                yield
+            finally:
+                conn.execute(text(f"SELECT pg_advisory_unlock(({key}))"))
+                conn.commit()
+    finally:
+        engine.dispose()
+
+
 class MlflowMirror:
     """Mirror one ablate experiment into MLflow at ``tracking_uri``.
 
@@ -109,7 +165,11 @@ class MlflowMirror:
             artifact_location = (Path(self.tracking_uri[len("sqlite:///") :]).parent / "mlartifacts").as_uri()
         self.artifact_location = artifact_location
         try:
-            self.client = MlflowClient(tracking_uri=self.tracking_uri)
+            with store_lock(self.tracking_uri):  # a fresh store: one process creates MLflow's schema
+                self.client = MlflowClient(tracking_uri=self.tracking_uri)
+                self.client._tracking_client.store  # noqa: B018 - opens the store (and migrates it) now
+        except RunError:
+            raise
         except Exception as e:
             raise RunError(
                 f"cannot open the MLflow store {redact_url(self.tracking_uri)}: {redact_text(str(e))}; "
@@ -119,6 +179,7 @@ class MlflowMirror:
         self._experiment_id: str | None = None
         self._parent_id: str | None = None
         self._children: dict[str, str] = {}
+        self._logged: dict[str, set[tuple[str, int]]] = {}  # run id -> (metric, step) points it has
 
     def __repr__(self) -> str:
         return f"MlflowMirror({redact_url(self.tracking_uri)!r}, {self.experiment_name!r})"
@@ -129,7 +190,8 @@ class MlflowMirror:
         """The MLflow experiment named like the ablate experiment (created, or restored, on first use)."""
         with self._lock:
             if self._experiment_id is None:
-                self._experiment_id = self._get_or_create_experiment()
+                with store_lock(self.tracking_uri):
+                    self._experiment_id = self._get_or_create_experiment()
             return self._experiment_id
 
     def _get_or_create_experiment(self) -> str:
@@ -172,20 +234,25 @@ class MlflowMirror:
         with self._lock:
             if self._parent_id is not None:
                 return self._parent_id
-            runs = self._search(
-                f"tags.`{TAG_ROLE}` = 'parent' and tags.`{TAG_EXPERIMENT}` = {_quote(self.experiment_name)}"
-            )
-            if runs:
-                if len(runs) > 1:
-                    log.warning("%d parent runs for %s; using the oldest", len(runs), self.experiment_name)
-                self._parent_id = runs[0].info.run_id
-            else:
-                run = self.client.create_run(
-                    self.experiment_id,
-                    run_name=self.experiment_name,
-                    tags={TAG_ROLE: "parent", TAG_EXPERIMENT: self.experiment_name},
+            experiment_id = self.experiment_id
+            with store_lock(self.tracking_uri):  # found or created by one submission at a time
+                runs = self._search(
+                    f"tags.`{TAG_ROLE}` = 'parent' and tags.`{TAG_EXPERIMENT}` = {_quote(self.experiment_name)}"
                 )
-                self._parent_id = run.info.run_id
+                if runs:
+                    if len(runs) > 1:
+                        log.warning(
+                            "%d parent runs for %s; using the oldest", len(runs), self.experiment_name
+                        )
+                    self._parent_id = runs[0].info.run_id
+                else:
+                    run = self.client.create_run(
+                        experiment_id,
+                        run_name=self.experiment_name,
+                        tags={TAG_ROLE: "parent", TAG_EXPERIMENT: self.experiment_name},
+                    )
+                    self._parent_id = run.info.run_id
+                    self._logged[self._parent_id] = set()
             return self._parent_id
 
     def _load_children(self) -> None:
@@ -213,23 +280,25 @@ class MlflowMirror:
             created = False
             if run_id is None:
                 parent = self.parent_run()
-                found = self._search(
-                    f"tags.`{TAG_TRIAL_KEY}` = {_quote(trial_key)} and tags.`{TAG_PARENT}` = {_quote(parent)}"
-                )
-                if found:
-                    run_id = found[0].info.run_id
-                else:
-                    run = self.client.create_run(
-                        self.experiment_id,
-                        run_name=trial_key,
-                        tags={
-                            TAG_PARENT: parent,
-                            TAG_ROLE: "trial",
-                            TAG_TRIAL_KEY: trial_key,
-                            TAG_EXPERIMENT: self.experiment_name,
-                        },
+                with store_lock(self.tracking_uri):  # two submissions never create one trial's run twice
+                    found = self._search(
+                        f"tags.`{TAG_TRIAL_KEY}` = {_quote(trial_key)} and tags.`{TAG_PARENT}` = {_quote(parent)}"
                     )
-                    run_id, created = run.info.run_id, True
+                    if found:
+                        run_id = found[0].info.run_id
+                    else:
+                        run = self.client.create_run(
+                            self.experiment_id,
+                            run_name=trial_key,
+                            tags={
+                                TAG_PARENT: parent,
+                                TAG_ROLE: "trial",
+                                TAG_TRIAL_KEY: trial_key,
+                                TAG_EXPERIMENT: self.experiment_name,
+                            },
+                        )
+                        run_id, created = run.info.run_id, True
+                        self._logged[run_id] = set()
                 self._children[trial_key] = run_id
         existing = {} if created or not params else dict(self.client.get_run(run_id).data.params)
         if params:
@@ -271,12 +340,27 @@ class MlflowMirror:
         for chunk in _chunks(items, MAX_PARAMS_TAGS_PER_BATCH):
             self.client.log_batch(run_id, tags=chunk, synchronous=True)
 
+    def _points(self, run_id: str) -> set[tuple[str, int]]:
+        """The (metric, step) points the run has: read from MLflow once, then kept up to date here."""
+        with self._lock:
+            points = self._logged.get(run_id)
+            if points is None:
+                points = set()
+                for name in self.client.get_run(run_id).data.metrics:
+                    points.update((name, m.step) for m in self.client.get_metric_history(run_id, name))
+                self._logged[run_id] = points
+            return points
+
     def log_step_metrics(self, run_id: str, rows: Iterable[Any]) -> int:
         """Log per-step values: ``(name, step, value)`` or ``(name, step, value, timestamp_ms)`` tuples, or
-        mappings with those keys; one ``log_batch`` per 1000 values. Returns the number logged."""
+        mappings with those keys; one ``log_batch`` per 1000 values. A point (name, step) the run already
+        has is skipped (a resumed trial reports steps again; a trial recorded again after its records were
+        lost logs its curves again): MLflow appends, so it would show every such point twice. Returns the
+        number logged."""
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
+        points = self._points(run_id)
         metrics = []
         for row in rows:
             if isinstance(row, Mapping):
@@ -285,7 +369,12 @@ class MlflowMirror:
                 name, step, value, ts = row
             else:
                 (name, step, value), ts = row, now
-            metrics.append(Metric(str(name), float(value), int(ts), int(step)))
+            point = (str(name), int(step))
+            with self._lock:
+                if point in points:
+                    continue
+                points.add(point)
+            metrics.append(Metric(point[0], float(value), int(ts), point[1]))
         for chunk in _chunks(metrics, MAX_METRICS_PER_BATCH):
             self.client.log_batch(run_id, metrics=chunk, synchronous=True)
         return len(metrics)

@@ -54,6 +54,21 @@ def test_submit_bad_spec_json(tmp_path):
     assert out["valid"] is False and any("distill.lr" in p for p in out["problems"])
 
 
+def test_submit_json_prints_a_result_when_the_submission_cannot_start(tmp_path):
+    """A submission that stops before it has a result (here: its database refuses connections) still
+    prints one JSON object on stdout under --json, with ok false and the reason; exit 2."""
+    spec = tmp_path / "unreachable.yaml"
+    text = (SPECS / "tiny.yaml").read_text()
+    spec.write_text(
+        text.replace("db: sqlite:///.ablate/ablate.db", "db: postgresql://nobody@127.0.0.1:9/none")
+    )
+    res = CliRunner().invoke(main, ["submit", str(spec), "--json"])
+    assert res.exit_code == 2, res.output
+    out = json.loads(res.stdout)
+    assert out["ok"] is False and out["experiment"] == "tiny" and "results database" in out["error"]
+    assert "error: cannot open the results database" in res.stderr
+
+
 def test_status_shows_why_a_trial_failed(db):
     res = CliRunner().invoke(main, ["status", "exp", "--db", db])
     assert res.exit_code == 0, res.output

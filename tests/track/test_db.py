@@ -87,7 +87,7 @@ def test_connect_migrates_once_and_schema_matches_models(db_url):
     try:
         assert r1.migrated and not r2.migrated
         with r1.engine.connect() as conn:
-            assert conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all() == ["0001"]
+            assert conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all() == ["0002"]
             diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
         assert diff == [], f"models and migrations disagree: {diff}"
     finally:
@@ -102,14 +102,20 @@ def test_migrations_ship_inside_the_package():
 
     d = migrations_dir()
     assert d.parent.name == "track" and d.parent.parent.name == "ablate"
-    for rel in ["__init__.py", "env.py", "versions/__init__.py", "versions/0001_initial_schema.py"]:
+    for rel in [
+        "__init__.py",
+        "env.py",
+        "versions/__init__.py",
+        "versions/0001_initial_schema.py",
+        "versions/0002_leases.py",
+    ]:
         assert (d / rel).is_file(), rel
     assert importlib.resources.files("ablate.track.migrations").joinpath("env.py").is_file()
     from alembic.script import ScriptDirectory
 
     from ablate.track.db import _alembic_config
 
-    assert ScriptDirectory.from_config(_alembic_config()).get_current_head() == "0001"
+    assert ScriptDirectory.from_config(_alembic_config()).get_current_head() == "0002"
 
 
 def test_database_newer_than_code_is_refused(records, db_url):

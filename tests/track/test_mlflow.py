@@ -154,3 +154,41 @@ def test_status_names_and_uris(tmp_path, monkeypatch):
     assert (tmp_path / ".ablate").is_dir()
     assert _prepare_tracking_uri("postgresql://u@h/d") == "postgresql+psycopg://u@h/d"
     assert _prepare_tracking_uri("http://mlflow:5000") == "http://mlflow:5000"
+
+
+def _open_and_log(uri, name, rows, barrier, queue):
+    """One process: a mirror of its own (fresh store: MLflow's schema), the parent, one child, rows."""
+    try:
+        barrier.wait()
+        m = MlflowMirror(uri, name)
+        run = m.child_run("k1", params={"p": 1})
+        m.log_step_metrics(run, rows)
+        queue.put(("ok", m.parent_run(), run))
+    except BaseException as e:  # report, never hang the parent
+        queue.put(("error", f"{type(e).__name__}: {e}"))
+
+
+@pytest.mark.timeout(300)
+def test_processes_opening_a_fresh_store_at_once(tmp_path):
+    """Three processes open a store that does not exist yet and log the same points to one trial: MLflow's
+    schema is created once (no process fails), one parent, one child, and every point once; a later
+    mirror (a new submission after the records were lost) logging the curve again adds nothing."""
+    import multiprocessing as mp
+
+    uri, name, n = f"sqlite:///{tmp_path}/fresh/mlflow.db", "exp-fresh", 3
+    rows = [("loss", s, 1.0 / s) for s in range(1, 6)]
+    ctx = mp.get_context("spawn")
+    barrier, queue = ctx.Barrier(n), ctx.Queue()
+    procs = [ctx.Process(target=_open_and_log, args=(uri, name, rows, barrier, queue)) for _ in range(n)]
+    for p in procs:
+        p.start()
+    got = [queue.get(timeout=240) for _ in procs]
+    for p in procs:
+        p.join(30)
+    assert all(g[0] == "ok" for g in got), got
+    assert len({g[1] for g in got}) == 1 and len({g[2] for g in got}) == 1, got
+    again = MlflowMirror(uri, name)
+    run = again.child_run("k1")
+    assert again.log_step_metrics(run, rows + [("loss", 6, 0.1)]) == 1
+    assert sorted(m.step for m in again.client.get_metric_history(run, "loss")) == [1, 2, 3, 4, 5, 6]
+    assert len(_all_runs(again)) == 2

@@ -1,0 +1,38 @@
+"""leases: which live submission holds a running stage or trial (lease_owner, lease_until)
+
+Two submissions at once must not run one stage (or one trial) twice: a submission claims a row by a
+conditional UPDATE that sets these two columns, renews `lease_until` while it works, and clears them when
+it is done. A row whose lease ran out (or whose holder's process is gone) may be taken over.
+
+Revision ID: 0002
+Revises: 0001
+Create Date: 2026-11-30
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from alembic import op
+
+revision: str = "0002"
+down_revision: str | Sequence[str] | None = "0001"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+TABLES = ("stages", "trials")
+
+
+def upgrade() -> None:
+    for table in TABLES:
+        with op.batch_alter_table(table) as batch:
+            batch.add_column(sa.Column("lease_owner", sa.String(length=255), nullable=True))
+            batch.add_column(sa.Column("lease_until", sa.DateTime(timezone=True), nullable=True))
+
+
+def downgrade() -> None:
+    for table in TABLES:
+        with op.batch_alter_table(table) as batch:
+            batch.drop_column("lease_until")
+            batch.drop_column("lease_owner")
