@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import math
 import os
 import shutil
 import threading
@@ -39,6 +38,7 @@ from ablate.plan.stages import Stage
 from ablate.run import raynet, recompute, runners
 from ablate.run.artifacts import ArtifactCorrupt, ArtifactStore
 from ablate.run.runners import error_line
+from ablate.spec import budget
 from ablate.spec.validate import LoadedSpec
 from ablate.track.db import Records, TrialInfo, connect
 from ablate.track.leases import Leases
@@ -762,7 +762,7 @@ class Executor:
 def _trial_steps(resolved: dict[str, Any]) -> int:
     """Optimizer steps of a trial's distillation (the trainer's own formula)."""
     d = resolved["distill"]
-    return max(1, math.ceil(int(d["tokens"]) / (int(d["global_batch"]) * int(resolved["data"]["seq_len"]))))
+    return max(1, budget.steps(int(d["tokens"]), int(d["global_batch"]), int(resolved["data"]["seq_len"])))
 
 
 def _curve_rows(facts: dict[str, Any]) -> list[tuple[str, int, float]]:
