@@ -26,33 +26,15 @@ from ablate.plan.stages import Stage, trial_stages
 from ablate.spec.schema import TRIAL_SECTIONS, Build, Spec, Tracking
 from ablate.spec.sweep import Trial, stable_hash
 from ablate.spec.units import format_tokens, parse_tokens
+from ablate.track.urls import DEFAULT_DB, absolute_sqlite, absolute_store, sqlite_missing
 
 log = logging.getLogger(__name__)
 
-DEFAULT_DB = Tracking().db
 METRIC = "lm_loss"
 
 
 class BuildError(AblateError):
     """The build cannot proceed (nothing finished to build, unknown trial, output folder in the way)."""
-
-
-def absolute_store(url: str) -> str:
-    return url if "://" in url else str(Path(url).expanduser().resolve())
-
-
-def absolute_sqlite(url: str) -> str:
-    """sqlite:///relative.db is relative to where `ablate` runs (as the executor reads it)."""
-    prefix = "sqlite:///"
-    if url.startswith(prefix) and not url.startswith(prefix + "/"):
-        return prefix + str(Path(url[len(prefix) :]).resolve())
-    return url
-
-
-def sqlite_missing(url: str) -> bool:
-    """True for a file-backed SQLite URL whose file does not exist (opening it would create it)."""
-    prefix = "sqlite:///"
-    return url.startswith(prefix) and not Path(url[len(prefix) :]).exists()
 
 
 @dataclass

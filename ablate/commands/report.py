@@ -19,9 +19,7 @@ import click
 from ablate.errors import AblateError
 from ablate.report.model import ReportError, compare_runs_url
 from ablate.secrets import redact_text, redact_url
-
-DEFAULT_DB = "sqlite:///.ablate/ablate.db"
-DEFAULT_MLFLOW = "sqlite:///.ablate/mlflow.db"
+from ablate.track.urls import DEFAULT_DB, DEFAULT_MLFLOW
 
 
 def open_records(db: str) -> Any:

@@ -15,8 +15,7 @@ from rich.table import Table
 
 from ablate.errors import RunError
 from ablate.secrets import redact, redact_text, redact_url
-
-DEFAULT_DB = "sqlite:///.ablate/ablate.db"
+from ablate.track.urls import DEFAULT_DB
 
 
 class LiveProgress:

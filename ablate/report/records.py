@@ -15,6 +15,7 @@ from ablate.report.findings import MIN_PAIRS, findings_for
 from ablate.report.metrics import metric_info
 from ablate.report.model import BestTrial, Report, ReportError, TrialRow, _jsonable, canon, finished
 from ablate.report.practices import PRACTICES
+from ablate.track.urls import DEFAULT_MLFLOW
 
 DEFAULT_METRIC = "lm_loss"
 
@@ -279,7 +280,7 @@ def build_report(
     )
     best = _best(rows, metric, info.higher_is_better)
     tested = {f.practice for f in findings if f.practice}
-    tracking_uri = str(_get(spec, "tracking.mlflow") or "sqlite:///.ablate/mlflow.db")
+    tracking_uri = str(_get(spec, "tracking.mlflow") or DEFAULT_MLFLOW)
     if ui_base is None:
         ui_base = (
             tracking_uri.rstrip("/")

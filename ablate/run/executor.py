@@ -35,32 +35,23 @@ from typing import Any
 from ablate.errors import RunError
 from ablate.plan.graph import StageGraph, build_graph
 from ablate.plan.stages import Stage
-from ablate.run import raynet, recompute, runners
+from ablate.run import recompute, runners
 from ablate.run.artifacts import ArtifactCorrupt, ArtifactStore
-from ablate.run.runners import error_line
+from ablate.run.ray_session import init_ray
+from ablate.run.shared_stages import DRIVER_MEMORY_BYTES, WAIT_POLL_S, SharedStages
+from ablate.run.trial_outcomes import TRIAL_KINDS, TrialOutcomes, curve_rows, final_rows
 from ablate.spec import budget
 from ablate.spec.validate import LoadedSpec
 from ablate.track.db import Records, TrialInfo, connect
 from ablate.track.leases import Leases
 from ablate.track.mlflow import MlflowMirror
+from ablate.track.urls import absolute_sqlite, absolute_store
 
 log = logging.getLogger(__name__)
-SHARED_KINDS = ("teacher", "importance", "prune")
-TRIAL_KINDS = ("distill", "eval")
-OBJECT_STORE_BYTES = 256 * 1024**2  # trials exchange paths, not tensors: keep Ray's shared memory small
 Progress = Callable[[str, dict[str, Any]], None]
 KEY_DISTILL_PARAMS = ("loss", "lr", "tokens", "global_batch", "micro_batch", "warmup_steps", "schedule")
-DRIVER_MEMORY_BYTES = 256 * 2**20  # what the Tune trial of a multi-worker trial reserves for itself
-WAIT_POLL_S = 1.0  # how often a submission looks at work another submission holds
 
-__all__ = [  # noqa: F822 - the two Tune classes are defined on first use (module __getattr__)
-    "CancelStopper",
-    "Executor",
-    "RecordingCallback",
-    "SubmitResult",
-    "init_ray",
-    "submit",
-]
+__all__ = ["Executor", "SubmitResult", "init_ray", "submit"]
 
 
 @dataclass
@@ -91,81 +82,7 @@ class SubmitResult:
         }
 
 
-def _absolute(path_or_url: str) -> str:
-    return path_or_url if "://" in path_or_url else str(Path(path_or_url).expanduser().resolve())
-
-
-def _absolute_sqlite(url: str) -> str:
-    """sqlite:///relative.db is relative to where `ablate` runs; pin it before Ray workers change dirs."""
-    prefix = "sqlite:///"
-    if url.startswith(prefix) and not url.startswith(prefix + "/"):
-        return prefix + str(Path(url[len(prefix) :]).resolve())
-    return url
-
-
-def _ray_env() -> None:
-    """Process-wide settings for Ray and Tune, before either starts."""
-    os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
-    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # we record results ourselves
-    os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")  # start/done reports carry no loss
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-
-
-def _token_auth_for_address() -> None:
-    """`ray start --head` enables token authentication when a token exists (~/.ray/auth_token,
-    $RAY_AUTH_TOKEN, $RAY_AUTH_TOKEN_PATH), but `ray.init(address=...)` does not, and then retries for
-    about 20 s before failing with InvalidAuthToken. With RAY_AUTH_MODE unset and a token at hand, send
-    it: a cluster without authentication accepts such a client too."""
-    if os.environ.get("RAY_AUTH_MODE") is not None:
-        return
-    try:
-        from ray._private.authentication.authentication_token_setup import (
-            maybe_enable_token_auth_if_token_available,
-        )
-
-        maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
-    except Exception as exc:  # noqa: BLE001 - an older or newer Ray without this API: connect as is
-        log.debug("token authentication not set up: %s", exc)
-
-
-def init_ray(address: str | None = None) -> None:
-    """Local Ray sized to this machine (dashboard off, object store capped), or a cluster by address
-    (`address`, else $RAY_ADDRESS). A no-op when Ray is already initialised in this process."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    _ray_env()
-    address = address or os.environ.get("RAY_ADDRESS") or None
-    if address == "local":  # Ray's own word for "start a new local instance"
-        address = None
-    common = {"logging_level": logging.WARNING, "log_to_driver": False, "configure_logging": True}
-    try:
-        if address:
-            raynet.warn_without_token(address)
-            _token_auth_for_address()
-            ray.init(address=address, **common)
-        else:
-            # "local": a new Ray of our own even when `ray start` runs on this machine (ray.init() without
-            # an address would join the cluster named in /tmp/ray/ray_current_cluster, stale or not);
-            # listening on 127.0.0.1 only (raynet.loopback_only).
-            with raynet.loopback_only():
-                ray.init(
-                    address="local", include_dashboard=False, object_store_memory=OBJECT_STORE_BYTES, **common
-                )
-    except ConnectionError as exc:
-        raise RunError(
-            f"cannot connect to the Ray cluster at {address}: {error_line(exc)}; "
-            "check --address / RAY_ADDRESS (and that `ray start --head` is running there)"
-        ) from None
-
-
-def _scalars(d: dict[str, Any]) -> dict[str, float]:
-    return {k: float(v) for k, v in d.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-
-
-class Executor:
+class Executor(SharedStages, TrialOutcomes):
     """One submission of one spec."""
 
     def __init__(
@@ -183,17 +100,18 @@ class Executor:
         self.graph: StageGraph = build_graph(loaded.trials)
         self.recompute = recompute.select(self.graph, recompute_stages)  # hashes run again, not reused
         self.base_dir = str(loaded.path.parent.resolve())
-        self.store = ArtifactStore(_absolute(self.spec.tracking.artifacts))
-        self.records: Records = connect(_absolute_sqlite(self.spec.tracking.db))
+        self.store = ArtifactStore(absolute_store(self.spec.tracking.artifacts))
+        self.records: Records = connect(absolute_sqlite(self.spec.tracking.db))
         self.leases = Leases(self.records)  # this submission's claims on stages and trials
         self.experiment_id: int | None = None
-        self.mlflow_uri = _absolute_sqlite(self.spec.tracking.mlflow)
+        self.mlflow_uri = absolute_sqlite(self.spec.tracking.mlflow)
         self._mirror: MlflowMirror | None = None
         self.trial_ids: dict[str, int] = {}
         self.trial_infos: dict[str, TrialInfo] = {}
         self.run_ids: dict[str, str] = {}
         self.stage_status: dict[str, str] = {}
         self.ran: dict[str, dict[str, Any]] = {}  # trial key -> node, start and end of its work (this run)
+        self.trial_tags: dict[str, dict[str, str]] = {}  # MLflow tags set when the trial ends
         self._opener: threading.Thread | None = None
         self._opener_error: BaseException | None = None
         self.result = SubmitResult(self.name)
@@ -296,134 +214,6 @@ class Executor:
         return self.stage_status.get(h) == "completed"
 
     # ---------------------------------------------------------------- shared stages
-    def run_shared_stages(self) -> dict[str, str]:
-        """Teacher, importance and prune stages as Ray tasks in dependency order; returns failures.
-
-        Each stage is claimed before it is launched (ablate.track.leases); one that another live
-        submission runs is waited for (its record polled) and then counted as reused, and its
-        children are launched once it is completed."""
-        shared = [s for s in self.graph.stages.values() if s.kind in SHARED_KINDS]
-        for stage in shared:
-            if self._done(stage.hash):
-                self._count(self.result.stages_reused, stage.kind)
-        unresolved = {s.hash: s for s in shared if not self._done(s.hash)}
-        failures: dict[str, str] = {}
-        refs: dict[str, Any] = {}
-        pending: dict[Any, Stage] = {}
-        waited: set[str] = set()  # stages found held by another submission
-        while unresolved:
-            for stage in [s for s in unresolved.values() if s.hash not in refs]:
-                parent_failed = [p for p in stage.parents if p in failures]
-                if parent_failed:
-                    del unresolved[stage.hash]
-                    self._stage_failed(
-                        stage, f"not run: its parent stage {parent_failed[0]} failed", failures
-                    )
-                    continue
-                if any(p not in refs and not self._done(p) for p in stage.parents):
-                    continue  # a parent another submission runs: launched once it is completed
-                claim = self.leases.claim_stage(stage.hash, take_failed=stage.hash not in waited)
-                if claim.state == "held":
-                    if stage.hash not in waited:
-                        waited.add(stage.hash)
-                        self._waiting(stage, claim.owner)
-                    continue
-                if claim.state in ("completed", "failed"):  # the other submission finished it
-                    del unresolved[stage.hash]
-                    if claim.state == "failed":
-                        self._stage_failed(
-                            stage, f"failed in another submission: {claim.error}", failures, record=False
-                        )
-                    else:
-                        self._stage_reused(stage)
-                    continue
-                refs[stage.hash] = self._launch_shared(stage, refs)
-                pending[refs[stage.hash]] = stage
-            if pending:
-                import ray
-
-                done, _ = ray.wait(list(pending), num_returns=1, timeout=WAIT_POLL_S if waited else None)
-                for ref in done:
-                    stage = pending.pop(ref)
-                    del unresolved[stage.hash]
-                    self._shared_outcome(stage, ref, failures)
-            elif unresolved:
-                time.sleep(WAIT_POLL_S)  # only stages other submissions hold (or their children) are left
-        return failures
-
-    def _launch_shared(self, stage: Stage, refs: dict[str, Any]) -> Any:
-        """Start a claimed shared stage as a Ray task (after its parents' tasks, when it has some)."""
-        self._start_ray()
-        import ray
-
-        trial_res = self.spec.resources.trial
-        parents = {self.graph.stages[p].kind: self.graph.stages[p] for p in stage.parents}
-        deps = [refs[p] for p in stage.parents if p in refs]
-        retries = {"max_retries": self.spec.resources.max_failures, "retry_exceptions": False}
-        if stage.kind in runners.WORKER_STAGES and trial_res.strategy != "single":
-            # Teacher correction trains like a trial: on the trial's workers (the task only waits).
-            on_workers = ray.remote(runners.stage_on_workers)
-            ref = on_workers.options(num_cpus=0, memory=DRIVER_MEMORY_BYTES, **retries).remote(
-                stage, parents, self.store.url, self.base_dir, self._worker_resources(), *deps
-            )
-        else:  # one process: resources.shared, by default one worker's share of the trial
-            cpu, gpu = self._shared_resources()
-            ref = (
-                ray.remote(runners.stage_task)
-                .options(num_cpus=cpu, num_gpus=gpu, **retries)
-                .remote(stage, parents, self.store.url, self.base_dir, max(1, int(cpu)), *deps)
-            )
-        self.progress("stage_start", {"kind": stage.kind, "hash": stage.hash})
-        return ref
-
-    def _shared_outcome(self, stage: Stage, ref: Any, failures: dict[str, str]) -> None:
-        import ray
-
-        try:
-            facts = ray.get(ref)
-        except Exception as exc:  # noqa: BLE001 - a stage failure is recorded, not raised
-            parent_failed = [p for p in stage.parents if p in failures]
-            if parent_failed:  # Ray hands a failed parent's error to its children unrun
-                message = f"not run: its parent stage {parent_failed[0]} failed"
-            else:
-                message = error_line(exc)
-            self._stage_failed(stage, message, failures)
-            return
-        self.stage_status[stage.hash] = "completed"
-        self.records.mark_stage_completed(stage.hash, self.store.path_for(stage.hash))
-        self._count(self.result.stages_run, stage.kind)
-        self.progress("stage_done", {"kind": stage.kind, "hash": stage.hash, "facts": facts})
-
-    def _stage_failed(
-        self, stage: Stage, message: str, failures: dict[str, str], record: bool = True
-    ) -> None:
-        failures[stage.hash] = message
-        self.stage_status[stage.hash] = "failed"
-        if record:
-            self.records.mark_stage_failed(stage.hash, message)
-            self.records.log_event(
-                f"{stage.kind} stage {stage.hash} failed: {message}",
-                level="error",
-                experiment=self.name,
-                stage_hash=stage.hash,
-            )
-        self._count(self.result.stages_failed, stage.kind)
-        self.progress("stage_failed", {"kind": stage.kind, "hash": stage.hash, "error": message})
-
-    def _stage_reused(self, stage: Stage) -> None:
-        """A stage another submission completed while this one waited for it."""
-        self.stage_status[stage.hash] = "completed"
-        self._count(self.result.stages_reused, stage.kind)
-        self.progress("stage_done", {"kind": stage.kind, "hash": stage.hash, "facts": {"reused": True}})
-
-    def _waiting(self, stage: Stage, owner: str | None) -> None:
-        self.records.log_event(
-            f"{stage.kind} stage {stage.hash} is being run by another submission ({owner}): waiting for it",
-            experiment=self.name,
-            stage_hash=stage.hash,
-        )
-        self.progress("stage_wait", {"kind": stage.kind, "hash": stage.hash, "owner": owner})
-
     # ---------------------------------------------------------------- trials
     def _trial_done(self, key: str) -> bool:
         info = self.trial_infos[key]
@@ -539,12 +329,12 @@ class Executor:
         stages = self.graph.trial_stages[key]
         facts = runners.read_distill_facts(self.store, stages["distill"])
         final = runners.read_eval_metrics(self.store, stages["eval"])
-        rows = _curve_rows(facts)
+        rows = curve_rows(facts)
         trial_id, run_id = self.trial_ids[key], self.run_id(key)
         self.records.log_metrics(trial_id, rows)
         self.records.log_final_metrics(trial_id, final)
         self.records.set_trial_status(trial_id, "completed")
-        self.mirror.log_step_metrics(run_id, rows + _final_rows(final, facts.get("steps") or 0))
+        self.mirror.log_step_metrics(run_id, rows + final_rows(final, facts.get("steps") or 0))
         self.mirror.set_terminated(run_id, "FINISHED")
         for kind in TRIAL_KINDS:
             self._count(self.result.stages_reused, kind)
@@ -669,7 +459,9 @@ class Executor:
                 grace_period=max(1, steps // 8),
                 stop_last_trials=False,
             )
-        callback = __getattr__("RecordingCallback")(self)
+        from ablate.run.tune_hooks import CancelStopper, RecordingCallback
+
+        callback = RecordingCallback(self)
         tuner_name = f"{self.name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
         storage = self._tune_storage()
         tuner = tune.Tuner(
@@ -687,7 +479,7 @@ class Executor:
                 storage_path=str(storage),
                 failure_config=tune.FailureConfig(max_failures=self.spec.resources.max_failures),
                 callbacks=[callback],
-                stop=__getattr__("CancelStopper")(self.records, self.name),
+                stop=CancelStopper(lambda: self.records.cancel_requested(self.name)),
                 verbose=0,
                 log_to_file=False,
             ),
@@ -763,250 +555,6 @@ def _trial_steps(resolved: dict[str, Any]) -> int:
     """Optimizer steps of a trial's distillation (the trainer's own formula)."""
     d = resolved["distill"]
     return max(1, budget.steps(int(d["tokens"]), int(d["global_batch"]), int(resolved["data"]["seq_len"])))
-
-
-def _curve_rows(facts: dict[str, Any]) -> list[tuple[str, int, float]]:
-    """Per-step loss, lr and tokens from a distillation's curves (steps 1..n)."""
-    rows = [("loss", i + 1, float(v)) for i, v in enumerate(facts.get("loss_curve") or [])]
-    rows += [("lr", i + 1, float(v)) for i, v in enumerate(facts.get("lr_curve") or [])]
-    tpp = facts.get("tokens_per_step") or 0
-    if tpp:
-        rows += [("tokens", i + 1, float((i + 1) * tpp)) for i in range(len(facts.get("loss_curve") or []))]
-    return rows
-
-
-def _final_rows(final: dict[str, float], step: int) -> list[tuple[str, int, float]]:
-    """Final eval metrics for MLflow: `eval_<name>` at the last step, the same series as periodic evals
-    (`distill.eval_every`), so the run table shows them and they never mix with per-step values."""
-    return [(f"eval_{k}", step, v) for k, v in final.items() if v is not None]
-
-
-# ---------------------------------------------------------------------------------------------- Tune hooks
-# Defined on first use, so that a submission with nothing to run never imports Ray Tune (~1 s).
-_LIVE: dict[int, Any] = {}
-_TUNE_CLASSES: dict[str, type] = {}
-
-
-class _DriverOnly:
-    """Tune pickles its callbacks and stoppers with the experiment state; ours hold the driver's
-    database and MLflow handles, which stay in this process: pickling keeps only a registry id."""
-
-    def __getstate__(self) -> dict:
-        _LIVE[id(self)] = self.__dict__
-        return {"_live_id": id(self)}
-
-    def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(_LIVE.get(state["_live_id"], {}))
-
-
-def __getattr__(name: str) -> Any:
-    if name in ("RecordingCallback", "CancelStopper"):
-        if not _TUNE_CLASSES:
-            _define_tune_classes()
-        return _TUNE_CLASSES[name]
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def _trial_error(trial: Any) -> str:
-    """The trial's exception as one readable line (Tune keeps the full traceback in error_file)."""
-    try:
-        exc = trial.get_error()
-    except Exception:  # noqa: BLE001
-        exc = None
-    if exc is not None:
-        return error_line(exc)
-    path = getattr(trial, "error_file", None)
-    if path and Path(path).exists():
-        lines = [line for line in Path(path).read_text().strip().splitlines() if line.strip()]
-        return lines[-1] if lines else "failed"
-    return "failed (no error recorded by Ray Tune)"
-
-
-def _define_tune_classes() -> None:
-    from ray.tune import Callback, Stopper
-
-    class RecordingCallback(_DriverOnly, Callback):
-        """Runs in the driver: turns the trials' reports into SQL records and MLflow metrics.
-
-        Per-step values are buffered and written every FLUSH_S seconds per trial (one multi-row SQL
-        insert and one MLflow log_batch per flush), and once more when the trial ends, so recording
-        costs a handful of calls per trial rather than one per value.
-        """
-
-        FLUSH_S = 2.0
-
-        def __init__(self, executor: Executor):
-            self.ex = executor
-            self.buffer: dict[str, list[tuple[str, int, float]]] = {}
-            self.tags: dict[str, dict[str, str]] = {}
-            self.outcome: dict[str, dict[str, Any]] = {}
-            self.last_step: dict[str, int] = {}
-            self.last_flush = time.monotonic()
-
-        @staticmethod
-        def _key(trial: Any) -> str:
-            return trial.config["key"]
-
-        def on_trial_start(self, iteration, trials, trial, **info):
-            key = self._key(trial)
-            ex = self.ex
-            ex.records.set_trial_status(ex.trial_ids[key], "running")  # its stages: claimed already
-            ex.mirror.set_status(ex.run_ids[key], "RUNNING")
-            ex.progress("trial_start", {"key": key})
-
-        def on_trial_result(self, iteration, trials, trial, result, **info):
-            key = self._key(trial)
-            phase = result.get("phase")
-            if phase == runners.PHASE_STEP:
-                step = self.last_step[key] = int(result["step"])
-                rows = self.buffer.setdefault(key, [])
-                rows.extend((name, step, value) for name, value in (result.get("m") or {}).items())
-                self.ex.progress(
-                    "trial_step",
-                    {"key": key, "step": step, "steps": result.get("steps"), "loss": result.get("loss")},
-                )
-            elif phase == runners.PHASE_START:
-                node, host = str(result.get("node") or ""), str(result.get("host") or "")
-                self.ex.ran[key] = {"node": node, "started": result.get("started")}
-                self.tags[key] = {"ablate.node": node, "ablate.host": host}
-                self.ex.records.log_event(
-                    f"trial {key} started on node {node[:16]} ({host}, pid {result.get('pid')})",
-                    experiment=self.ex.name,
-                    trial_id=self.ex.trial_ids[key],
-                )
-            elif phase in (runners.PHASE_DONE, runners.PHASE_FAILED):
-                self.outcome[key] = dict(result)
-                ran = self.ex.ran.setdefault(key, {})
-                ran["finished"] = result.get("finished")
-                if ran.get("started") and ran.get("finished"):
-                    ran["work_s"] = round(ran["finished"] - ran["started"], 3)
-            if time.monotonic() - self.last_flush > self.FLUSH_S:
-                self.flush_all()
-
-        def flush(self, key: str) -> None:
-            rows = self.buffer.pop(key, [])
-            if not rows:
-                return
-            self.ex.records.log_metrics(self.ex.trial_ids[key], rows)
-            self.ex.mirror.log_step_metrics(self.ex.run_ids[key], rows)  # points it has already are skipped
-
-        def flush_all(self) -> None:
-            for key in list(self.buffer):
-                self.flush(key)
-            self.last_flush = time.monotonic()
-
-        def _finish_tags(self, key: str) -> None:
-            tags = self.tags.pop(key, None)
-            if tags:
-                self.ex.mirror.set_tags(self.ex.run_ids[key], tags)
-
-        def on_trial_complete(self, iteration, trials, trial, **info):
-            key = self._key(trial)
-            ex = self.ex
-            out = self.outcome.pop(key, None) or {}
-            if out.get("phase") == runners.PHASE_FAILED:
-                self.flush(key)
-                self._fail(
-                    key,
-                    f"{out.get('stage', 'distill')} failed: {out.get('error', 'failed')}",
-                    out.get("stage"),
-                )
-                return
-            if out.get("phase") != runners.PHASE_DONE:
-                self.flush(key)
-                step = self.last_step.get(key)
-                if ex.records.cancel_requested(ex.name):
-                    reason = "cancelled (ablate cancel) before it finished"
-                else:  # the only other way Tune stops a trial that did not fail: the ASHA scheduler
-                    reason = f"stopped early by ASHA at step {step}: its loss was not among the best"
-                    ex.result.early_stopped.append(key)
-                ex.records.set_trial_status(ex.trial_ids[key], "cancelled", error=reason)
-                ex.cancel_stages(key, reason)
-                self._finish_tags(key)
-                ex.mirror.set_terminated(ex.run_ids[key], "KILLED")
-                ex.progress("trial_cancelled", {"key": key, "reason": reason})
-                return
-            final = _scalars(out.get("final") or {})
-            facts = out.get("facts") or {}
-            steps = int(facts.get("steps") or 0)
-            self.buffer.setdefault(key, []).extend(_curve_rows(facts))  # steps an earlier attempt ran
-            self.flush(key)
-            trial_id, run_id = ex.trial_ids[key], ex.run_ids[key]
-            stages = ex.graph.trial_stages[key]
-            for kind in TRIAL_KINDS:
-                if not ex._done(stages[kind]):
-                    ex.records.mark_stage_completed(stages[kind], ex.store.path_for(stages[kind]))
-                    ex.stage_status[stages[kind]] = "completed"
-                    ex._count(ex.result.stages_run, kind)
-            ex.records.log_final_metrics(trial_id, final)
-            ex.records.set_trial_status(trial_id, "completed")
-            resumed = facts.get("resumed_from_step")
-            if resumed is not None:
-                ex.records.log_event(
-                    f"trial {key}: distillation resumed from its checkpoint at step {resumed}",
-                    experiment=ex.name,
-                    trial_id=trial_id,
-                )
-            ex.mirror.log_step_metrics(run_id, _final_rows(final, steps))
-            self._finish_tags(key)
-            ex.mirror.set_terminated(run_id, "FINISHED")
-            ex.progress("trial_done", {"key": key, "metrics": final, "resumed_from_step": resumed})
-
-        def _fail(self, key: str, error: str, kind: str | None) -> None:
-            ex = self.ex
-            trial_id, run_id = ex.trial_ids[key], ex.run_ids[key]
-            stages = ex.graph.trial_stages[key]
-            kinds = [kind] if kind in TRIAL_KINDS else [k for k in TRIAL_KINDS if not ex._done(stages[k])][:1]
-            for k in kinds:
-                ex.records.mark_stage_failed(stages[k], error)
-                ex.stage_status[stages[k]] = "failed"
-                ex._count(ex.result.stages_failed, k)
-            ex.records.set_trial_status(trial_id, "failed", error=error)
-            ex.records.log_event(
-                f"trial {key} failed: {error}", level="error", experiment=ex.name, trial_id=trial_id
-            )
-            self._finish_tags(key)
-            ex.mirror.set_terminated(run_id, "FAILED")
-            ex.progress("trial_failed", {"key": key, "error": error})
-
-        def on_trial_recover(self, iteration, trials, trial, **info):
-            key = self._key(trial)
-            self.flush(key)
-            self.ex.records.log_event(
-                f"trial {key} crashed and is retried (resources.max_failures): {_trial_error(trial)}",
-                level="warning",
-                experiment=self.ex.name,
-                trial_id=self.ex.trial_ids[key],
-            )
-
-        def on_trial_error(self, iteration, trials, trial, **info):
-            key = self._key(trial)
-            self.flush(key)
-            self.outcome.pop(key, None)
-            self._fail(key, _trial_error(trial), None)
-
-    class CancelStopper(_DriverOnly, Stopper):
-        """Stops every trial once `ablate cancel NAME` has asked for it (polled every few seconds)."""
-
-        POLL_S = 2.0
-
-        def __init__(self, records: Records, name: str):
-            self.records, self.name = records, name
-            self.last, self.cancelled = 0.0, False
-
-        def __call__(self, trial_id, result) -> bool:
-            return self.stop_all()
-
-        def stop_all(self) -> bool:
-            now = time.monotonic()
-            if not self.cancelled and now - self.last > self.POLL_S:
-                self.last = now
-                self.cancelled = self.records.cancel_requested(self.name)
-            return self.cancelled
-
-    for cls in (RecordingCallback, CancelStopper):
-        cls.__module__, cls.__qualname__ = __name__, cls.__name__
-        _TUNE_CLASSES[cls.__name__] = cls
 
 
 def submit(

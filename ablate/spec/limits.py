@@ -18,7 +18,9 @@ MAX_TOKENS = 10**15  # 1000T tokens; the largest published pretraining runs are 
 MAX_TOKEN_TEXT = 64  # characters in a written token count such as "1.8B"
 MAX_COUNT = 10**9  # batch sizes, sequence lengths, steps, model dimensions, samples
 MAX_RESOURCES = 100_000  # CPUs or GPUs of one trial or shared stage
-MAX_RATE = 1e30  # learning rates and weight decay: finite, and large enough for a deliberately diverging trial
+MAX_RATE = (
+    1e30  # learning rates and weight decay: finite, and large enough for a deliberately diverging trial
+)
 MAX_TEMPERATURE = 1000.0  # distillation temperature (the literature uses 1 to 20)
 MAX_PATH_CHARS = 4096  # a path, URL or model id (Linux PATH_MAX)
 MAX_SEED = 2**32 - 1  # numpy and torch both take it

@@ -29,12 +29,13 @@ from typing import Any
 
 from ablate.errors import RunError
 from ablate.secrets import redact_text, redact_url
+from ablate.track.urls import DEFAULT_MLFLOW
 
 log = logging.getLogger(__name__)
 
 __all__ = ["DEFAULT_TRACKING_URI", "MlflowMirror", "mlflow_status"]
 
-DEFAULT_TRACKING_URI = "sqlite:///.ablate/mlflow.db"
+DEFAULT_TRACKING_URI = DEFAULT_MLFLOW
 TAG_ROLE = "ablate.role"
 TAG_EXPERIMENT = "ablate.experiment"
 TAG_TRIAL_KEY = "ablate.trial_key"

@@ -1,0 +1,177 @@
+"""Shared stages (teacher, importance, prune) as Ray tasks in dependency order, each claimed before it
+is launched (ablate.track.leases), so a stage another live submission runs is waited for instead of run
+twice. The executor mixes this in."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from ablate.plan.stages import Stage
+from ablate.run import runners
+from ablate.run.runners import error_line
+
+if TYPE_CHECKING:
+    from ablate.plan.graph import StageGraph
+    from ablate.run.artifacts import ArtifactStore
+    from ablate.spec.schema import Spec
+    from ablate.track.db import Records
+    from ablate.track.leases import Leases
+
+SHARED_KINDS = ("teacher", "importance", "prune")
+WAIT_POLL_S = 1.0  # how often a stage or trial another submission holds is looked at again
+DRIVER_MEMORY_BYTES = 256 * 2**20  # what a task that only waits for its Ray Train workers reserves
+
+
+class SharedStages:
+    """The executor's running of shared stages (see the module docstring)."""
+
+    name: str
+    spec: Spec
+    graph: StageGraph
+    store: ArtifactStore
+    records: Records
+    leases: Leases
+    base_dir: str
+    stage_status: dict[str, str]
+    result: Any
+
+    if TYPE_CHECKING:  # provided by the executor
+
+        def _done(self, h: str) -> bool: ...
+        def _count(self, bucket: dict[str, int], kind: str) -> None: ...
+        def _start_ray(self) -> None: ...
+        def _worker_resources(self) -> dict[str, Any]: ...
+        def _shared_resources(self) -> tuple[float, float]: ...
+        def progress(self, event: str, data: dict[str, Any]) -> None: ...
+
+    def run_shared_stages(self) -> dict[str, str]:
+        """Teacher, importance and prune stages as Ray tasks in dependency order; returns failures.
+
+        Each stage is claimed before it is launched (ablate.track.leases); one that another live
+        submission runs is waited for (its record polled) and then counted as reused, and its
+        children are launched once it is completed."""
+        shared = [s for s in self.graph.stages.values() if s.kind in SHARED_KINDS]
+        for stage in shared:
+            if self._done(stage.hash):
+                self._count(self.result.stages_reused, stage.kind)
+        unresolved = {s.hash: s for s in shared if not self._done(s.hash)}
+        failures: dict[str, str] = {}
+        refs: dict[str, Any] = {}
+        pending: dict[Any, Stage] = {}
+        waited: set[str] = set()  # stages found held by another submission
+        while unresolved:
+            for stage in [s for s in unresolved.values() if s.hash not in refs]:
+                parent_failed = [p for p in stage.parents if p in failures]
+                if parent_failed:
+                    del unresolved[stage.hash]
+                    self._stage_failed(
+                        stage, f"not run: its parent stage {parent_failed[0]} failed", failures
+                    )
+                    continue
+                if any(p not in refs and not self._done(p) for p in stage.parents):
+                    continue  # a parent another submission runs: launched once it is completed
+                claim = self.leases.claim_stage(stage.hash, take_failed=stage.hash not in waited)
+                if claim.state == "held":
+                    if stage.hash not in waited:
+                        waited.add(stage.hash)
+                        self._waiting(stage, claim.owner)
+                    continue
+                if claim.state in ("completed", "failed"):  # the other submission finished it
+                    del unresolved[stage.hash]
+                    if claim.state == "failed":
+                        self._stage_failed(
+                            stage, f"failed in another submission: {claim.error}", failures, record=False
+                        )
+                    else:
+                        self._stage_reused(stage)
+                    continue
+                refs[stage.hash] = self._launch_shared(stage, refs)
+                pending[refs[stage.hash]] = stage
+            if pending:
+                import ray
+
+                done, _ = ray.wait(list(pending), num_returns=1, timeout=WAIT_POLL_S if waited else None)
+                for ref in done:
+                    stage = pending.pop(ref)
+                    del unresolved[stage.hash]
+                    self._shared_outcome(stage, ref, failures)
+            elif unresolved:
+                time.sleep(WAIT_POLL_S)  # only stages other submissions hold (or their children) are left
+        return failures
+
+    def _launch_shared(self, stage: Stage, refs: dict[str, Any]) -> Any:
+        """Start a claimed shared stage as a Ray task (after its parents' tasks, when it has some)."""
+        self._start_ray()
+        import ray
+
+        trial_res = self.spec.resources.trial
+        parents = {self.graph.stages[p].kind: self.graph.stages[p] for p in stage.parents}
+        deps = [refs[p] for p in stage.parents if p in refs]
+        retries = {"max_retries": self.spec.resources.max_failures, "retry_exceptions": False}
+        if stage.kind in runners.WORKER_STAGES and trial_res.strategy != "single":
+            # Teacher correction trains like a trial: on the trial's workers (the task only waits).
+            on_workers = ray.remote(runners.stage_on_workers)
+            ref = on_workers.options(num_cpus=0, memory=DRIVER_MEMORY_BYTES, **retries).remote(
+                stage, parents, self.store.url, self.base_dir, self._worker_resources(), *deps
+            )
+        else:  # one process: resources.shared, by default one worker's share of the trial
+            cpu, gpu = self._shared_resources()
+            ref = (
+                ray.remote(runners.stage_task)
+                .options(num_cpus=cpu, num_gpus=gpu, **retries)
+                .remote(stage, parents, self.store.url, self.base_dir, max(1, int(cpu)), *deps)
+            )
+        self.progress("stage_start", {"kind": stage.kind, "hash": stage.hash})
+        return ref
+
+    def _shared_outcome(self, stage: Stage, ref: Any, failures: dict[str, str]) -> None:
+        import ray
+
+        try:
+            facts = ray.get(ref)
+        except Exception as exc:  # noqa: BLE001 - a stage failure is recorded, not raised
+            parent_failed = [p for p in stage.parents if p in failures]
+            if parent_failed:  # Ray hands a failed parent's error to its children unrun
+                message = f"not run: its parent stage {parent_failed[0]} failed"
+            else:
+                message = error_line(exc)
+            self._stage_failed(stage, message, failures)
+            return
+        self.stage_status[stage.hash] = "completed"
+        self.records.mark_stage_completed(stage.hash, self.store.path_for(stage.hash))
+        self._count(self.result.stages_run, stage.kind)
+        self.progress("stage_done", {"kind": stage.kind, "hash": stage.hash, "facts": facts})
+
+    def _stage_failed(
+        self, stage: Stage, message: str, failures: dict[str, str], record: bool = True
+    ) -> None:
+        failures[stage.hash] = message
+        self.stage_status[stage.hash] = "failed"
+        if record:
+            self.records.mark_stage_failed(stage.hash, message)
+            self.records.log_event(
+                f"{stage.kind} stage {stage.hash} failed: {message}",
+                level="error",
+                experiment=self.name,
+                stage_hash=stage.hash,
+            )
+        self._count(self.result.stages_failed, stage.kind)
+        self.progress("stage_failed", {"kind": stage.kind, "hash": stage.hash, "error": message})
+
+    def _stage_reused(self, stage: Stage) -> None:
+        """A stage another submission completed while this one waited for it."""
+        self.stage_status[stage.hash] = "completed"
+        self._count(self.result.stages_reused, stage.kind)
+        self.progress("stage_done", {"kind": stage.kind, "hash": stage.hash, "facts": {"reused": True}})
+
+    def _waiting(self, stage: Stage, owner: str | None) -> None:
+        self.records.log_event(
+            f"{stage.kind} stage {stage.hash} is being run by another submission ({owner}): waiting for it",
+            experiment=self.name,
+            stage_hash=stage.hash,
+        )
+        self.progress("stage_wait", {"kind": stage.kind, "hash": stage.hash, "owner": owner})
+
+
+__all__ = ["DRIVER_MEMORY_BYTES", "SHARED_KINDS", "SharedStages", "WAIT_POLL_S"]
