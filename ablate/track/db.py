@@ -1,6 +1,7 @@
-"""The results database: SQLAlchemy models and the operations the executor and the CLI need.
+"""The results database: the operations the executor and the CLI need (tables in ``tables.py``, plain
+results in ``infos.py``, URLs, engines and migrations in ``engine.py``).
 
-The database is the source of truth for what exists (DESIGN.md section 4, Records). Its schema changes only
+The database is the source of truth for what exists (docs/architecture.md, "Records and MLflow"). Its schema changes only
 through the Alembic migrations shipped in ``ablate/track/migrations`` (``db/`` points there), applied
 automatically by :func:`connect` under a lock, so two processes starting at once migrate exactly once.
 
@@ -17,31 +18,12 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import socket
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
-    JSON,
-    BigInteger,
-    CheckConstraint,
-    DateTime,
-    Float,
-    ForeignKey,
-    Index,
-    Integer,
-    MetaData,
-    String,
-    Text,
-    TypeDecorator,
-    UniqueConstraint,
-    create_engine,
-    event,
     func,
     select,
     text,
@@ -49,13 +31,43 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql as pg_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
-from sqlalchemy.engine import URL, Engine, make_url
-from sqlalchemy.exc import ArgumentError, OperationalError
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
-from sqlalchemy.pool import StaticPool
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session
 
 from ablate.errors import RunError
 from ablate.secrets import redact_text, redact_url
+from ablate.track.engine import make_engine, migrate, migrations_dir, normalize_url
+from ablate.track.infos import (
+    EventInfo,
+    ExperimentInfo,
+    ExperimentSummary,
+    MetricRow,
+    StageInfo,
+    TrialInfo,
+    TrialSummary,
+    _experiment_info,
+    _stage_info,
+    _trial_info,
+    _value,
+)
+from ablate.track.tables import (
+    _BATCH,
+    _MAX_ERROR,
+    EVENT_LEVELS,
+    FINAL_STEP,
+    STAGE_KINDS,
+    STATUSES,
+    TERMINAL,
+    Base,
+    Event,
+    Experiment,
+    Metric,
+    Stage,
+    Trial,
+    TrialStage,
+    UnknownExperiment,
+    _now,
+)
 
 log = logging.getLogger(__name__)
 
@@ -88,496 +100,6 @@ __all__ = [
     "normalize_url",
     "redact_url",
 ]
-
-STATUSES = ("pending", "running", "completed", "failed", "cancelled")
-TERMINAL = frozenset({"completed", "failed", "cancelled"})
-STAGE_KINDS = ("teacher", "importance", "prune", "distill", "eval")
-EVENT_LEVELS = ("debug", "info", "warning", "error")
-FINAL_STEP = -1
-"""``metrics.step`` of a trial's final value of a metric (per-step values have ``step >= 0``)."""
-
-_MAX_ERROR = 65536
-_BATCH = 500
-
-
-class UnknownExperiment(RunError):
-    """No experiment of that name in the records."""
-
-
-# ====================================================================== models
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
-class UTCDateTime(TypeDecorator[datetime]):
-    """Timezone-aware UTC datetimes on every backend (SQLite stores them naive)."""
-
-    impl = DateTime(timezone=True)
-    cache_ok = True
-
-    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
-        if value is None:
-            return None
-        value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
-
-    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
-        if value is None:
-            return None
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
-_JSON = JSON().with_variant(pg_dialect.JSONB(), "postgresql")
-_ID = BigInteger().with_variant(Integer(), "sqlite")  # SQLite autoincrements INTEGER PRIMARY KEY only
-
-NAMING = {
-    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
-    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
-    "ck": "ck_%(table_name)s_%(constraint_name)s",
-    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
-    "pk": "pk_%(table_name)s",
-}
-
-
-class Base(DeclarativeBase):
-    metadata = MetaData(naming_convention=NAMING)
-    type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: _JSON, list[str]: _JSON}
-
-
-def _status_check(col: str = "status") -> CheckConstraint:
-    values = ", ".join(f"'{s}'" for s in STATUSES)
-    return CheckConstraint(f"{col} IN ({values})", name="status")
-
-
-class Experiment(Base):
-    __tablename__ = "experiments"
-
-    id: Mapped[int] = mapped_column(_ID, primary_key=True)
-    name: Mapped[str] = mapped_column(String(200), unique=True)
-    spec_text: Mapped[str] = mapped_column(Text)
-    spec_hash: Mapped[str] = mapped_column(String(128))
-    created_at: Mapped[datetime] = mapped_column(default=_now)
-    updated_at: Mapped[datetime] = mapped_column(default=_now)
-    cancel_requested_at: Mapped[datetime | None]
-    mlflow_experiment_id: Mapped[str | None] = mapped_column(String(64))
-    mlflow_run_id: Mapped[str | None] = mapped_column(String(64))
-
-    trials: Mapped[list[Trial]] = relationship(back_populates="experiment", passive_deletes=True)
-
-
-class Trial(Base):
-    __tablename__ = "trials"
-    __table_args__ = (UniqueConstraint("experiment_id", "key"), _status_check(), Index(None, "status"))
-
-    id: Mapped[int] = mapped_column(_ID, primary_key=True)
-    experiment_id: Mapped[int] = mapped_column(ForeignKey("experiments.id", ondelete="CASCADE"))
-    key: Mapped[str] = mapped_column(String(128))
-    overrides: Mapped[dict[str, Any]] = mapped_column(default=dict)
-    config: Mapped[dict[str, Any] | None]
-    status: Mapped[str] = mapped_column(String(16), default="pending")
-    error: Mapped[str | None] = mapped_column(Text)
-    attempts: Mapped[int] = mapped_column(default=0)
-    mlflow_run_id: Mapped[str | None] = mapped_column(String(64))
-    created_at: Mapped[datetime] = mapped_column(default=_now)
-    updated_at: Mapped[datetime] = mapped_column(default=_now)
-    started_at: Mapped[datetime | None]
-    finished_at: Mapped[datetime | None]
-    lease_owner: Mapped[str | None] = mapped_column(String(255))  # the live submission holding it
-    lease_until: Mapped[datetime | None]
-
-    experiment: Mapped[Experiment] = relationship(back_populates="trials")
-
-
-class Stage(Base):
-    __tablename__ = "stages"
-    __table_args__ = (
-        _status_check(),
-        CheckConstraint(f"kind IN ({', '.join(repr(k) for k in STAGE_KINDS)})", name="kind"),
-    )
-
-    id: Mapped[int] = mapped_column(_ID, primary_key=True)
-    hash: Mapped[str] = mapped_column(String(128), unique=True)
-    kind: Mapped[str] = mapped_column(String(16))
-    config: Mapped[dict[str, Any]] = mapped_column(default=dict)
-    parents: Mapped[list[str]] = mapped_column(default=list)
-    status: Mapped[str] = mapped_column(String(16), default="pending")
-    artifact_uri: Mapped[str | None] = mapped_column(Text)
-    error: Mapped[str | None] = mapped_column(Text)
-    attempts: Mapped[int] = mapped_column(default=0)
-    host: Mapped[str | None] = mapped_column(String(255))
-    created_at: Mapped[datetime] = mapped_column(default=_now)
-    updated_at: Mapped[datetime] = mapped_column(default=_now)
-    started_at: Mapped[datetime | None]
-    finished_at: Mapped[datetime | None]
-    lease_owner: Mapped[str | None] = mapped_column(String(255))  # see ablate.track.leases
-    lease_until: Mapped[datetime | None]
-
-
-class TrialStage(Base):
-    __tablename__ = "trial_stages"
-    __table_args__ = (Index(None, "stage_id"),)
-
-    trial_id: Mapped[int] = mapped_column(ForeignKey("trials.id", ondelete="CASCADE"), primary_key=True)
-    stage_id: Mapped[int] = mapped_column(ForeignKey("stages.id", ondelete="CASCADE"), primary_key=True)
-
-
-class Metric(Base):
-    """One value of a metric of a trial: per step (``step >= 0``) or final (``step == FINAL_STEP``).
-
-    ``value`` is NULL where a NaN was logged (SQLite cannot store NaN); reads turn it back into NaN.
-    """
-
-    __tablename__ = "metrics"
-    __table_args__ = (UniqueConstraint("trial_id", "name", "step"),)
-
-    id: Mapped[int] = mapped_column(_ID, primary_key=True)
-    trial_id: Mapped[int] = mapped_column(ForeignKey("trials.id", ondelete="CASCADE"))
-    name: Mapped[str] = mapped_column(String(200))
-    step: Mapped[int] = mapped_column(BigInteger)
-    value: Mapped[float | None] = mapped_column(Float(precision=53))
-
-
-class Event(Base):
-    __tablename__ = "events"
-    __table_args__ = (
-        Index(None, "experiment_id", "id"),
-        Index(None, "trial_id"),
-        CheckConstraint(f"level IN ({', '.join(repr(v) for v in EVENT_LEVELS)})", name="level"),
-    )
-
-    id: Mapped[int] = mapped_column(_ID, primary_key=True)
-    time: Mapped[datetime] = mapped_column(default=_now)
-    experiment_id: Mapped[int | None] = mapped_column(ForeignKey("experiments.id", ondelete="CASCADE"))
-    trial_id: Mapped[int | None] = mapped_column(ForeignKey("trials.id", ondelete="CASCADE"))
-    stage_hash: Mapped[str | None] = mapped_column(String(128))
-    level: Mapped[str] = mapped_column(String(16), default="info")
-    message: Mapped[str] = mapped_column(Text)
-
-
-# ====================================================================== plain results
-
-
-def _jsonable(v: Any) -> Any:
-    if isinstance(v, datetime):
-        return v.isoformat()
-    if isinstance(v, float) and not math.isfinite(v):
-        return None if math.isnan(v) else ("inf" if v > 0 else "-inf")
-    if isinstance(v, dict):
-        return {k: _jsonable(x) for k, x in v.items()}
-    if isinstance(v, list | tuple):
-        return [_jsonable(x) for x in v]
-    return v
-
-
-class _Info:
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-serialisable dict (datetimes as ISO strings, NaN as null, inf as "inf")."""
-        return _jsonable(asdict(self))  # type: ignore[call-overload]
-
-
-@dataclass(frozen=True)
-class ExperimentInfo(_Info):
-    id: int
-    name: str
-    spec_hash: str
-    spec_text: str
-    created_at: datetime
-    updated_at: datetime
-    cancel_requested: bool
-    mlflow_experiment_id: str | None
-    mlflow_run_id: str | None
-    counts: dict[str, int] = field(default_factory=dict)
-    """Number of trials per status (every status present, zeros included)."""
-
-
-@dataclass(frozen=True)
-class TrialInfo(_Info):
-    id: int
-    experiment: str
-    key: str
-    status: str
-    overrides: dict[str, Any]
-    config: dict[str, Any] | None
-    error: str | None
-    attempts: int
-    mlflow_run_id: str | None
-    created_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
-
-    @property
-    def duration_s(self) -> float | None:
-        if self.started_at is None or self.finished_at is None:
-            return None
-        return (self.finished_at - self.started_at).total_seconds()
-
-
-@dataclass(frozen=True)
-class StageInfo(_Info):
-    id: int
-    hash: str
-    kind: str
-    status: str
-    config: dict[str, Any]
-    parents: list[str]
-    artifact_uri: str | None
-    error: str | None
-    attempts: int
-    host: str | None
-    created_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
-
-
-@dataclass(frozen=True)
-class MetricRow(_Info):
-    name: str
-    step: int | None
-    """None for a final value."""
-    value: float
-
-    @property
-    def final(self) -> bool:
-        return self.step is None
-
-
-@dataclass(frozen=True)
-class EventInfo(_Info):
-    id: int
-    time: datetime
-    level: str
-    message: str
-    experiment: str | None
-    trial_key: str | None
-    stage_hash: str | None
-
-
-@dataclass(frozen=True)
-class TrialSummary(_Info):
-    key: str
-    status: str
-    overrides: dict[str, Any]
-    error: str | None
-    attempts: int
-    final_metrics: dict[str, float]
-    mlflow_run_id: str | None
-    started_at: datetime | None
-    finished_at: datetime | None
-    duration_s: float | None
-
-
-@dataclass(frozen=True)
-class ExperimentSummary(_Info):
-    experiment: ExperimentInfo
-    counts: dict[str, int]
-    """Trials per status, every status present."""
-    trials: list[TrialSummary]
-    stages: dict[str, dict[str, int]]
-    """Stages linked to the experiment's trials: kind -> status -> count (only non-zero)."""
-
-    @property
-    def done(self) -> bool:
-        return all(t.status in TERMINAL for t in self.trials)
-
-
-def _experiment_info(e: Experiment, counts: Mapping[str, int] | None = None) -> ExperimentInfo:
-    return ExperimentInfo(
-        id=e.id,
-        name=e.name,
-        spec_hash=e.spec_hash,
-        spec_text=e.spec_text,
-        created_at=e.created_at,
-        updated_at=e.updated_at,
-        cancel_requested=e.cancel_requested_at is not None,
-        mlflow_experiment_id=e.mlflow_experiment_id,
-        mlflow_run_id=e.mlflow_run_id,
-        counts={s: int((counts or {}).get(s, 0)) for s in STATUSES},
-    )
-
-
-def _trial_info(t: Trial, experiment: str) -> TrialInfo:
-    return TrialInfo(
-        id=t.id,
-        experiment=experiment,
-        key=t.key,
-        status=t.status,
-        overrides=dict(t.overrides or {}),
-        config=None if t.config is None else dict(t.config),
-        error=t.error,
-        attempts=t.attempts,
-        mlflow_run_id=t.mlflow_run_id,
-        created_at=t.created_at,
-        started_at=t.started_at,
-        finished_at=t.finished_at,
-    )
-
-
-def _stage_info(s: Stage) -> StageInfo:
-    return StageInfo(
-        id=s.id,
-        hash=s.hash,
-        kind=s.kind,
-        status=s.status,
-        config=dict(s.config or {}),
-        parents=list(s.parents or []),
-        artifact_uri=s.artifact_uri,
-        error=s.error,
-        attempts=s.attempts,
-        host=s.host,
-        created_at=s.created_at,
-        started_at=s.started_at,
-        finished_at=s.finished_at,
-    )
-
-
-def _value(v: float | None) -> float:
-    return math.nan if v is None else float(v)
-
-
-# ====================================================================== URLs and engines
-
-
-def normalize_url(url: str) -> URL:
-    """Parse a tracking.db URL: ``postgresql://``/``postgres://`` get the psycopg 3 driver; a bare path or
-    ``sqlite:///path`` becomes an absolute SQLite file URL (its parent folder is created)."""
-    raw = os.fspath(url).strip()
-    if "://" not in raw:
-        raw = f"sqlite:///{raw}"
-    elif raw.startswith("postgres://"):
-        raw = "postgresql://" + raw[len("postgres://") :]
-    try:
-        u = make_url(raw)
-    except ArgumentError as e:
-        raise RunError(f"tracking.db: cannot parse database URL {redact_url(raw)!r} ({e})") from None
-    backend, _, driver = u.drivername.partition("+")
-    if backend == "postgresql":
-        if not driver:
-            u = u.set(drivername="postgresql+psycopg")
-    elif backend == "sqlite":
-        if u.database and u.database != ":memory:" and not u.database.startswith("file:"):
-            path = Path(u.database).expanduser().resolve()
-            path.parent.mkdir(parents=True, exist_ok=True)
-            u = u.set(database=str(path))
-    else:
-        raise RunError(
-            f"tracking.db: unsupported database {redact_url(u)!r}; use sqlite:///path/to/ablate.db "
-            "or postgresql://user@host:5432/dbname"
-        )
-    return u
-
-
-def _is_memory(u: URL) -> bool:
-    return u.drivername.startswith("sqlite") and u.database in (None, "", ":memory:")
-
-
-def make_engine(url: str | URL, *, busy_timeout_s: float = 60.0, echo: bool = False) -> Engine:
-    """An engine for a tracking.db URL, with ablate's SQLite settings (WAL, busy timeout, foreign keys,
-    ``BEGIN IMMEDIATE`` for write transactions; read transactions use ``BEGIN``).
-
-    Read-only work should go through ``engine.execution_options(ablate_read=True)``.
-    """
-    u = normalize_url(url) if isinstance(url, str) else url
-    if not u.drivername.startswith("sqlite"):
-        return create_engine(u, pool_pre_ping=True, echo=echo)
-
-    memory = _is_memory(u)
-    kwargs: dict[str, Any] = {"connect_args": {"timeout": busy_timeout_s, "check_same_thread": False}}
-    if memory:
-        kwargs["poolclass"] = StaticPool
-    engine = create_engine(u, echo=echo, **kwargs)
-
-    @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_conn: Any, _rec: Any) -> None:
-        dbapi_conn.isolation_level = None  # we emit BEGIN ourselves (pysqlite's own handling is broken)
-        cur = dbapi_conn.cursor()
-        cur.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
-        if not memory:
-            cur.execute("PRAGMA journal_mode = WAL")
-            cur.execute("PRAGMA synchronous = NORMAL")
-        cur.execute("PRAGMA foreign_keys = ON")
-        cur.close()
-
-    @event.listens_for(engine, "begin")
-    def _on_begin(conn: Any) -> None:
-        read = conn.get_execution_options().get("ablate_read", False)
-        conn.exec_driver_sql("BEGIN" if read else "BEGIN IMMEDIATE")
-
-    return engine
-
-
-# ====================================================================== migrations
-
-
-def migrations_dir() -> Path:
-    """The Alembic script directory shipped inside the package."""
-    return Path(__file__).resolve().parent / "migrations"
-
-
-def _alembic_config(connection: Any = None) -> Any:
-    from alembic.config import Config
-
-    cfg = Config()
-    cfg.set_main_option("script_location", str(migrations_dir()))
-    if connection is not None:
-        cfg.attributes["connection"] = connection
-    return cfg
-
-
-def _lock_for_migration(conn: Any) -> None:
-    """Serialise migrations across processes. SQLite: the transaction began with BEGIN IMMEDIATE, which
-    already holds the database's write lock. PostgreSQL: a transaction-scoped advisory lock keyed by
-    database and schema, released at commit or rollback."""
-    if conn.dialect.name == "postgresql":
-        conn.execute(
-            text(
-                "SELECT pg_advisory_xact_lock(hashtextextended("
-                "'ablate-migrate:' || current_database() || ':' || coalesce(current_schema(), ''), 0))"
-            )
-        )
-
-
-def migrate(engine: Engine) -> bool:
-    """Bring the schema to the newest revision; True if this call applied migrations.
-
-    Safe when several processes call it at once: the first takes the lock and migrates, the others wait,
-    see the new revision and do nothing. Refuses a database newer than this version of ablate.
-    """
-    from alembic.runtime.migration import MigrationContext
-    from alembic.script import ScriptDirectory
-
-    cfg = _alembic_config()
-    script = ScriptDirectory.from_config(cfg)
-    head = script.get_current_head()
-
-    def current(conn: Any) -> str | None:
-        rev = MigrationContext.configure(conn).get_current_revision()
-        if rev is not None and rev != head:
-            try:
-                script.get_revision(rev)
-            except Exception:
-                raise RunError(
-                    f"the results database is at schema revision {rev}, which this version of ablate does "
-                    "not know (it was written by a newer ablate): upgrade ablate, or point tracking.db "
-                    "at another database"
-                ) from None
-        return rev
-
-    with engine.execution_options(ablate_read=True).connect() as conn:  # fast path: already current
-        if current(conn) == head:
-            return False
-    from alembic import command
-
-    with engine.begin() as conn:
-        _lock_for_migration(conn)
-        rev = current(conn)
-        if rev == head:
-            return False
-        log.info("migrating the results database from %s to %s", rev or "empty", head)
-        command.upgrade(_alembic_config(conn), "head")
-    return True
-
 
 # ====================================================================== records
 

@@ -1,6 +1,6 @@
 """The MLflow mirror of the records: one parent run per experiment, one nested child run per trial.
 
-Written from the driver process only (DESIGN.md section 4: parallel writers lock an SQLite store). Runs are
+Written from the driver process only (docs/architecture.md: parallel writers lock an SQLite store). Runs are
 found again by tag on every later submission, never created anew:
 
 - parent: tags ``ablate.role=parent`` and ``ablate.experiment=<name>``;

@@ -113,7 +113,7 @@ def test_migrations_ship_inside_the_package():
     assert importlib.resources.files("ablate.track.migrations").joinpath("env.py").is_file()
     from alembic.script import ScriptDirectory
 
-    from ablate.track.db import _alembic_config
+    from ablate.track.engine import _alembic_config
 
     assert ScriptDirectory.from_config(_alembic_config()).get_current_head() == "0002"
 

@@ -14,7 +14,8 @@ from logging.config import fileConfig
 
 from alembic import context
 
-from ablate.track.db import Base, UTCDateTime, make_engine, normalize_url
+from ablate.track.engine import make_engine, normalize_url
+from ablate.track.tables import Base, UTCDateTime
 
 config = context.config
 target_metadata = Base.metadata

@@ -1,0 +1,191 @@
+"""Plain frozen results of the records (no ORM object leaves a transaction), and their conversion from
+rows."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import Any
+
+from ablate.track.tables import STATUSES, TERMINAL, Experiment, Stage, Trial
+
+# ====================================================================== plain results
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, datetime):
+        return v.isoformat()
+    if isinstance(v, float) and not math.isfinite(v):
+        return None if math.isnan(v) else ("inf" if v > 0 else "-inf")
+    if isinstance(v, dict):
+        return {k: _jsonable(x) for k, x in v.items()}
+    if isinstance(v, list | tuple):
+        return [_jsonable(x) for x in v]
+    return v
+
+
+class _Info:
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable dict (datetimes as ISO strings, NaN as null, inf as "inf")."""
+        return _jsonable(asdict(self))  # type: ignore[call-overload]
+
+
+@dataclass(frozen=True)
+class ExperimentInfo(_Info):
+    id: int
+    name: str
+    spec_hash: str
+    spec_text: str
+    created_at: datetime
+    updated_at: datetime
+    cancel_requested: bool
+    mlflow_experiment_id: str | None
+    mlflow_run_id: str | None
+    counts: dict[str, int] = field(default_factory=dict)
+    """Number of trials per status (every status present, zeros included)."""
+
+
+@dataclass(frozen=True)
+class TrialInfo(_Info):
+    id: int
+    experiment: str
+    key: str
+    status: str
+    overrides: dict[str, Any]
+    config: dict[str, Any] | None
+    error: str | None
+    attempts: int
+    mlflow_run_id: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+    @property
+    def duration_s(self) -> float | None:
+        if self.started_at is None or self.finished_at is None:
+            return None
+        return (self.finished_at - self.started_at).total_seconds()
+
+
+@dataclass(frozen=True)
+class StageInfo(_Info):
+    id: int
+    hash: str
+    kind: str
+    status: str
+    config: dict[str, Any]
+    parents: list[str]
+    artifact_uri: str | None
+    error: str | None
+    attempts: int
+    host: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+@dataclass(frozen=True)
+class MetricRow(_Info):
+    name: str
+    step: int | None
+    """None for a final value."""
+    value: float
+
+    @property
+    def final(self) -> bool:
+        return self.step is None
+
+
+@dataclass(frozen=True)
+class EventInfo(_Info):
+    id: int
+    time: datetime
+    level: str
+    message: str
+    experiment: str | None
+    trial_key: str | None
+    stage_hash: str | None
+
+
+@dataclass(frozen=True)
+class TrialSummary(_Info):
+    key: str
+    status: str
+    overrides: dict[str, Any]
+    error: str | None
+    attempts: int
+    final_metrics: dict[str, float]
+    mlflow_run_id: str | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    duration_s: float | None
+
+
+@dataclass(frozen=True)
+class ExperimentSummary(_Info):
+    experiment: ExperimentInfo
+    counts: dict[str, int]
+    """Trials per status, every status present."""
+    trials: list[TrialSummary]
+    stages: dict[str, dict[str, int]]
+    """Stages linked to the experiment's trials: kind -> status -> count (only non-zero)."""
+
+    @property
+    def done(self) -> bool:
+        return all(t.status in TERMINAL for t in self.trials)
+
+
+def _experiment_info(e: Experiment, counts: Mapping[str, int] | None = None) -> ExperimentInfo:
+    return ExperimentInfo(
+        id=e.id,
+        name=e.name,
+        spec_hash=e.spec_hash,
+        spec_text=e.spec_text,
+        created_at=e.created_at,
+        updated_at=e.updated_at,
+        cancel_requested=e.cancel_requested_at is not None,
+        mlflow_experiment_id=e.mlflow_experiment_id,
+        mlflow_run_id=e.mlflow_run_id,
+        counts={s: int((counts or {}).get(s, 0)) for s in STATUSES},
+    )
+
+
+def _trial_info(t: Trial, experiment: str) -> TrialInfo:
+    return TrialInfo(
+        id=t.id,
+        experiment=experiment,
+        key=t.key,
+        status=t.status,
+        overrides=dict(t.overrides or {}),
+        config=None if t.config is None else dict(t.config),
+        error=t.error,
+        attempts=t.attempts,
+        mlflow_run_id=t.mlflow_run_id,
+        created_at=t.created_at,
+        started_at=t.started_at,
+        finished_at=t.finished_at,
+    )
+
+
+def _stage_info(s: Stage) -> StageInfo:
+    return StageInfo(
+        id=s.id,
+        hash=s.hash,
+        kind=s.kind,
+        status=s.status,
+        config=dict(s.config or {}),
+        parents=list(s.parents or []),
+        artifact_uri=s.artifact_uri,
+        error=s.error,
+        attempts=s.attempts,
+        host=s.host,
+        created_at=s.created_at,
+        started_at=s.started_at,
+        finished_at=s.finished_at,
+    )
+
+
+def _value(v: float | None) -> float:
+    return math.nan if v is None else float(v)
