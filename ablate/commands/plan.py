@@ -11,7 +11,6 @@ from rich.console import Console
 from rich.table import Table
 
 from ablate.errors import SpecError
-from ablate.plan.estimate import H100_BF16_DENSE_FLOPS, estimate
 from ablate.plan.graph import build_graph
 from ablate.plan.memory import GPUS
 from ablate.secrets import redact, redact_text
@@ -81,6 +80,8 @@ def memory_warnings(est) -> list[str]:
 
 def plan_dict(loaded: LoadedSpec, mfu: float, gpu: str = "h100-80gb") -> dict:
     graph = build_graph(loaded.trials)
+    from ablate.plan.estimate import H100_BF16_DENSE_FLOPS, estimate
+
     est = estimate(loaded.teacher_config, loaded.trials, mfu=mfu, gpu=gpu)
     return {
         "name": loaded.spec.name,

@@ -10,14 +10,11 @@ import difflib
 import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ValidationError
-from transformers import PretrainedConfig
 
 from ablate.errors import AblateError, SpecError
-from ablate.models.arch import check_target
-from ablate.models.registry import load_config
 from ablate.spec.limits import MAX_COUNT, MAX_TRIALS
 from ablate.spec.load import Path_, Problem, SourceMap, dotted, load_document
 from ablate.spec.problems import shorten
@@ -33,6 +30,9 @@ from ablate.spec.sweep import (
     normalise,
     schema_has_path,
 )
+
+if TYPE_CHECKING:  # transformers and torch load only once a spec parses (a bad file fails fast)
+    from transformers import PretrainedConfig
 
 TEACHER_DIMS = (
     "num_hidden_layers",
@@ -218,6 +218,8 @@ def _check_teacher(
     model_ref = resolve_relative(spec_path, spec.teacher.model)
     field = ("teacher", "config") if config_ref else ("teacher", "model")
     try:
+        from ablate.models.registry import load_config
+
         config = load_config(model_ref, config_path)
     except AblateError as exc:
         return None, [_problem(source, field, str(exc))]
@@ -233,6 +235,8 @@ def _check_teacher(
         return None, [_problem(source, field, bad)]
     problems = []
     for name, target in spec.targets.items():
+        from ablate.models.arch import check_target
+
         for message in check_target(config, target.axes()):
             axis = message.split("=")[0].split(" ")[0]
             path = ("targets", name, axis) if axis in target.axes() else ("targets", name)
