@@ -246,6 +246,8 @@ def _p(f: Finding) -> str:
 
 
 def _settings(f: Finding) -> str:
+    if f.n < 2:
+        return "one pair"
     return "seed replicates" if not f.settings else "over " + ", ".join(f.settings)
 
 

@@ -191,8 +191,10 @@ def flat_keys(contexts: Sequence[Mapping[str, Any]]) -> list[str]:
 
 
 def varying_keys(contexts: Sequence[Mapping[str, Any]]) -> list[str]:
-    """The dotted paths whose value differs between the contexts."""
-    return [k for k in flat_keys(contexts) if len({repr(lookup(c, k)) for c in contexts}) > 1]
+    """The dotted paths whose value differs between the contexts; a field that is a mapping in some
+    contexts and not in others (``teacher.correction``: off or a dict) is named once, not per subfield."""
+    keys = [k for k in flat_keys(contexts) if len({repr(lookup(c, k)) for c in contexts}) > 1]
+    return [k for k in keys if not any(k.startswith(j + ".") for j in keys)]
 
 
 def settings(pairs: Sequence[Pair]) -> list[str]:

@@ -320,9 +320,18 @@ def _pair_labels(f: Finding, order: list[int]) -> tuple[list[str] | None, str]:
         for k in keys:
             v = lookup(c, k)
             if v is not MISSING:
-                parts.append(_shape_label(v) if isinstance(v, dict) else fmt_value(v))
+                parts.append(_context_label(k, v))
         out.append(" / ".join(parts) if parts else "pair")
     return out, " / ".join(keys)
+
+
+def _context_label(key: str, value: Any) -> str:
+    """A short tick label: a target by its shape, any other settings block by whether it is on."""
+    if isinstance(value, dict):
+        return _shape_label(value) if key == "target" else "on"
+    if value is None and key != "target":
+        return "off"
+    return fmt_value(value)[:24]
 
 
 def _shape_label(shape: dict[str, Any]) -> str:
