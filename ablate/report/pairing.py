@@ -102,16 +102,22 @@ class Axis:
             return True
         return _base_name(a) != _base_name(b)
 
+    def members(self, trials: Sequence[TrialRow], a: Any, b: Any, metric: str) -> list[tuple[TrialRow, str]]:
+        """The finished trials that take part with value a or b, each with its value in canonical form."""
+        wanted = (canon(a), canon(b))
+        out = []
+        for t in trials:
+            if self.takes_part(t) and finished(t, metric):
+                v = canon(self.value(t))
+                if v in wanted:
+                    out.append((t, v))
+        return out
+
     def pairs(self, trials: Sequence[TrialRow], a: Any, b: Any, metric: str) -> list[Pair]:
         """Pairs of finished trials with this axis = a and = b that are equal in everything else."""
         ca, cb = canon(a), canon(b)
         by_ctx: dict[str, dict[str, TrialRow]] = {}
-        for t in trials:
-            if not self.takes_part(t) or not finished(t, metric):
-                continue
-            v = canon(self.value(t))
-            if v not in (ca, cb):
-                continue
+        for t, v in self.members(trials, a, b, metric):
             group = by_ctx.setdefault(canon(self.context(t)), {})
             if v in group:
                 raise ReportError(

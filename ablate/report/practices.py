@@ -369,12 +369,7 @@ def ranking_stability(
     ax = Axis(trials, axis)
     labels: dict[str, str] = {}
     values: dict[str, dict[str, list[float]]] = {}
-    for t in trials:
-        if not ax.takes_part(t) or not finished(t, metric):
-            continue
-        v = canon(ax.value(t))
-        if v not in (cs, cl):
-            continue
+    for t, v in ax.members(trials, small, large, metric):
         ctx = ax.context(t)
         ctx.pop("seed", None)
         key = canon(ctx)
