@@ -44,7 +44,7 @@ def write_spec(folder: Path) -> Path:
 def _warm() -> None:
     import torch
 
-    from ablate.run.runners import warm_imports
+    from ablate.run.ray_workers import warm_imports
 
     torch.set_num_threads(1)
     warm_imports()
@@ -54,7 +54,7 @@ def run_trial_from_scratch(spec: str, key: str, store_root: str) -> float:
     """One trial's five stages, in order, into a store of its own; returns seconds."""
     from ablate.plan.stages import trial_stages
     from ablate.run.artifacts import ArtifactStore
-    from ablate.run.runners import run_stage
+    from ablate.run.stage_runners import StageContext, run_stage
     from ablate.spec.validate import load_spec
 
     trial = next(t for t in load_spec(spec).trials if t.key == key)
@@ -63,7 +63,8 @@ def run_trial_from_scratch(spec: str, key: str, store_root: str) -> float:
     store = ArtifactStore(store_root)
     started = time.perf_counter()
     for stage in stages.values():
-        run_stage(stage, store, {by_hash[p].kind: by_hash[p] for p in stage.parents}, str(Path(spec).parent))
+        parents = {by_hash[p].kind: by_hash[p] for p in stage.parents}
+        run_stage(stage, StageContext(store, parents, str(Path(spec).parent)))
     return time.perf_counter() - started
 
 
@@ -71,7 +72,7 @@ def run_stages_sequentially(spec: Path, store_root: Path, dedup: bool) -> tuple[
     from ablate.plan.graph import build_graph
     from ablate.plan.stages import trial_stages
     from ablate.run.artifacts import ArtifactStore
-    from ablate.run.runners import RUNNERS
+    from ablate.run.stage_runners import RUNNERS, StageContext
     from ablate.spec.validate import load_spec
 
     loaded = load_spec(spec)
@@ -82,7 +83,7 @@ def run_stages_sequentially(spec: Path, store_root: Path, dedup: bool) -> tuple[
         store = ArtifactStore(str(store_root))
         for stage in graph.stages.values():
             parents = {graph.stages[p].kind: graph.stages[p] for p in stage.parents}
-            RUNNERS[stage.kind](stage, store, parents, str(spec.parent))
+            RUNNERS[stage.kind](stage, StageContext(store, parents, str(spec.parent)))
             n += 1
     else:
         for i, trial in enumerate(loaded.trials):
@@ -90,9 +91,8 @@ def run_stages_sequentially(spec: Path, store_root: Path, dedup: bool) -> tuple[
             by_hash = {s.hash: s for s in stages.values()}
             store = ArtifactStore(str(store_root / f"trial{i}"))
             for stage in stages.values():
-                RUNNERS[stage.kind](
-                    stage, store, {by_hash[p].kind: by_hash[p] for p in stage.parents}, str(spec.parent)
-                )
+                parents = {by_hash[p].kind: by_hash[p] for p in stage.parents}
+                RUNNERS[stage.kind](stage, StageContext(store, parents, str(spec.parent)))
                 n += 1
     return time.perf_counter() - started, n
 

@@ -2,7 +2,7 @@
 script with Ray's MLflow callback (ray.air.integrations.mlflow.MLflowLoggerCallback), in one run.
 
 Both sides run the same trials (specs/tiny.yaml's grid, more seeds) with the same work per trial (the
-distill and eval runners of ablate.run.runners on the same pruned students), the same resources and the
+distill and eval runners of ablate.run.stage_runners on the same pruned students), the same resources and the
 same concurrency, each from shared-stage artifacts built once beforehand (not timed). Each side is a fresh
 process timed from launch to exit; each trial measures its own work (distill + eval with model and data
 loading, after the imports both sides do before it). Then, with N trials and concurrency c:
@@ -51,7 +51,7 @@ def build_shared_stages(spec: Path, store_root: Path) -> None:
 
     from ablate.plan.graph import build_graph
     from ablate.run.artifacts import ArtifactStore
-    from ablate.run.runners import run_stage
+    from ablate.run.stage_runners import StageContext, run_stage
     from ablate.spec.validate import load_spec
 
     torch.set_num_threads(1)
@@ -61,7 +61,7 @@ def build_shared_stages(spec: Path, store_root: Path) -> None:
     for stage in graph.stages.values():
         if stage.kind in ("teacher", "importance", "prune"):
             parents = {graph.stages[p].kind: graph.stages[p] for p in stage.parents}
-            run_stage(stage, store, parents, str(spec.parent))
+            run_stage(stage, StageContext(store, parents, str(spec.parent)))
 
 
 def summarise(wall: float, launch: float, trials: list[dict], concurrency: int) -> dict:
@@ -110,7 +110,8 @@ def plain(workdir: Path, spec: Path, concurrency: int, reuse_actors: bool) -> No
         from ray import tune as _tune
 
         from ablate.run.artifacts import ArtifactStore
-        from ablate.run.runners import RUNNERS, warm_imports
+        from ablate.run.ray_workers import warm_imports
+        from ablate.run.stage_runners import RUNNERS, StageContext
 
         torch.set_num_threads(1)
         warm_imports()  # as ablate's trials do: the clock starts when the trial's own work does
@@ -119,13 +120,16 @@ def plain(workdir: Path, spec: Path, concurrency: int, reuse_actors: bool) -> No
         store = ArtifactStore(store_url)
         RUNNERS["distill"](
             stages["distill"],
-            store,
-            {"prune": stages["prune"], "teacher": stages["teacher"]},
-            base_dir,
-            lambda m: _tune.report({k: v for k, v in m.items() if isinstance(v, (int, float))}),
+            StageContext(
+                store,
+                {"prune": stages["prune"], "teacher": stages["teacher"]},
+                base_dir,
+                lambda m: _tune.report({k: v for k, v in m.items() if isinstance(v, (int, float))}),
+            ),
         )
         metrics = RUNNERS["eval"](
-            stages["eval"], store, {"distill": stages["distill"], "teacher": stages["teacher"]}, base_dir
+            stages["eval"],
+            StageContext(store, {"distill": stages["distill"], "teacher": stages["teacher"]}, base_dir),
         )
         finished = _time.time()
         _tune.report({**metrics, "work_s": finished - started, "started": started, "finished": finished})

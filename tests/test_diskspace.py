@@ -89,7 +89,7 @@ def test_a_training_checkpoint_on_a_full_disk_names_its_path(tmp_path):
 
 
 def test_a_failed_trial_reports_the_write_error_not_what_it_wraps(tmp_path):
-    from ablate.run.runners import error_line
+    from ablate.run.ray_workers import error_line
 
     with pytest.raises(WriteError) as caught:
         with translating_write_errors(tmp_path, "artifact eval-1"):

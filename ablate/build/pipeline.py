@@ -141,38 +141,22 @@ def _spec_word(recipe: Recipe) -> str:
 
 
 def run_stages(recipe: Recipe, store, records, say: Say, on_step=None) -> list[dict[str, Any]]:
-    """Every stage of the recipe: reused when its artifact is complete and its checksums verify (a
-    damaged one stops the build: ArtifactCorrupt), else run here and recorded."""
-    from ablate.run.artifacts import ArtifactCorrupt
-    from ablate.run.runners import run_stage
+    """Every stage of the recipe, through the same runners, leases and records as `ablate submit`
+    (ablate.run.in_process): reused when its artifact is complete and its checksums verify (a damaged
+    one stops the build: ArtifactCorrupt), else run here."""
+    from ablate.run.in_process import run_in_process
 
-    done = []
-    for stage in recipe.chain:
-        if store.exists(stage.hash):
-            try:
-                store.verify(stage.hash)
-            except ArtifactCorrupt as exc:
-                raise exc.for_spec(_spec_word(recipe)) from None
-            done.append({"kind": stage.kind, "hash": stage.hash, "action": "reused"})
-            if records is not None:
-                records.upsert_stage(stage.hash, stage.kind, stage.config, stage.parents)
-                if records.stage_status(stage.hash) != "completed":
-                    records.mark_stage_completed(stage.hash, store.path_for(stage.hash))
-            continue
-        say(f"running {stage.kind} stage {stage.hash}")
-        if records is not None:
-            records.upsert_stage(stage.hash, stage.kind, stage.config, stage.parents)
-            records.mark_stage_running(stage.hash)
-        try:
-            run_stage(stage, store, recipe.parents(stage), recipe.source.base_dir, on_step)
-        except Exception as exc:
-            if records is not None:
-                records.mark_stage_failed(stage.hash, f"{type(exc).__name__}: {exc}")
-            raise
-        if records is not None:
-            records.mark_stage_completed(stage.hash, store.path_for(stage.hash))
-        done.append({"kind": stage.kind, "hash": stage.hash, "action": "run"})
-    return done
+    return run_in_process(
+        recipe.chain,
+        recipe.parents,
+        store,
+        records,
+        base_dir=recipe.source.base_dir,
+        experiment=recipe.source.name,
+        spec_word=_spec_word(recipe),
+        say=say,
+        on_step=on_step,
+    )
 
 
 def teacher_source(recipe: Recipe, artifacts: str) -> tuple[str, str | None]:
@@ -185,7 +169,7 @@ def teacher_source(recipe: Recipe, artifacts: str) -> tuple[str, str | None]:
         return f"{base.rstrip('/')}/{teacher.hash}/model", None
     if ref.startswith("builtin:"):
         return "", ref
-    from ablate.run.runners import resolve_ref
+    from ablate.run.stage_runners import resolve_ref
 
     resolved = resolve_ref(ref, recipe.source.base_dir)
     path = Path(resolved).expanduser()
@@ -368,22 +352,15 @@ def _real_build(
 def _export(
     recipe: Recipe, store, out_dir: Path, final_model_dir: Path, result: BuildResult, dtype: str, say: Say
 ) -> None:
-    import torch
-
-    from ablate.data.corpus import batches
-    from ablate.evaluate import evaluate
     from ablate.models.arch import count_parameters, pruned_config, shape_of
-    from ablate.run.runners import load_teacher, splits_for
+    from ablate.run.stage_runners import eval_metrics, load_teacher, splits_for
 
     teacher_stage = recipe.stages["teacher"]
     teacher, tokenizer = load_teacher(store, teacher_stage.hash)
     eval_config = recipe.final_eval.config
     splits = splits_for(eval_config, tokenizer, recipe.source.base_dir)
     say("evaluating the teacher on the eval split")
-    with torch.inference_mode():
-        teacher_metrics = evaluate(
-            teacher, list(batches(splits.eval, eval_config["calibration"]["batch_size"]))
-        )
+    teacher_metrics = eval_metrics(teacher, splits.eval, eval_config["calibration"]["batch_size"])
     result.teacher_metrics = {k: float(v) for k, v in teacher_metrics.items()}
     planned = count_parameters(pruned_config(teacher.config, recipe.trial.shape))
     teacher_params = sum(p.numel() for p in teacher.parameters())
@@ -445,7 +422,7 @@ def _throughput(
     else:
         from transformers import AutoModelForCausalLM
 
-        from ablate.run.runners import load_teacher
+        from ablate.run.stage_runners import load_teacher
 
         def student():
             return AutoModelForCausalLM.from_pretrained(model_dir, dtype="auto")

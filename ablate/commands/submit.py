@@ -211,7 +211,7 @@ def _details_line(experiment: str, db: str) -> str:
 
 def _failure(experiment: str, exc: BaseException) -> dict[str, Any]:
     """What `submit --json` prints when the submission stopped before it had a result."""
-    from ablate.run.runners import error_line
+    from ablate.run.ray_workers import error_line
 
     return {"experiment": experiment, "ok": False, "error": error_line(exc), "trials": []}
 

@@ -35,7 +35,7 @@ from typing import Any
 from ablate.errors import RunError
 from ablate.plan.graph import StageGraph, build_graph
 from ablate.plan.stages import Stage
-from ablate.run import recompute, runners
+from ablate.run import ray_workers, recompute, stage_runners
 from ablate.run.artifacts import ArtifactCorrupt, ArtifactStore
 from ablate.run.ray_session import init_ray
 from ablate.run.shared_stages import DRIVER_MEMORY_BYTES, WAIT_POLL_S, SharedStages
@@ -327,8 +327,8 @@ class Executor(SharedStages, TrialOutcomes):
         """A trial whose distill and eval artifacts exist (another experiment made them, or a killed
         submission published them before recording): record it from the store, no Ray involved."""
         stages = self.graph.trial_stages[key]
-        facts = runners.read_distill_facts(self.store, stages["distill"])
-        final = runners.read_eval_metrics(self.store, stages["eval"])
+        facts = stage_runners.read_distill_facts(self.store, stages["distill"])
+        final = stage_runners.read_eval_metrics(self.store, stages["eval"])
         rows = curve_rows(facts)
         trial_id, run_id = self.trial_ids[key], self.run_id(key)
         self.records.log_metrics(trial_id, rows)
@@ -443,7 +443,7 @@ class Executor(SharedStages, TrialOutcomes):
             if trial_res.strategy != "single"
             else {"cpu": trial_res.cpu, "gpu": trial_res.gpu}
         )
-        trainable = tune.with_resources(tune.with_parameters(runners.tune_trial, payloads=payloads), held)
+        trainable = tune.with_resources(tune.with_parameters(ray_workers.tune_trial, payloads=payloads), held)
         scheduler = None
         if self.spec.resources.asha:
             from ray.tune.schedulers import ASHAScheduler

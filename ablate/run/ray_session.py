@@ -8,7 +8,7 @@ import os
 
 from ablate.errors import RunError
 from ablate.run import raynet
-from ablate.run.runners import error_line
+from ablate.run.ray_workers import error_line
 
 log = logging.getLogger(__name__)
 OBJECT_STORE_BYTES = 256 * 1024**2  # trials exchange paths, not tensors: keep Ray's shared memory small

@@ -8,8 +8,10 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from ablate.plan.stages import Stage
-from ablate.run import runners
-from ablate.run.runners import error_line
+from ablate.run import ray_workers
+from ablate.run.in_process import WAIT_POLL_S, record_failure
+from ablate.run.ray_workers import error_line
+from ablate.run.stage_runners import WORKER_STAGES
 
 if TYPE_CHECKING:
     from ablate.plan.graph import StageGraph
@@ -19,7 +21,6 @@ if TYPE_CHECKING:
     from ablate.track.leases import Leases
 
 SHARED_KINDS = ("teacher", "importance", "prune")
-WAIT_POLL_S = 1.0  # how often a stage or trial another submission holds is looked at again
 DRIVER_MEMORY_BYTES = 256 * 2**20  # what a task that only waits for its Ray Train workers reserves
 
 
@@ -109,16 +110,16 @@ class SharedStages:
         parents = {self.graph.stages[p].kind: self.graph.stages[p] for p in stage.parents}
         deps = [refs[p] for p in stage.parents if p in refs]
         retries = {"max_retries": self.spec.resources.max_failures, "retry_exceptions": False}
-        if stage.kind in runners.WORKER_STAGES and trial_res.strategy != "single":
+        if stage.kind in WORKER_STAGES and trial_res.strategy != "single":
             # Teacher correction trains like a trial: on the trial's workers (the task only waits).
-            on_workers = ray.remote(runners.stage_on_workers)
+            on_workers = ray.remote(ray_workers.stage_on_workers)
             ref = on_workers.options(num_cpus=0, memory=DRIVER_MEMORY_BYTES, **retries).remote(
                 stage, parents, self.store.url, self.base_dir, self._worker_resources(), *deps
             )
         else:  # one process: resources.shared, by default one worker's share of the trial
             cpu, gpu = self._shared_resources()
             ref = (
-                ray.remote(runners.stage_task)
+                ray.remote(ray_workers.stage_task)
                 .options(num_cpus=cpu, num_gpus=gpu, **retries)
                 .remote(stage, parents, self.store.url, self.base_dir, max(1, int(cpu)), *deps)
             )
@@ -149,13 +150,7 @@ class SharedStages:
         failures[stage.hash] = message
         self.stage_status[stage.hash] = "failed"
         if record:
-            self.records.mark_stage_failed(stage.hash, message)
-            self.records.log_event(
-                f"{stage.kind} stage {stage.hash} failed: {message}",
-                level="error",
-                experiment=self.name,
-                stage_hash=stage.hash,
-            )
+            record_failure(self.records, stage, message, self.name)
         self._count(self.result.stages_failed, stage.kind)
         self.progress("stage_failed", {"kind": stage.kind, "hash": stage.hash, "error": message})
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ablate.run import runners
+from ablate.run import ray_workers
 
 if TYPE_CHECKING:  # the attributes this mixin uses; Executor defines them
     from ablate.plan.graph import StageGraph
@@ -91,10 +91,10 @@ class TrialOutcomes:
 
     def trial_finished(self, key: str, outcome: dict[str, Any], last_step: int | None) -> None:
         """Tune ended the trial without an error: it completed, failed on its own terms, or was stopped."""
-        if outcome.get("phase") == runners.PHASE_FAILED:
+        if outcome.get("phase") == ray_workers.PHASE_FAILED:
             stage = outcome.get("stage")
             self._fail(key, f"{stage or 'distill'} failed: {outcome.get('error', 'failed')}", stage)
-        elif outcome.get("phase") != runners.PHASE_DONE:
+        elif outcome.get("phase") != ray_workers.PHASE_DONE:
             self._stopped(key, last_step)
         else:
             self._completed(key, outcome)

@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 from ray.tune import Callback, Stopper
 
-from ablate.run import runners
+from ablate.run import ray_workers
 
 
 class TrialSink(Protocol):
@@ -62,7 +62,7 @@ class RecordingCallback(_DriverOnly, Callback):
     def on_trial_result(self, iteration, trials, trial, result, **info):
         key = self._key(trial)
         phase = result.get("phase")
-        if phase == runners.PHASE_STEP:
+        if phase == ray_workers.PHASE_STEP:
             step = self.last_step[key] = int(result["step"])
             rows = self.buffer.setdefault(key, [])
             rows.extend((name, step, value) for name, value in (result.get("m") or {}).items())
@@ -70,9 +70,9 @@ class RecordingCallback(_DriverOnly, Callback):
                 "trial_step",
                 {"key": key, "step": step, "steps": result.get("steps"), "loss": result.get("loss")},
             )
-        elif phase == runners.PHASE_START:
+        elif phase == ray_workers.PHASE_START:
             self.sink.trial_began_work(key, result)
-        elif phase in (runners.PHASE_DONE, runners.PHASE_FAILED):
+        elif phase in (ray_workers.PHASE_DONE, ray_workers.PHASE_FAILED):
             self.outcome[key] = dict(result)
             self.sink.trial_work_ended(key, result)
         if time.monotonic() - self.last_flush > self.FLUSH_S:
@@ -134,7 +134,7 @@ def trial_error(trial: Any) -> str:
     except Exception:  # noqa: BLE001
         exc = None
     if exc is not None:
-        return runners.error_line(exc)
+        return ray_workers.error_line(exc)
     path = getattr(trial, "error_file", None)
     if path and Path(path).exists():
         lines = [line for line in Path(path).read_text().strip().splitlines() if line.strip()]

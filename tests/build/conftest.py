@@ -16,7 +16,7 @@ import torch
 
 from ablate.plan.graph import build_graph
 from ablate.run.artifacts import ArtifactStore
-from ablate.run.runners import run_stage
+from ablate.run.stage_runners import StageContext, run_stage
 from ablate.spec.validate import LoadedSpec, load_spec
 from ablate.track.db import Records, connect
 
@@ -72,7 +72,7 @@ def submit_in_process(spec_path: Path, run: set[str] | None = None) -> Experimen
         for kind in TRIAL_KINDS:
             stage = graph.stages[hashes[kind]]
             parents = {graph.stages[p].kind: graph.stages[p] for p in stage.parents}
-            run_stage(stage, store, parents, base_dir)
+            run_stage(stage, StageContext(store, parents, base_dir))
             records.mark_stage_completed(stage.hash, store.path_for(stage.hash))
         metrics = json.loads((store.local_path(hashes["eval"]) / "metrics.json").read_text())
         records.log_final_metrics(info.id, metrics)

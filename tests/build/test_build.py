@@ -18,7 +18,7 @@ from ablate.data.corpus import token_splits
 from ablate.models.arch import count_parameters, pruned_config
 from ablate.models.registry import tiny_mistral_config
 from ablate.models.tokenizer import byte_tokenizer
-from ablate.run import runners
+from ablate.run import stage_runners
 
 from .conftest import submit_in_process, write_spec
 
@@ -124,7 +124,7 @@ def test_building_twice_reuses_every_stage(tiny, tmp_path, monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("a stage ran on the second build")
 
-    monkeypatch.setattr(runners, "RUNNERS", {k: refuse for k in runners.RUNNERS})
+    monkeypatch.setattr(stage_runners, "RUNNERS", {k: refuse for k in stage_runners.RUNNERS})
     monkeypatch.setattr("ablate.build.export.export_model", refuse)
     second = _build(tiny, tmp_path, out=out)
     assert second.stages_run == 0 and second.stages_reused == 5

@@ -24,7 +24,7 @@ def no_weights(monkeypatch):
         raise AssertionError("a dry run touched weights")
 
     monkeypatch.setattr("ablate.models.registry.load_model", refuse)
-    monkeypatch.setattr("ablate.run.runners.run_stage", refuse)
+    monkeypatch.setattr("ablate.run.in_process.run_stage", refuse)
     monkeypatch.setattr("transformers.AutoModelForCausalLM.from_pretrained", refuse)
 
 

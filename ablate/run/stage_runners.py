@@ -1,0 +1,357 @@
+"""What each stage kind does, given its config and its parents' artifacts: one function per kind.
+
+Runners are plain functions of (stage, StageContext) so they run the same way in the driver (`ablate
+build`, ablate.run.in_process), in a Ray task or in a Ray Tune trial (ablate.run.ray_workers). The
+engine steps they are made of (splits, importance, evaluation) also serve the single-stage commands
+(`ablate prune`, `eval`, `distill`, `correct`). Each runner writes its artifact through the store
+(atomic) and returns a small dict of facts for the records. Layout of artifacts:
+
+    teacher     teacher.json (model ref, corrected?) and, when corrected, model/ (HF checkpoint)
+    importance  importance scores (whatever ablate.prune.importance saves) + importance.json
+    prune       model/ (HF checkpoint of the pruned student) + prune.json
+    distill     model/ (HF checkpoint of the trained student) + result.json (TrainResult)
+    eval        metrics.json
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ablate.distill.parallel import Parallel
+from ablate.errors import RunError
+from ablate.plan.stages import Stage
+from ablate.run.artifacts import ArtifactStore
+from ablate.run.workdirs import store_work_dir
+
+StepCallback = Callable[[dict[str, Any]], None]
+View = Callable[[Iterable[Any]], Iterable[Any]]
+
+
+def _as_is(items: Iterable[Any]) -> Iterable[Any]:
+    return items
+
+
+@dataclass(frozen=True)
+class StageContext:
+    """Everything a runner needs besides its stage: where artifacts live, its parents by kind, the spec's
+    folder (relative refs), the step callback, and for the stages that train (WORKER_STAGES) this
+    worker's place in the trial, its device and the run's work token (see store_work_dir)."""
+
+    store: ArtifactStore
+    parents: dict[str, Stage] = field(default_factory=dict)
+    base_dir: str | None = None
+    on_step: StepCallback | None = None
+    parallel: Parallel = field(default_factory=Parallel)
+    device: str | None = None
+    work_token: str | None = None
+
+
+def resolve_ref(ref: str, base_dir: str | None) -> str:
+    """A relative local path in a spec is relative to the spec's folder when it exists there."""
+    if base_dir and not ref.startswith("builtin:") and not Path(ref).is_absolute():
+        candidate = Path(base_dir) / ref
+        if candidate.exists():
+            return str(candidate)
+    return ref
+
+
+def load_teacher(store: ArtifactStore, teacher_hash: str):
+    """The teacher a trial distils from: the corrected checkpoint if there is one, else the original."""
+    from ablate.models.registry import load_model
+
+    folder = store.local_path(teacher_hash)
+    info = json.loads((folder / "teacher.json").read_text())
+    model, tokenizer = load_model(str(folder / "model") if info["corrected"] else info["model_ref"])
+    return model, tokenizer
+
+
+def splits_for(config: Mapping[str, Any], tokenizer, base_dir: str | None = None):
+    """The train / eval / calibration splits a stage's `data` and `calibration` settings describe."""
+    from ablate.data.corpus import token_splits
+
+    data, calibration = config["data"], config["calibration"]
+    return token_splits(
+        tokenizer,
+        resolve_ref(data["corpus"], base_dir),
+        data["seq_len"],
+        data["eval_tokens"],
+        calibration["samples"],
+    )
+
+
+def contiguous_drops(n_layers: int, layer_targets: Iterable[int]) -> list[int]:
+    """How many contiguous layers each depth target drops from a model of `n_layers` (none for a target
+    that keeps them all): the block sizes `contiguous` depth importance scores."""
+    return [n_layers - layers for layers in layer_targets if layers < n_layers]
+
+
+def score_importance(
+    model, tokenizer, config: Mapping[str, Any], base_dir: str | None = None, view: View = _as_is
+):
+    """The importance scores an importance stage's settings ask for (`importance`, `data`,
+    `calibration`, `depth_targets`; `importance.seed` seeds the random baseline, 0 by default),
+    refused when not finite. `view` wraps the calibration batches (a progress bar)."""
+    from ablate.data.corpus import batches
+    from ablate.prune.importance import compute_importance, finite_or_raise
+
+    settings = config["importance"]
+    width = settings["width"]
+    calibration = None
+    if width["method"] == "activation":
+        splits = splits_for(config, tokenizer, base_dir)
+        calibration = view(batches(splits.calibration, config["calibration"]["batch_size"]))
+    scores = compute_importance(
+        model,
+        width["method"],
+        calibration,
+        seed=settings.get("seed", 0),
+        batch_agg=width["batch_agg"],
+        seq_agg=width["seq_agg"],
+        mlp_site=width["mlp_site"],
+        depth_method=settings["depth"]["method"],
+        contiguous_drops=contiguous_drops(model.config.num_hidden_layers, config.get("depth_targets", [])),
+    )
+    return finite_or_raise(scores)
+
+
+def eval_metrics(model, eval_ids, batch_size: int, teacher=None, view: View = list) -> dict[str, Any]:
+    """Held-out metrics of `model` on the eval split (KL and agreement with `teacher` when given)."""
+    from ablate.data.corpus import batches
+    from ablate.evaluate import evaluate
+
+    with torch.inference_mode():
+        return evaluate(model, view(batches(eval_ids, batch_size)), teacher=teacher)
+
+
+def publish(
+    ctx: StageContext,
+    stage_hash: str,
+    records: dict[str, Any],
+    model: Any = None,
+    tokenizer: Any = None,
+    reload_ref: str | None = None,
+    work: Path | None = None,
+) -> None:
+    """Publish what a training stage made, from whichever of its workers this is: under FSDP the model is
+    gathered (a collective) and loaded into a fresh copy of `reload_ref`; rank 0 writes the artifact
+    (`model/` as a plain HF checkpoint, each of `records` as JSON) and then drops the work folder, whose
+    resume checkpoint (weights + optimizer state, several times the model) a later submission no
+    longer needs. Every worker returns once it is published."""
+    from ablate.distill.parallel import full_model_state
+    from ablate.models.registry import load_model
+
+    parallel = ctx.parallel
+    if model is not None and parallel.strategy == "fsdp":
+        state = full_model_state(model, parallel)
+        if parallel.is_main:
+            model, _ = load_model(reload_ref)
+            model.load_state_dict(state)
+    if parallel.is_main:
+        with ctx.store.write(stage_hash) as out:
+            if model is not None:
+                model.to("cpu").save_pretrained(out / "model")
+                tokenizer.save_pretrained(out / "model")
+            for name, data in records.items():
+                (out / name).write_text(json.dumps(data, indent=1))
+        if work is not None:
+            shutil.rmtree(work, ignore_errors=True)
+    parallel.barrier()
+
+
+def run_teacher(stage: Stage, ctx: StageContext) -> dict[str, Any]:
+    """Record the teacher, corrected first when the spec asks. With several workers every worker of the
+    trial shape fine-tunes it together (like a distillation) and rank 0 publishes it."""
+    ref = resolve_ref(stage.config["model"], ctx.base_dir)
+    correction = stage.config["correction"]
+    facts: dict[str, Any] = {"model_ref": ref, "corrected": bool(correction)}
+    model = tokenizer = work = None
+    if correction:
+        from ablate.distill.correction import correct_teacher, correction_config
+        from ablate.models.placement import place
+        from ablate.models.registry import load_model
+
+        model, tokenizer = load_model(ref)
+        if not ctx.parallel.distributed:
+            model = place(model, split=False)  # the trainer owns one device
+        splits = splits_for(stage.config["data"], tokenizer, ctx.base_dir)
+        config = correction_config(
+            correction["tokens"],
+            lr=correction["lr"],
+            min_lr=correction["min_lr"],
+            warmup_steps=correction["warmup_steps"],
+            global_batch=correction["global_batch"],
+            micro_batch=correction["micro_batch"],
+            seq_len=stage.config["data"]["data"]["seq_len"],
+            seed=0,
+            device=ctx.device,
+        )
+        model.train()
+        work = store_work_dir(ctx.store, stage.hash, ctx.work_token)
+        result = correct_teacher(
+            model, splits.train, config, work, on_step=ctx.on_step, parallel=ctx.parallel
+        )
+        facts["correction"] = {
+            "steps": result.steps,
+            "tokens": result.tokens,
+            "final_loss": result.final_loss,
+        }
+    publish(ctx, stage.hash, {"teacher.json": facts}, model, tokenizer, ref, work)
+    return facts
+
+
+def run_importance(stage: Stage, ctx: StageContext) -> dict[str, Any]:
+    from ablate.models.placement import place
+
+    teacher_model, tokenizer = load_teacher(ctx.store, ctx.parents["teacher"].hash)
+    teacher_model = place(teacher_model)  # on this stage's GPUs, split over several if there are
+    started = time.perf_counter()
+    scores = score_importance(teacher_model, tokenizer, stage.config, ctx.base_dir)
+    method = stage.config["importance"]["width"]["method"]
+    facts = {"method": method, "seconds": round(time.perf_counter() - started, 3)}
+    with ctx.store.write(stage.hash) as out:
+        scores.save(out / "scores")
+        (out / "importance.json").write_text(json.dumps(facts, indent=1))
+    return facts
+
+
+def run_prune(stage: Stage, ctx: StageContext) -> dict[str, Any]:
+    from ablate.prune.apply import prune_model, save_pruned
+    from ablate.prune.importance import ImportanceScores
+
+    importance = ctx.parents["importance"]
+    model, tokenizer = load_teacher(ctx.store, importance.parents[0])
+    scores = ImportanceScores.load(ctx.store.local_path(importance.hash) / "scores")
+    pruned = prune_model(model, scores, stage.config["target"])
+    params = sum(p.numel() for p in pruned.parameters())
+    with ctx.store.write(stage.hash) as out:
+        save_pruned(pruned, tokenizer, out / "model")
+        (out / "prune.json").write_text(
+            json.dumps({"target": stage.config["target"], "params": params}, indent=1)
+        )
+    return {"params": params}
+
+
+def run_distill(stage: Stage, ctx: StageContext) -> dict[str, Any]:
+    """Distil the pruned student. On several workers every worker of the trial calls this; they train
+    together and rank 0 publishes the artifact (the others return the same facts)."""
+    from ablate.distill.train import TrainConfig, train
+    from ablate.evaluate import evaluate
+    from ablate.models.registry import load_model
+
+    parallel = ctx.parallel
+    prune, teacher_stage = ctx.parents["prune"], ctx.parents["teacher"]
+    distill = dict(stage.config["distill"])
+    eval_every = distill.pop("eval_every", None)
+    config = TrainConfig.from_mapping(
+        distill, seq_len=stage.config["data"]["seq_len"], seed=stage.config["seed"], device=ctx.device
+    )
+    pruned = str(ctx.store.local_path(prune.hash) / "model")
+    student, tokenizer = load_model(pruned)
+    teacher = None
+    if config.needs_teacher or eval_every:
+        teacher, _ = load_teacher(ctx.store, teacher_stage.hash)
+    splits = splits_for(stage.config, tokenizer, ctx.base_dir)
+    eval_fn = None
+    if eval_every:  # periodic held-out metrics (eval_lm_loss, eval_kl_to_teacher, ...) in the step stream
+        batch_size = stage.config["calibration"]["batch_size"]
+        eval_fn = lambda model: evaluate(model, splits.eval, teacher=teacher, batch_size=batch_size)  # noqa: E731
+    work = store_work_dir(ctx.store, stage.hash, ctx.work_token)
+    student.train()
+    result = train(
+        student,
+        teacher if config.needs_teacher else None,
+        splits.train,
+        config,
+        work,
+        on_step=ctx.on_step,
+        eval_fn=eval_fn,
+        eval_every=eval_every,
+        parallel=parallel,
+    )
+    student.eval()
+    record = result.to_dict()
+    record["checkpoint"] = ""  # the work folder goes once the artifact is published
+    record["workers"], record["strategy"] = parallel.world, parallel.strategy
+    publish(ctx, stage.hash, {"result.json": record}, student, tokenizer, pruned, work)
+    facts: dict[str, Any] = {
+        "steps": result.steps,
+        "tokens": result.tokens,
+        "final_loss": result.final_loss,
+        "resumed_from_step": result.resumed_from_step,
+    }
+    if result.resumed_from_step:
+        # Steps up to the checkpoint were reported by the interrupted attempt, but those reported after
+        # its last flush to the records (or after the checkpoint was written) never reached them: the
+        # curves up to the resume point let the driver fill those gaps.
+        n = result.resumed_from_step
+        facts |= {
+            "loss_curve": result.loss_curve[:n],
+            "lr_curve": result.lr_curve[:n],
+            "tokens_per_step": result.tokens_per_step,
+        }
+    return facts
+
+
+def run_eval(stage: Stage, ctx: StageContext) -> dict[str, Any]:
+    from ablate.models.placement import place
+    from ablate.models.registry import load_model
+
+    student, tokenizer = load_model(str(ctx.store.local_path(ctx.parents["distill"].hash) / "model"))
+    teacher, _ = load_teacher(ctx.store, ctx.parents["teacher"].hash)
+    student, teacher = place(student), place(teacher)
+    splits = splits_for(stage.config, tokenizer, ctx.base_dir)
+    metrics = eval_metrics(student, splits.eval, stage.config["calibration"]["batch_size"], teacher)
+    metrics = {k: float(v) for k, v in metrics.items()}
+    with ctx.store.write(stage.hash) as out:
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    return metrics
+
+
+WORKER_STAGES = ("teacher", "distill")  # the stages that train, and so can run on several workers
+RUNNERS: dict[str, Callable[[Stage, StageContext], dict[str, Any]]] = {
+    "teacher": run_teacher,
+    "importance": run_importance,
+    "prune": run_prune,
+    "distill": run_distill,
+    "eval": run_eval,
+}
+
+
+def run_stage(stage: Stage, ctx: StageContext) -> dict[str, Any]:
+    """Run one stage unless its artifact is already complete (then read back its facts). A complete
+    artifact is reused only once it verifies (ArtifactCorrupt otherwise, never a silent reuse)."""
+    if ctx.store.exists(stage.hash):
+        ctx.store.verify(stage.hash)
+        return {"reused": True}
+    if stage.kind not in RUNNERS:
+        raise RunError(f"no runner for stage kind {stage.kind!r}")
+    return RUNNERS[stage.kind](stage, ctx)
+
+
+def read_eval_metrics(store: ArtifactStore, eval_hash: str) -> dict[str, float]:
+    """The metrics of a published eval artifact."""
+    with store.open(eval_hash, "metrics.json", "r") as f:
+        return {k: float(v) for k, v in json.load(f).items()}
+
+
+def read_distill_facts(store: ArtifactStore, distill_hash: str) -> dict[str, Any]:
+    """What a published distill artifact says about its run (scalars, and the loss and lr curves)."""
+    with store.open(distill_hash, "result.json", "r") as f:
+        result = json.load(f)
+    return {
+        "steps": result.get("steps"),
+        "tokens": result.get("tokens"),
+        "final_loss": result.get("final_loss"),
+        "resumed_from_step": result.get("resumed_from_step"),
+        "loss_curve": result.get("loss_curve") or [],
+        "lr_curve": result.get("lr_curve") or [],
+        "tokens_per_step": result.get("tokens_per_step"),
+    }
