@@ -215,11 +215,10 @@ def _run(
     if teacher_ref:
         load_config(teacher_ref)
     _quiet_transformers()
-    from ablate.data.corpus import token_splits
     from ablate.distill.models import check_compatible
     from ablate.distill.train import train
-    from ablate.evaluate import evaluate
     from ablate.models.registry import load_model
+    from ablate.run.stage_runners import data_config, eval_metrics, splits_for
 
     started = time.perf_counter()
     model, tokenizer = load_model(model_ref, device=device)
@@ -229,7 +228,7 @@ def _run(
         check_compatible(model, teacher, config, tokenizer, teacher_tokenizer)
         if not config.needs_teacher and teacher_tokenizer.get_vocab() != tokenizer.get_vocab():
             teacher = None  # ce/scratch train without it; KL to a different vocabulary means nothing
-    splits = token_splits(tokenizer, corpus, config.seq_len, eval_count, 0)
+    splits = splits_for(data_config(corpus, config.seq_len, eval_count), tokenizer)
     if len(splits.train) == 0:
         raise DataError(f"corpus '{corpus}' leaves no training sequences after {eval_count} eval tokens")
 
@@ -238,7 +237,7 @@ def _run(
     if before_path.is_file():
         before = json.loads(before_path.read_text())
     else:
-        before = evaluate(model, splits.eval, teacher=teacher, batch_size=eval_batch_size)
+        before = eval_metrics(model, splits.eval, eval_batch_size, teacher)
         _write_json(before_path, before)
 
     with _Progress(not as_json, config.steps, kind) as progress:
@@ -248,7 +247,7 @@ def _run(
     if Path(model_ref).is_dir() and (Path(model_ref) / "ablate-prune.json").is_file():
         extra["ablate-prune.json"] = Path(model_ref) / "ablate-prune.json"  # still a pruned child
     saved = _save_model(model, tokenizer, (out / "model").resolve(), extra)
-    after = evaluate(model, splits.eval, teacher=teacher, batch_size=eval_batch_size)
+    after = eval_metrics(model, splits.eval, eval_batch_size, teacher)
     return {
         "model": model_ref,
         "teacher": teacher_ref,

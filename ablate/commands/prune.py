@@ -149,42 +149,40 @@ def prune_command(
     eval_count = _tokens(eval_tokens, "--eval-tokens")
 
     _quiet_transformers()
-    from ablate.data.corpus import batches, token_splits
     from ablate.models.registry import load_model
     from ablate.prune.apply import prune_model, save_pruned
-    from ablate.prune.importance import compute_importance, finite_or_raise
+    from ablate.prune.importance import finite_or_raise
     from ablate.prune.scores import ImportanceScores
+    from ablate.run.stage_runners import data_config, score_importance
 
     started = time.perf_counter()
     model, tokenizer = load_model(model_ref)
     timings = {"load_s": time.perf_counter() - started}
-    n_layers = config.num_hidden_layers
-    drops = (
-        [n_layers - target["num_hidden_layers"]]
-        if target.get("num_hidden_layers", n_layers) < n_layers
-        else []
-    )
     t0 = time.perf_counter()
     if scores_path:
         scores = ImportanceScores.load(scores_path)
         scores.check_matches(model)
-    else:
-        cal = None
-        if importance == "activation":
-            splits = token_splits(tokenizer, corpus, seq_len, eval_count, calibration_samples)
-            cal = _progress(batches(splits.calibration, batch_size), "importance", not as_json)
-        scores = compute_importance(
-            model,
-            importance,
-            cal,
-            seed=seed,
-            batch_agg=batch_agg,
-            seq_agg=seq_agg,
-            mlp_site=mlp_site,
-            depth_method=depth_method,
-            contiguous_drops=drops if depth_method == "contiguous" else (),
+        finite_or_raise(scores)
+    else:  # the importance stage's engine step, on the settings the options give
+        settings = {
+            **data_config(corpus, seq_len, eval_count, calibration_samples, batch_size),
+            "importance": {
+                "width": {
+                    "method": importance,
+                    "batch_agg": batch_agg,
+                    "seq_agg": seq_agg,
+                    "mlp_site": mlp_site,
+                },
+                "depth": {"method": depth_method},
+                "seed": seed,
+            },
+            "depth_targets": [target["num_hidden_layers"]]
+            if depth_method == "contiguous" and "num_hidden_layers" in target
+            else [],
+        }
+        scores = score_importance(
+            model, tokenizer, settings, view=lambda items: _progress(items, "importance", not as_json)
         )
-    finite_or_raise(scores)
     timings["importance_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     pruned = prune_model(model, scores, target)
@@ -249,9 +247,8 @@ def eval_command(
     if teacher_ref:
         load_config(teacher_ref)
     _quiet_transformers()
-    from ablate.data.corpus import token_splits
-    from ablate.evaluate import evaluate
     from ablate.models.registry import load_model
+    from ablate.run.stage_runners import data_config, eval_metrics, splits_for
 
     started = time.perf_counter()
     model, tokenizer = load_model(model_ref)
@@ -262,11 +259,9 @@ def eval_command(
             raise ModelError(
                 f"'{model_ref}' and teacher '{teacher_ref}' use different tokenizers; KL needs the same vocabulary"
             )
-    splits = token_splits(tokenizer, corpus, seq_len, eval_count, 0)
-    from ablate.data.corpus import batches
-
-    eval_batches = _progress(batches(splits.eval, batch_size), "evaluating", not as_json)
-    metrics = evaluate(model, eval_batches, teacher=teacher)
+    splits = splits_for(data_config(corpus, seq_len, eval_count), tokenizer)
+    view = lambda items: _progress(items, "evaluating", not as_json)  # noqa: E731
+    metrics = eval_metrics(model, splits.eval, batch_size, teacher, view)
     result = {"model": model_ref, "teacher": teacher_ref, "corpus": corpus, "seq_len": seq_len, **metrics}
     result["seconds"] = round(time.perf_counter() - started, 3)
     if as_json:

@@ -23,8 +23,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from ablate.distill.parallel import Parallel
 from ablate.errors import RunError
 from ablate.plan.stages import Stage
@@ -87,6 +85,17 @@ def splits_for(config: Mapping[str, Any], tokenizer, base_dir: str | None = None
     )
 
 
+def data_config(
+    corpus: str, seq_len: int, eval_tokens: int, samples: int = 0, batch_size: int = 8
+) -> dict[str, Any]:
+    """The `data` and `calibration` settings of a stage, for a command that runs an engine step
+    without a spec (`ablate prune`, `eval`, `distill`, `correct`)."""
+    return {
+        "data": {"corpus": corpus, "seq_len": seq_len, "eval_tokens": eval_tokens},
+        "calibration": {"samples": samples, "batch_size": batch_size},
+    }
+
+
 def contiguous_drops(n_layers: int, layer_targets: Iterable[int]) -> list[int]:
     """How many contiguous layers each depth target drops from a model of `n_layers` (none for a target
     that keeps them all): the block sizes `contiguous` depth importance scores."""
@@ -122,13 +131,13 @@ def score_importance(
     return finite_or_raise(scores)
 
 
-def eval_metrics(model, eval_ids, batch_size: int, teacher=None, view: View = list) -> dict[str, Any]:
-    """Held-out metrics of `model` on the eval split (KL and agreement with `teacher` when given)."""
+def eval_metrics(model, eval_ids, batch_size: int, teacher=None, view: View = _as_is) -> dict[str, Any]:
+    """Held-out metrics of `model` on the eval split (KL and agreement with `teacher` when given);
+    `view` wraps the batches (a progress bar)."""
     from ablate.data.corpus import batches
     from ablate.evaluate import evaluate
 
-    with torch.inference_mode():
-        return evaluate(model, view(batches(eval_ids, batch_size)), teacher=teacher)
+    return evaluate(model, view(batches(eval_ids, batch_size)), teacher=teacher, batch_size=batch_size)
 
 
 def publish(
@@ -243,7 +252,6 @@ def run_distill(stage: Stage, ctx: StageContext) -> dict[str, Any]:
     """Distil the pruned student. On several workers every worker of the trial calls this; they train
     together and rank 0 publishes the artifact (the others return the same facts)."""
     from ablate.distill.train import TrainConfig, train
-    from ablate.evaluate import evaluate
     from ablate.models.registry import load_model
 
     parallel = ctx.parallel
@@ -262,7 +270,7 @@ def run_distill(stage: Stage, ctx: StageContext) -> dict[str, Any]:
     eval_fn = None
     if eval_every:  # periodic held-out metrics (eval_lm_loss, eval_kl_to_teacher, ...) in the step stream
         batch_size = stage.config["calibration"]["batch_size"]
-        eval_fn = lambda model: evaluate(model, splits.eval, teacher=teacher, batch_size=batch_size)  # noqa: E731
+        eval_fn = lambda model: eval_metrics(model, splits.eval, batch_size, teacher)  # noqa: E731
     work = store_work_dir(ctx.store, stage.hash, ctx.work_token)
     student.train()
     result = train(
