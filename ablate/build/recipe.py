@@ -19,10 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from ablate.errors import AblateError
 from ablate.plan.stages import Stage, trial_stages
+from ablate.spec.load import recorded_mapping
 from ablate.spec.schema import TRIAL_SECTIONS, Build, Spec, Tracking
 from ablate.spec.sweep import Trial, stable_hash
 from ablate.spec.units import format_tokens, parse_tokens
@@ -102,7 +101,7 @@ def open_source(name_or_spec: str, db: str | None = None, artifacts: str | None 
             f"no experiment named '{name_or_spec}' in {records.redacted_url} (known: {known}); "
             "pass the spec file or the name `ablate status` shows"
         )
-    raw = _safe_yaml(info.spec_text)
+    raw = recorded_mapping(info.spec_text)
     tracking = _section(Tracking, raw.get("tracking"))
     build = _section(Build, raw.get("build"))
     return Source(
@@ -114,14 +113,6 @@ def open_source(name_or_spec: str, db: str | None = None, artifacts: str | None 
         artifacts=absolute_store(artifacts or tracking.artifacts),
         build=build,
     )
-
-
-def _safe_yaml(text: str) -> dict[str, Any]:
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError:
-        return {}
-    return data if isinstance(data, dict) else {}
 
 
 def _section(model, value):

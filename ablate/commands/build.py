@@ -99,20 +99,14 @@ class _StepBar:
               help="Where reports/<experiment>/build.md goes.")  # fmt: skip
 def build_command(
     name_or_spec: str,
-    trial: str | None,
-    tokens: str | None,
-    out: str | None,
-    dry_run: bool,
     as_json: bool,
     db: str | None,
     artifacts: str | None,
-    dtype: str,
     formats: str | None,
-    throughput: bool,
-    device: str | None,
     batch_sizes: str | None,
     lengths: str | None,
     reports: str,
+    **settings: Any,
 ) -> None:
     """Build the final model of an experiment (NAME) or spec file (SPEC).
 
@@ -136,21 +130,15 @@ def build_command(
         raise click.BadParameter(f"--formats: each of {', '.join(sorted(allowed))} (got {formats!r})")
     source = open_source(name_or_spec, db=db, artifacts=artifacts)
     try:
-        result = build(
+        result = build(  # --trial, --tokens, --out, --dry-run, --dtype, --throughput, --device as they are
             source,
-            trial=trial,
-            tokens=tokens,
-            out=out,
-            dry_run=dry_run,
-            dtype=dtype,
             formats=wanted_formats,
-            throughput=throughput,
-            device=device,
             batch_sizes=_ints(batch_sizes),
             lengths=_lengths(lengths),
             reports_dir=reports,
             say=say,
             on_step=bar,
+            **settings,
         )
     finally:
         if bar is not None:

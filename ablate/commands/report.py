@@ -16,10 +16,11 @@ from typing import Any
 
 import click
 
+from ablate.commands import db_option
 from ablate.errors import AblateError
 from ablate.report.model import ReportError, compare_runs_url
 from ablate.secrets import redact_text, redact_url
-from ablate.track.urls import DEFAULT_DB, DEFAULT_MLFLOW
+from ablate.track.urls import DEFAULT_MLFLOW
 
 
 def open_records(db: str) -> Any:
@@ -61,13 +62,7 @@ def open_records(db: str) -> Any:
     default=None,
     help="Direction of a metric the table of known metrics does not have (or to override it).",
 )
-@click.option(
-    "--db",
-    default=DEFAULT_DB,
-    show_default=True,
-    envvar="ABLATE_DB",
-    help="Results database URL (the spec's tracking.db); $ABLATE_DB keeps a password off the command line.",
-)
+@db_option
 @click.option(
     "--out",
     default="reports",
@@ -109,9 +104,10 @@ def _attach_to_mlflow(records: Any, name: str, folder: Path) -> None:
     exp = records.get_experiment(name)
     if exp is None or not exp.mlflow_run_id:
         return
-    from ablate.report.records import _get, _parse_spec
+    from ablate.report.records import _get
+    from ablate.spec.load import recorded_mapping
 
-    uri = str(_get(_parse_spec(exp.spec_text), "tracking.mlflow") or DEFAULT_MLFLOW)
+    uri = str(_get(recorded_mapping(exp.spec_text), "tracking.mlflow") or DEFAULT_MLFLOW)
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
         return  # the store is not here (records copied elsewhere): never create an empty one
     try:
@@ -208,7 +204,8 @@ def _server_uri(uri: str) -> str:
 
 def ui_target(records: Any | None, name: str | None) -> dict[str, Any]:
     """Which tracking store to serve and what to open: {tracking_uri, experiment_id, run_ids, name}."""
-    from ablate.report.records import _get, _parse_spec
+    from ablate.report.records import _get
+    from ablate.spec.load import recorded_mapping
 
     if records is None:
         return {"tracking_uri": DEFAULT_MLFLOW, "experiment_id": None, "run_ids": [], "name": None}
@@ -221,20 +218,14 @@ def ui_target(records: Any | None, name: str | None) -> dict[str, Any]:
     if exp is None:
         records.experiment_summary(name)  # raises UnknownExperiment naming the known experiments
         raise ReportError(f"no experiment named {name!r} in the records")
-    uri = str(_get(_parse_spec(exp.spec_text), "tracking.mlflow") or DEFAULT_MLFLOW)
+    uri = str(_get(recorded_mapping(exp.spec_text), "tracking.mlflow") or DEFAULT_MLFLOW)
     runs = [t.mlflow_run_id for t in records.trials(name) if t.mlflow_run_id]
     return {"tracking_uri": uri, "experiment_id": exp.mlflow_experiment_id, "run_ids": runs, "name": name}
 
 
 @click.command("ui")
 @click.argument("name", required=False)
-@click.option(
-    "--db",
-    default=DEFAULT_DB,
-    show_default=True,
-    envvar="ABLATE_DB",
-    help="Results database URL (the spec's tracking.db); $ABLATE_DB keeps a password off the command line.",
-)
+@db_option
 @click.option("--port", default=5000, show_default=True, type=click.IntRange(1, 65535))
 @click.option(
     "--host",

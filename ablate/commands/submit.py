@@ -13,9 +13,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from ablate.commands import db_option
 from ablate.errors import RunError
 from ablate.secrets import redact, redact_text, redact_url
-from ablate.track.urls import DEFAULT_DB
 
 
 class LiveProgress:
@@ -216,16 +216,6 @@ def _failure(experiment: str, exc: BaseException) -> dict[str, Any]:
     return {"experiment": experiment, "ok": False, "error": error_line(exc), "trials": []}
 
 
-def _db_option(f):
-    return click.option(
-        "--db",
-        default=DEFAULT_DB,
-        show_default=True,
-        envvar="ABLATE_DB",
-        help="Results database URL (the spec's tracking.db); $ABLATE_DB keeps a password off the command line.",
-    )(f)
-
-
 def _records(db: str):
     """The results database; a missing SQLite file is an error here (reading must not create one)."""
     from ablate.track.db import connect
@@ -243,7 +233,7 @@ def _records(db: str):
 
 @click.command("status")
 @click.argument("name", required=False)
-@_db_option
+@db_option
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def status_command(name: str | None, db: str, as_json: bool) -> None:
     """What ran, what failed and why, what is left (all experiments without NAME)."""
@@ -312,7 +302,7 @@ def status_command(name: str | None, db: str, as_json: bool) -> None:
 
 @click.command("cancel")
 @click.argument("name")
-@_db_option
+@db_option
 def cancel_command(name: str, db: str) -> None:
     """Ask a running submission of NAME to stop its trials (recorded results are kept)."""
     _records(db).request_cancel(name)

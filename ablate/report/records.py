@@ -9,23 +9,15 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-import yaml
 
 from ablate.report.findings import MIN_PAIRS, findings_for
 from ablate.report.metrics import metric_info
 from ablate.report.model import BestTrial, Report, ReportError, TrialRow, _jsonable, canon, finished
 from ablate.report.practices import PRACTICES
+from ablate.spec.load import recorded_mapping
 from ablate.track.urls import DEFAULT_MLFLOW
 
 DEFAULT_METRIC = "lm_loss"
-
-
-def _parse_spec(spec_text: str) -> dict[str, Any]:
-    try:
-        data = yaml.safe_load(spec_text)
-    except yaml.YAMLError:
-        return {}
-    return data if isinstance(data, dict) else {}
 
 
 def _get(d: Any, path: str, default: Any = None) -> Any:
@@ -213,7 +205,7 @@ def build_report(
         raise ReportError(f"no experiment named {name!r} in the records")
     summary = records.experiment_summary(name)
     infos = {t.key: t for t in records.trials(name)}
-    spec = _parse_spec(exp.spec_text)
+    spec = recorded_mapping(exp.spec_text)
     declared = spec.get("report") if isinstance(spec.get("report"), dict) else {}
     metric = metric or str(declared.get("metric") or DEFAULT_METRIC)
     if declared.get("metric", DEFAULT_METRIC) == metric:

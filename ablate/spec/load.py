@@ -47,6 +47,16 @@ class Budget:
     nodes: int = MAX_NODES
 
 
+def recorded_mapping(text: str) -> dict[str, Any]:
+    """The top-level mapping of a spec text the records keep; {} when it no longer parses as one, so a
+    report or a build of old records never fails on it (what it needs falls back to defaults)."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 def read_yaml(
     file: Path, budget: Budget | None = None
 ) -> tuple[Any, dict[Path_, tuple[str, int]], list[Problem]]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime
 from typing import Any
 
@@ -137,54 +137,33 @@ class ExperimentSummary(_Info):
         return all(t.status in TERMINAL for t in self.trials)
 
 
+def _from_row(cls: type, row: Any, **given: Any) -> Any:
+    """An Info of `cls` from an ORM row: each field is the row's column of that name unless `given`
+    (the converted or computed ones), so a column added to both needs no line here."""
+    return cls(**{f.name: given[f.name] if f.name in given else getattr(row, f.name) for f in fields(cls)})
+
+
 def _experiment_info(e: Experiment, counts: Mapping[str, int] | None = None) -> ExperimentInfo:
-    return ExperimentInfo(
-        id=e.id,
-        name=e.name,
-        spec_hash=e.spec_hash,
-        spec_text=e.spec_text,
-        created_at=e.created_at,
-        updated_at=e.updated_at,
+    return _from_row(
+        ExperimentInfo,
+        e,
         cancel_requested=e.cancel_requested_at is not None,
-        mlflow_experiment_id=e.mlflow_experiment_id,
-        mlflow_run_id=e.mlflow_run_id,
         counts={s: int((counts or {}).get(s, 0)) for s in STATUSES},
     )
 
 
 def _trial_info(t: Trial, experiment: str) -> TrialInfo:
-    return TrialInfo(
-        id=t.id,
+    return _from_row(
+        TrialInfo,
+        t,
         experiment=experiment,
-        key=t.key,
-        status=t.status,
         overrides=dict(t.overrides or {}),
         config=None if t.config is None else dict(t.config),
-        error=t.error,
-        attempts=t.attempts,
-        mlflow_run_id=t.mlflow_run_id,
-        created_at=t.created_at,
-        started_at=t.started_at,
-        finished_at=t.finished_at,
     )
 
 
 def _stage_info(s: Stage) -> StageInfo:
-    return StageInfo(
-        id=s.id,
-        hash=s.hash,
-        kind=s.kind,
-        status=s.status,
-        config=dict(s.config or {}),
-        parents=list(s.parents or []),
-        artifact_uri=s.artifact_uri,
-        error=s.error,
-        attempts=s.attempts,
-        host=s.host,
-        created_at=s.created_at,
-        started_at=s.started_at,
-        finished_at=s.finished_at,
-    )
+    return _from_row(StageInfo, s, config=dict(s.config or {}), parents=list(s.parents or []))
 
 
 def _value(v: float | None) -> float:
