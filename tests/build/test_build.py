@@ -258,3 +258,55 @@ def test_teacher_is_evaluated_on_the_same_split(tiny, tmp_path):
     result = _build(tiny, tmp_path, out=tmp_path / "b", tokens="2k")
     assert math.isfinite(result.teacher_metrics["lm_loss"]) and result.teacher_metrics["tokens"] > 0
     assert result.teacher_metrics["lm_loss"] != result.metrics["lm_loss"]
+
+
+def test_build_leases_and_records_its_stages_like_a_submission(tiny, tmp_path):
+    """A stage another live submission holds is waited for, not run twice; then the build claims it
+    (one more attempt) and records it completed, with no lease left behind."""
+    import threading
+
+    from sqlalchemy import select
+
+    from ablate.track.db import Stage as StageRow
+    from ablate.track.leases import Leases
+
+    source = open_source(str(tiny.spec_path))
+    final = resolve(source, tokens="3k").final_distill
+    tiny.records.upsert_stage(final.hash, final.kind, final.config, final.parents)
+    other = Leases(tiny.records)
+    assert other.claim_stage(final.hash).state == "claimed"
+    timer = threading.Timer(1.5, other.unclaim_stage, args=(final.hash,))
+    timer.start()
+    said: list[str] = []
+    try:
+        result = _build(tiny, tmp_path, out=tmp_path / "leased", tokens="3k", say=said.append)
+    finally:
+        timer.cancel()
+    assert any("being run by another submission" in line and final.hash in line for line in said)
+    actions = {s["hash"]: s["action"] for s in result.stages}
+    assert [(s["kind"], s["action"]) for s in result.stages] == [
+        ("teacher", "reused"),
+        ("importance", "reused"),
+        ("prune", "reused"),
+        ("distill", "run"),
+        ("eval", "run"),
+    ]
+    assert actions[final.hash] == "run"
+    with tiny.records._read() as s:
+        rows = {r.hash: r for r in s.scalars(select(StageRow).where(StageRow.hash.in_(list(actions))))}
+    assert all(r.status == "completed" and r.lease_owner is None for r in rows.values())
+    assert rows[final.hash].attempts == 2  # the other submission's claim, then the build's
+
+
+def test_a_failing_stage_is_recorded_failed_and_stops_the_build(tiny, tmp_path, monkeypatch):
+    def broken(stage, ctx):
+        raise RuntimeError("the disk is full")
+
+    monkeypatch.setitem(stage_runners.RUNNERS, "distill", broken)
+    final = resolve(open_source(str(tiny.spec_path)), tokens="5k").final_distill
+    with pytest.raises(RuntimeError, match="the disk is full"):
+        _build(tiny, tmp_path, out=tmp_path / "failed", tokens="5k")
+    info = tiny.records.get_stage(final.hash)
+    assert info.status == "failed" and info.error == "RuntimeError: the disk is full"
+    events = [e.message for e in tiny.records.events("tiny", min_level="error")]
+    assert f"distill stage {final.hash} failed: RuntimeError: the disk is full" in events
