@@ -35,7 +35,10 @@ class TaskSet:
 
 def offline() -> bool:
     """The hub is off when either Hugging Face offline switch is set."""
-    return any(os.environ.get(k, "").lower() in {"1", "true", "yes", "on"} for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+    return any(
+        os.environ.get(k, "").lower() in {"1", "true", "yes", "on"}
+        for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+    )
 
 
 @lru_cache(maxsize=8)
@@ -64,11 +67,15 @@ def resolve(tasks: list[str], base_dir: str | None = None, field: str = "eval.ta
         if ("/" in item or item.startswith(".")) and folder.is_dir():
             found = _folder_tasks(folder)
             if not found:
-                raise SpecError([f"{field}: folder '{item}' defines no lm-eval task (no YAML with a 'task:' key)"])
+                raise SpecError(
+                    [f"{field}: folder '{item}' defines no lm-eval task (no YAML with a 'task:' key)"]
+                )
             includes.append(str(folder.resolve()))
             names.extend(found)
         elif "/" in item:
-            raise SpecError([f"{field}: '{item}' is not a folder of task YAMLs; give a task name or an existing folder"])
+            raise SpecError(
+                [f"{field}: '{item}' is not a folder of task YAMLs; give a task name or an existing folder"]
+            )
         else:
             names.append(item)
     manager = task_manager(tuple(includes))
@@ -89,7 +96,12 @@ def _hub_datasets(manager, name: str, depth: int = 0) -> list[str]:
         return []
     cfg = entry.cfg or {}
     if "task" in cfg and isinstance(cfg.get("task"), list):  # a group: its members
-        return [d for member in cfg["task"] if isinstance(member, str) for d in _hub_datasets(manager, member, depth + 1)]
+        return [
+            d
+            for member in cfg["task"]
+            if isinstance(member, str)
+            for d in _hub_datasets(manager, member, depth + 1)
+        ]
     if entry.kind.name == "TAG":
         members = [n for n, e in manager.task_index.items() if name in e.tags]
         return [d for m in members for d in _hub_datasets(manager, m, depth + 1)]
@@ -115,8 +127,10 @@ def _check_reachable(manager, name: str, field: str) -> None:
         return
     missing = [d for d in _hub_datasets(manager, name) if not _in_cache(d)]
     if missing:
-        raise SpecError([
-            f"{field}: task '{name}' needs the Hugging Face dataset {missing[0]}, which is not in the local cache, "
-            "and the hub is offline (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE is set); download it where the hub is "
-            "reachable, or use a local task folder"
-        ])
+        raise SpecError(
+            [
+                f"{field}: task '{name}' needs the Hugging Face dataset {missing[0]}, which is not in the local cache, "
+                "and the hub is offline (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE is set); download it where the hub is "
+                "reachable, or use a local task folder"
+            ]
+        )

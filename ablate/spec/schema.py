@@ -182,7 +182,7 @@ class Evaluation(Strict):
         if value is None:
             return None
         if not value > 0 or (value >= 1 and value != int(value)) or value > MAX_COUNT:
-            raise ValueError(f"expected a whole number of documents (1, 2, ...) or a fraction between 0 and 1")
+            raise ValueError("expected a whole number of documents (1, 2, ...) or a fraction between 0 and 1")
         return int(value) if value >= 1 else value
 
 

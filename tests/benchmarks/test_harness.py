@@ -7,7 +7,6 @@ import os
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -41,7 +40,9 @@ def test_hub_task_while_offline_names_task_and_setting(monkeypatch, tmp_path):
 
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "empty-cache")
     monkeypatch.setattr(datasets.config, "HF_CACHE_HOME", str(tmp_path / "empty-home"))
-    with pytest.raises(SpecError, match=r"task 'arc_easy' needs the Hugging Face dataset allenai/ai2_arc.*offline"):
+    with pytest.raises(
+        SpecError, match=r"task 'arc_easy' needs the Hugging Face dataset allenai/ai2_arc.*offline"
+    ):
         resolve(["arc_easy"])
 
 
@@ -86,7 +87,14 @@ def test_in_memory_run_equals_lm_eval_cli(tmp_path):
     for metric, value in ours["metrics"]["pydoc_cloze"].items():
         assert value == pytest.approx(cli[f"{metric},none"], abs=1e-6), metric
     samples_file = next(out.rglob("samples_pydoc_cloze_*.jsonl"))
-    cli_ll = [[float(r[0][0]) for r in json.loads(line)["resps"]] for line in samples_file.read_text().splitlines()]
+    cli_ll = [
+        [float(r[0][0]) for r in json.loads(line)["resps"]] for line in samples_file.read_text().splitlines()
+    ]
     our_ll = [[float(r[0][0]) for r in s["resps"]] for s in ours["samples"]["pydoc_cloze"]]
     assert len(our_ll) == 24
-    torch.testing.assert_close(torch.tensor(our_ll, dtype=torch.float64), torch.tensor(cli_ll, dtype=torch.float64), rtol=0, atol=1e-6)
+    torch.testing.assert_close(
+        torch.tensor(our_ll, dtype=torch.float64),
+        torch.tensor(cli_ll, dtype=torch.float64),
+        rtol=0,
+        atol=1e-6,
+    )
