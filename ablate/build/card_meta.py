@@ -3,23 +3,18 @@ tools so the hub reads the `model-index` (benchmark results) as it reads any oth
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCardData
 
-Benchmarks = Mapping[str, Mapping[str, float]]  # task -> {metric: value, metric + "_stderr": value}
+from ablate.benchmarks.table import Benchmarks, benchmark_table, metric_names
+
 TAGS = ["ablate", "minitron", "pruning", "distillation"]
 
 
 def _is_hub_id(ref: str) -> bool:
     """ORG/NAME that is not a local folder: the hub model the card names as its base."""
     return not ref.startswith("builtin:") and not Path(ref).expanduser().exists() and ref.count("/") == 1
-
-
-def metric_names(results: Mapping[str, float]) -> list[str]:
-    """The task's metrics, without their standard errors, in a stable order."""
-    return sorted(k for k in results if not k.endswith("_stderr"))
 
 
 def eval_results(benchmarks: Benchmarks) -> list[EvalResult]:
@@ -55,20 +50,4 @@ def front_matter(model_name: str, teacher_ref: str, benchmarks: Benchmarks | Non
     return data.to_yaml()
 
 
-def benchmark_table(rows: list[tuple[str, Benchmarks]]) -> list[str]:
-    """Markdown table in the papers' layout: one row per model, one column per task metric (± stderr)."""
-    columns = sorted({(task, m) for _, b in rows for task in b for m in metric_names(b[task])})
-    if not columns:
-        return []
-    head = "| model | " + " | ".join(f"{task} {metric}" for task, metric in columns) + " |"
-    lines = [head, "|---|" + "---:|" * len(columns)]
-    for label, bench in rows:
-        cells = []
-        for task, metric in columns:
-            value = bench.get(task, {}).get(metric)
-            err = bench.get(task, {}).get(f"{metric}_stderr")
-            cells.append(
-                "-" if value is None else f"{value:.4f}" + (f" ± {err:.4f}" if err is not None else "")
-            )
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    return lines
+__all__ = ["Benchmarks", "benchmark_table", "eval_results", "front_matter"]
