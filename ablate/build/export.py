@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from transformers import GenerationConfig, PretrainedConfig
 
+from ablate.build.card_meta import Benchmarks, benchmark_table, front_matter
 from ablate.build.recipe import BuildError, Recipe
 from ablate.models.arch import shape_of
 from ablate.secrets import redact, redact_text
@@ -216,10 +217,6 @@ def _fmt(value: Any, digits: int = 4) -> str:
     return str(value)
 
 
-def _is_hub_id(ref: str) -> bool:
-    return not ref.startswith("builtin:") and not Path(ref).expanduser().exists() and ref.count("/") == 1
-
-
 def evaluation_rows(
     recipe: Recipe, teacher_metrics: Mapping[str, float] | None, final_metrics, params
 ) -> list[dict]:
@@ -282,17 +279,18 @@ def model_card(
     eval_rows: list[dict] | None,
     dry_run: bool = False,
     teacher_source: str | None = None,
+    benchmarks: list[tuple[str, Benchmarks]] | None = None,
 ) -> str:
-    """README.md of the built model."""
+    """README.md of the built model; `benchmarks` are (row label, lm-eval results) with this model's row
+    labelled "this model" (its results become the card's `model-index`)."""
     trial = recipe.trial
     resolved = trial.resolved()
     teacher_ref = resolved["teacher"]["model"]
     d, data, cal, imp = resolved["distill"], resolved["data"], resolved["calibration"], resolved["importance"]
     correction = resolved["teacher"].get("correction")
-    front = ["---", "library_name: transformers", "pipeline_tag: text-generation"]
-    if _is_hub_id(teacher_ref):
-        front += [f"base_model: {teacher_ref}", "base_model_relation: finetune"]
-    front += ["tags:", "  - ablate", "  - minitron", "  - pruning", "  - distillation", "---", ""]
+    own = dict(benchmarks or []).get("this model") if not dry_run else None
+    model_name = f"{recipe.source.name}-{trial.target}"
+    front = ["---", front_matter(model_name, teacher_ref, own).rstrip(), "---", ""]
     ratio = params.get("student", 0) / params["teacher"] if params.get("teacher") else 0
     lines = front + [f"# {recipe.source.name}: {trial.target}", ""]
     if dry_run:
@@ -366,6 +364,16 @@ def model_card(
         lines += ["Not measured yet (dry run): `ablate build` fills this table.", ""]
     else:
         lines += [*evaluation_table(eval_rows), ""]
+    if benchmarks and not dry_run:
+        lines += [
+            "## Benchmarks",
+            "",
+            "lm-evaluation-harness, run by ablate's benchmark stage on the models in memory (value ± standard "
+            "error).",
+            "",
+            *benchmark_table(benchmarks),
+            "",
+        ]
     lines += [
         "## Usage",
         "",

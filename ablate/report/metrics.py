@@ -1,6 +1,7 @@
 """Which way a metric goes and how small a difference is 'no difference': declared, never guessed.
 
-Every metric a trial logs is in :data:`KNOWN`; any other metric (a benchmark's, say) must be declared in
+Every metric a trial logs is in :data:`KNOWN` (a benchmark metric, ``TASK/METRIC``, by its METRIC, so
+``pydoc_cloze/acc`` goes as ``acc``); any other metric must be declared in
 the spec (``report: {metric: ..., higher_is_better: ..., margin: ...}``) or on the command line
 (``ablate report --higher-is-better``), and the report refuses to guess from the metric's name.
 
@@ -60,6 +61,9 @@ def metric_info(name: str, higher_is_better: bool | None = None, margin: float |
     Raises :class:`ReportError` for a metric that is neither known nor declared (naming both fixes).
     """
     known = KNOWN.get(name)
+    task, slash, base = name.rpartition("/")
+    if known is None and slash and task and base in KNOWN:  # a benchmark's: "TASK/acc" goes as "acc" goes
+        known = KNOWN[base]
     if margin is not None and not (math.isfinite(margin) and margin >= 0):
         raise ReportError(f"report.margin must be a finite number >= 0 (got {margin!r})")
     if known is None and higher_is_better is None:

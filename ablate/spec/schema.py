@@ -19,6 +19,7 @@ from pydantic import (
     ConfigDict,
     Field,
     PositiveFloat,
+    field_validator,
     model_validator,
 )
 
@@ -161,6 +162,30 @@ class Distill(Strict):
         return self
 
 
+class Evaluation(Strict):
+    """Downstream benchmarks (lm-eval) run on every trial's student, on the teacher and on the build."""
+
+    tasks: list[Annotated[str, Field(min_length=1, max_length=256)]] = Field(
+        default_factory=list,
+        max_length=64,
+        description="lm-eval task, group or tag names, or folders of task YAMLs (pydoc_cloze ships with ablate)",
+    )
+    limit: float | None = Field(
+        None, description="per task: a count of documents (1, 2, ...), or a fraction below 1 of them; None: all"
+    )
+    num_fewshot: Count | None = Field(None, description="None: each task's own default")
+    batch_size: PositiveInt = 8
+
+    @field_validator("limit")
+    @classmethod
+    def _limit_is_count_or_fraction(cls, value: float | None) -> float | None:
+        if value is None:
+            return None
+        if not value > 0 or (value >= 1 and value != int(value)) or value > MAX_COUNT:
+            raise ValueError("expected a whole number of documents (1, 2, ...) or a fraction between 0 and 1")
+        return int(value) if value >= 1 else value
+
+
 class Sweep(Strict):
     # One grid, or a list of grids whose trials are pooled (a main grid plus side studies, say);
     # a trial two grids both produce runs once.
@@ -265,6 +290,7 @@ class Spec(Strict):
     sweep: Sweep = Field(default_factory=Sweep)
     resources: Resources = Field(default_factory=Resources)
     tracking: Tracking = Field(default_factory=Tracking)
+    eval: Evaluation = Field(default_factory=Evaluation)
     build: Build = Field(default_factory=Build)
     report: ReportSettings = Field(default_factory=ReportSettings)
 

@@ -70,6 +70,7 @@ def load_spec(path: str | Path) -> LoadedSpec:
     if spec is not None:
         teacher_config, teacher_problems = _check_teacher(spec, path, source)
         problems += teacher_problems
+        problems += _check_benchmarks(spec, path, source)
     problems += _check_sweep(raw, spec, source)
     if problems:
         raise SpecError(_shown(_unique(problems), path))
@@ -242,6 +243,20 @@ def _check_teacher(
             path = ("targets", name, axis) if axis in target.axes() else ("targets", name)
             problems.append(_problem(source, path, message))
     return config, problems
+
+
+def _check_benchmarks(spec: Spec, spec_path: Path, source: SourceMap) -> list[Problem]:
+    """Every eval.tasks entry names a task lm-eval knows and can load here (imports lm-eval only when
+    the spec asks for benchmarks)."""
+    if not spec.eval.tasks:
+        return []
+    from ablate.benchmarks.tasks_index import resolve
+
+    try:
+        resolve(spec.eval.tasks, base_dir=str(spec_path.parent))
+    except SpecError as exc:
+        return [_problem(source, ("eval", "tasks"), p.removeprefix("eval.tasks: ")) for p in exc.problems]
+    return []
 
 
 def _bad_teacher_shape(config: PretrainedConfig) -> str:

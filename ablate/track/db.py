@@ -35,6 +35,7 @@ from sqlalchemy.orm import Session
 
 from ablate.errors import RunError
 from ablate.secrets import redact_text, redact_url
+from ablate.track.benchmarks import BenchmarkRecords
 from ablate.track.engine import make_engine, migrate, migrations_dir, normalize_url
 from ablate.track.infos import (
     EventInfo,
@@ -110,7 +111,7 @@ def connect(
     return Records(url, migrate_schema=migrate_schema, busy_timeout_s=busy_timeout_s, echo=echo)
 
 
-class Records(MetricsAndEvents):
+class Records(MetricsAndEvents, BenchmarkRecords):
     """The executor's and the CLI's view of the results database (see the module docstring)."""
 
     def __init__(

@@ -176,6 +176,23 @@ class Metric(Base):
     value: Mapped[float | None] = mapped_column(Float(precision=53))
 
 
+class BenchmarkResult(Base):
+    """One metric of one lm-eval task measured by a benchmark stage (of a trial's student, of the teacher
+    or of a build), with its standard error; keyed by the stage, so a stage's results are written once
+    and every trial sharing it reads them."""
+
+    __tablename__ = "benchmark_results"
+    __table_args__ = (UniqueConstraint("stage_hash", "task", "metric"),)
+
+    id: Mapped[int] = mapped_column(_ID, primary_key=True)
+    stage_hash: Mapped[str] = mapped_column(String(128), index=True)
+    task: Mapped[str] = mapped_column(String(200))
+    metric: Mapped[str] = mapped_column(String(200))
+    value: Mapped[float | None] = mapped_column(Float(precision=53))
+    stderr: Mapped[float | None] = mapped_column(Float(precision=53))
+    samples: Mapped[int | None] = mapped_column(BigInteger)
+
+
 class Event(Base):
     __tablename__ = "events"
     __table_args__ = (

@@ -87,7 +87,7 @@ def test_connect_migrates_once_and_schema_matches_models(db_url):
     try:
         assert r1.migrated and not r2.migrated
         with r1.engine.connect() as conn:
-            assert conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all() == ["0002"]
+            assert conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all() == ["0003"]
             diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
         assert diff == [], f"models and migrations disagree: {diff}"
     finally:
@@ -108,6 +108,7 @@ def test_migrations_ship_inside_the_package():
         "versions/__init__.py",
         "versions/0001_initial_schema.py",
         "versions/0002_leases.py",
+        "versions/0003_benchmarks.py",
     ]:
         assert (d / rel).is_file(), rel
     assert importlib.resources.files("ablate.track.migrations").joinpath("env.py").is_file()
@@ -115,7 +116,7 @@ def test_migrations_ship_inside_the_package():
 
     from ablate.track.engine import _alembic_config
 
-    assert ScriptDirectory.from_config(_alembic_config()).get_current_head() == "0002"
+    assert ScriptDirectory.from_config(_alembic_config()).get_current_head() == "0003"
 
 
 def test_database_newer_than_code_is_refused(records, db_url):

@@ -1,0 +1,1 @@
+"""Downstream benchmarks: lm-evaluation-harness tasks run on a model already in memory."""
