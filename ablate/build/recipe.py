@@ -311,7 +311,7 @@ def resolve(
     chosen = pool[key]
     if chosen.trial is None:
         raise BuildError(f"trial {key} has no recorded config; build from the spec file")
-    stages = trial_stages(chosen.trial)
+    stages = trial_stages(chosen.trial, str(source.spec_path.parent) if source.spec_path else None)
     trial_tokens = int(stages["distill"].config["distill"]["tokens"])
     wanted_tokens = tokens if tokens is not None else source.build.tokens
     if wanted_tokens is None:

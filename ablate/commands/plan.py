@@ -38,7 +38,7 @@ def _load_or_exit(spec_path: str, as_json: bool) -> LoadedSpec:
 
 
 def summary_line(loaded: LoadedSpec) -> str:
-    graph = build_graph(loaded.trials)
+    graph = build_graph(loaded.trials, str(loaded.path.parent))
     run, naive = sum(graph.counts().values()), sum(graph.naive_counts().values())
     return (
         f"{loaded.path}: valid: experiment '{loaded.spec.name}', {len(loaded.trials)} trials over "
@@ -79,7 +79,7 @@ def memory_warnings(est) -> list[str]:
 
 
 def plan_dict(loaded: LoadedSpec, mfu: float, gpu: str = "h100-80gb") -> dict:
-    graph = build_graph(loaded.trials)
+    graph = build_graph(loaded.trials, str(loaded.path.parent))
     from ablate.plan.estimate import H100_BF16_DENSE_FLOPS, estimate
 
     est = estimate(loaded.teacher_config, loaded.trials, mfu=mfu, gpu=gpu)

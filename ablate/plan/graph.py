@@ -26,10 +26,11 @@ class StageGraph:
         return [s for s in self.stages.values() if stage_hash in s.parents]
 
 
-def build_graph(trials: list[Trial]) -> StageGraph:
+def build_graph(trials: list[Trial], base_dir: str | None = None) -> StageGraph:
+    """`base_dir`: the spec's folder, where relative paths in it (local benchmark tasks) are found."""
     graph = StageGraph()
     for trial in trials:
-        stages = trial_stages(trial)
+        stages = trial_stages(trial, base_dir)
         graph.trial_stages[trial.key] = {kind: s.hash for kind, s in stages.items()}
         for stage in stages.values():
             graph.naive[stage.kind] += 1

@@ -8,11 +8,16 @@ submission and in every later one.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from collections.abc import Mapping
 from typing import Any
 
+from ablate.benchmarks.fingerprint import task_fingerprint
+from ablate.spec.schema import Spec
 from ablate.spec.sweep import Trial, stable_hash
 
-STAGE_KINDS = ("teacher", "importance", "prune", "distill", "eval")
+STAGE_KINDS = ("teacher", "importance", "prune", "distill", "eval", "benchmark")
+BENCHMARK = "benchmark:"  # trial_stages key of a benchmark of the trial's student: benchmark:TASK
+TEACHER_BENCHMARK = "teacher-benchmark:"  # ... and of its teacher (a shared stage)
 
 
 @dataclass(frozen=True)
@@ -30,7 +35,7 @@ class Stage:
         )
 
 
-def trial_stages(trial: Trial) -> dict[str, Stage]:
+def trial_stages(trial: Trial, base_dir: str | None = None) -> dict[str, Stage]:
     """The five stages one trial needs, keyed by kind, each hashed over exactly what it depends on."""
     spec = trial.spec
     resolved = trial.resolved()
@@ -68,4 +73,34 @@ def trial_stages(trial: Trial) -> dict[str, Stage]:
         "distill", {"distill": resolved["distill"], "seed": trial.seed, **data}, (prune.hash, teacher.hash)
     )
     evaluate = Stage("eval", data, (distill.hash, teacher.hash))
-    return {s.kind: s for s in (teacher, importance, prune, distill, evaluate)}
+    stages = {s.kind: s for s in (teacher, importance, prune, distill, evaluate)}
+    for task in spec.eval.tasks:
+        stages[BENCHMARK + task] = benchmark_stage(spec, task, distill, "student", base_dir)
+        stages[TEACHER_BENCHMARK + task] = benchmark_stage(spec, task, teacher, "teacher", base_dir)
+    return stages
+
+
+def benchmark_stage(spec: Spec, task: str, model: Stage, role: str, spec_dir: str | None) -> Stage:
+    """The lm-eval run of one `eval.tasks` entry on the model `model` makes (its student or teacher): one
+    stage per (model, task), so adding a task runs only that task. Its hash covers the task's content
+    (files of a local or shipped task; lm-eval's version for its own tasks) and the settings that move
+    the numbers."""
+    settings = spec.eval
+    return Stage(
+        "benchmark",
+        {
+            "model": role,
+            "task": task,
+            "task_version": task_fingerprint(task, spec_dir),
+            "limit": settings.limit,
+            "num_fewshot": settings.num_fewshot,
+            "batch_size": settings.batch_size,
+        },
+        (model.hash,),
+    )
+
+
+def trial_kinds(stages: Mapping[str, Any]) -> list[str]:
+    """The keys of a trial's own stages (run in its Tune trial, in this order): distill, eval, then its
+    student's benchmarks."""
+    return ["distill", "eval", *sorted(k for k in stages if k.startswith(BENCHMARK))]

@@ -39,7 +39,8 @@ from ablate.run import ray_workers, recompute, stage_runners
 from ablate.run.artifacts import ArtifactCorrupt, ArtifactStore
 from ablate.run.ray_session import init_ray
 from ablate.run.shared_stages import DRIVER_MEMORY_BYTES, WAIT_POLL_S, SharedStages
-from ablate.run.trial_outcomes import TRIAL_KINDS, TrialOutcomes, curve_rows, final_rows
+from ablate.plan.stages import trial_kinds
+from ablate.run.trial_outcomes import TrialOutcomes, benchmark_finals, curve_rows, final_rows
 from ablate.spec import budget
 from ablate.spec.validate import LoadedSpec
 from ablate.track.db import Records, TrialInfo, connect
@@ -97,7 +98,7 @@ class Executor(SharedStages, TrialOutcomes):
         self.name = loaded.spec.name
         self.address = address
         self.progress = progress or (lambda event, data: None)
-        self.graph: StageGraph = build_graph(loaded.trials)
+        self.graph: StageGraph = build_graph(loaded.trials, str(loaded.path.parent))
         self.recompute = recompute.select(self.graph, recompute_stages)  # hashes run again, not reused
         self.base_dir = str(loaded.path.parent.resolve())
         self.store = ArtifactStore(absolute_store(self.spec.tracking.artifacts))
@@ -218,7 +219,7 @@ class Executor(SharedStages, TrialOutcomes):
     def _trial_done(self, key: str) -> bool:
         info = self.trial_infos[key]
         stages = self.graph.trial_stages[key]
-        return info.status == "completed" and all(self._done(stages[k]) for k in TRIAL_KINDS)
+        return info.status == "completed" and all(self._done(stages[k]) for k in trial_kinds(stages))
 
     def run_trials(self, failures: dict[str, str]) -> None:
         """Record or run every trial not done yet, in rounds: each round takes the trials it can claim
@@ -229,8 +230,7 @@ class Executor(SharedStages, TrialOutcomes):
         remaining = []
         for trial in self.loaded.trials:
             if self._trial_done(trial.key):
-                for kind in TRIAL_KINDS:
-                    self._count(self.result.stages_reused, kind)
+                self._count_trial_reused(trial.key)
             else:
                 remaining.append(trial)
         waited: set[str] = set()
@@ -285,8 +285,7 @@ class Executor(SharedStages, TrialOutcomes):
             if self._trial_done(key) or (key in waited and info.status in ("failed", "cancelled")):
                 self.leases.release_trial(trial_id)  # the outcome it left is this trial's outcome
                 if info.status == "completed":
-                    for kind in TRIAL_KINDS:
-                        self._count(self.result.stages_reused, kind)
+                    self._count_trial_reused(key)
                     self.progress("trial_done", {"key": key, "metrics": {}, "reused": True})
                 return "done"
         broken = [h for h in stages.values() if h in failures]
@@ -297,7 +296,8 @@ class Executor(SharedStages, TrialOutcomes):
             self.progress("trial_failed", {"key": key, "error": error})
             self.leases.release_trial(trial_id)
             return "done"
-        for kind in TRIAL_KINDS:  # in order: an eval is claimed only once its distill is ours or done
+        kinds = trial_kinds(stages)
+        for kind in kinds:  # in order: an eval is claimed only once its distill is ours or done
             h = stages[kind]
             if self._done(h):
                 continue
@@ -305,13 +305,13 @@ class Executor(SharedStages, TrialOutcomes):
             if stage_claim.state == "completed":
                 self.stage_status[h] = "completed"
             elif stage_claim.state == "held":  # another experiment's trial makes this very stage
-                for mine in TRIAL_KINDS[: TRIAL_KINDS.index(kind)]:
+                for mine in kinds[: kinds.index(kind)]:
                     self.leases.unclaim_stage(stages[mine])
                 if h not in waited:
                     waited.add(h)
                     self._waiting(self.graph.stages[h], stage_claim.owner)
                 return "wait"
-        if all(self._done(stages[k]) for k in TRIAL_KINDS):
+        if all(self._done(stages[k]) for k in kinds):
             return "artifacts"
         return "tune"
 
@@ -329,6 +329,7 @@ class Executor(SharedStages, TrialOutcomes):
         stages = self.graph.trial_stages[key]
         facts = stage_runners.read_distill_facts(self.store, stages["distill"])
         final = stage_runners.read_eval_metrics(self.store, stages["eval"])
+        final |= benchmark_finals(self.records, self.store, stages)
         rows = curve_rows(facts)
         trial_id, run_id = self.trial_ids[key], self.run_id(key)
         self.records.log_metrics(trial_id, rows)
@@ -336,9 +337,13 @@ class Executor(SharedStages, TrialOutcomes):
         self.records.set_trial_status(trial_id, "completed")
         self.mirror.log_step_metrics(run_id, rows + final_rows(final, facts.get("steps") or 0))
         self.mirror.set_terminated(run_id, "FINISHED")
-        for kind in TRIAL_KINDS:
-            self._count(self.result.stages_reused, kind)
+        self._count_trial_reused(key)
         self.progress("trial_done", {"key": key, "metrics": final, "reused": True})
+
+    def _count_trial_reused(self, key: str) -> None:
+        stages = self.graph.trial_stages[key]
+        for k in trial_kinds(stages):
+            self._count(self.result.stages_reused, self.graph.stages[stages[k]].kind)
 
     def _start_ray(self) -> None:
         """Start (or join) Ray. Meanwhile a thread opens MLflow and the child runs of the trials to come
@@ -501,8 +506,9 @@ class Executor(SharedStages, TrialOutcomes):
 
     def cancel_stages(self, key: str, reason: str) -> None:
         """The stages a stopped trial held (its distill, its eval) are cancelled, not left running."""
-        for kind in TRIAL_KINDS:
-            h = self.graph.trial_stages[key][kind]
+        stages = self.graph.trial_stages[key]
+        for kind in trial_kinds(stages):
+            h = stages[kind]
             if not self._done(h) and self.leases.unclaim_stage(h, "cancelled", reason):
                 self.stage_status[h] = "cancelled"
 

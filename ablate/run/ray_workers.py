@@ -16,7 +16,7 @@ import torch
 
 from ablate.distill.parallel import Parallel
 from ablate.errors import AblateError
-from ablate.plan.stages import Stage
+from ablate.plan.stages import Stage, trial_kinds
 from ablate.run.artifacts import ArtifactStore
 from ablate.run.stage_runners import StageContext, read_distill_facts, read_eval_metrics, run_stage
 from ablate.secrets import redact_text
@@ -195,7 +195,7 @@ def trial_body(
     parallel: Parallel | None = None,
     device: str | None = None,
 ) -> None:
-    """The trial's distill and eval stages, told through `report` (see `tune_trial`). On several
+    """The trial's distill, eval and benchmark stages, told through `report` (see `tune_trial`). On several
     workers every rank calls this and reports the same number of times (Ray Train's report is a
     barrier); only rank 0's reports reach the driver, and only rank 0 evaluates."""
     import ray
@@ -255,6 +255,9 @@ def trial_body(
             metrics = run_stage(evaluate, ctx)
             if metrics.get("reused"):
                 metrics = read_eval_metrics(store, evaluate.hash)
+            for kind in trial_kinds(stages)[2:]:  # benchmarks, on the student eval already loaded
+                bench_ctx = StageContext(store, {"distill": distill}, base_dir, models=ctx.models)
+                run_stage(stages[kind], bench_ctx)
     except AblateError as exc:
         report({"phase": PHASE_FAILED, "stage": kind, "error": error_line(exc), "finished": time.time()})
         return

@@ -1,4 +1,4 @@
-"""Shared stages (teacher, importance, prune) as Ray tasks in dependency order, each claimed before it
+"""Shared stages (teacher, importance, prune, the teacher's benchmarks) as Ray tasks in dependency order, each claimed before it
 is launched (ablate.track.leases), so a stage another live submission runs is waited for instead of run
 twice. The executor mixes this in."""
 
@@ -11,7 +11,7 @@ from ablate.plan.stages import Stage
 from ablate.run import ray_workers
 from ablate.run.in_process import WAIT_POLL_S, record_failure
 from ablate.run.ray_workers import error_line
-from ablate.run.stage_runners import WORKER_STAGES
+from ablate.run.stage_runners import WORKER_STAGES, read_benchmark
 
 if TYPE_CHECKING:
     from ablate.plan.graph import StageGraph
@@ -21,6 +21,12 @@ if TYPE_CHECKING:
     from ablate.track.leases import Leases
 
 SHARED_KINDS = ("teacher", "importance", "prune")
+
+
+def is_shared(stage: Stage) -> bool:
+    """Stages every trial of a teacher shares: teacher, importance, prune, and the teacher's benchmarks
+    (its reference row); a student's benchmarks run in its trial, on the model its eval loaded."""
+    return stage.kind in SHARED_KINDS or (stage.kind == "benchmark" and stage.config["model"] == "teacher")
 DRIVER_MEMORY_BYTES = 256 * 2**20  # what a task that only waits for its Ray Train workers reserves
 
 
@@ -52,10 +58,11 @@ class SharedStages:
         Each stage is claimed before it is launched (ablate.track.leases); one that another live
         submission runs is waited for (its record polled) and then counted as reused, and its
         children are launched once it is completed."""
-        shared = [s for s in self.graph.stages.values() if s.kind in SHARED_KINDS]
+        shared = [s for s in self.graph.stages.values() if is_shared(s)]
         for stage in shared:
             if self._done(stage.hash):
                 self._count(self.result.stages_reused, stage.kind)
+                self._record_results(stage)
         unresolved = {s.hash: s for s in shared if not self._done(s.hash)}
         failures: dict[str, str] = {}
         refs: dict[str, Any] = {}
@@ -141,8 +148,15 @@ class SharedStages:
             return
         self.stage_status[stage.hash] = "completed"
         self.records.mark_stage_completed(stage.hash, self.store.path_for(stage.hash))
+        self._record_results(stage)
         self._count(self.result.stages_run, stage.kind)
         self.progress("stage_done", {"kind": stage.kind, "hash": stage.hash, "facts": facts})
+
+    def _record_results(self, stage: Stage) -> None:
+        """A benchmark's results go to the records (the report's teacher row reads them there)."""
+        if stage.kind == "benchmark":
+            data = read_benchmark(self.store, stage.hash)
+            self.records.record_benchmarks(stage.hash, data["metrics"], data.get("n_samples"))
 
     def _stage_failed(
         self, stage: Stage, message: str, failures: dict[str, str], record: bool = True
@@ -157,6 +171,7 @@ class SharedStages:
     def _stage_reused(self, stage: Stage) -> None:
         """A stage another submission completed while this one waited for it."""
         self.stage_status[stage.hash] = "completed"
+        self._record_results(stage)
         self._count(self.result.stages_reused, stage.kind)
         self.progress("stage_done", {"kind": stage.kind, "hash": stage.hash, "facts": {"reused": True}})
 
@@ -169,4 +184,4 @@ class SharedStages:
         self.progress("stage_wait", {"kind": stage.kind, "hash": stage.hash, "owner": owner})
 
 
-__all__ = ["DRIVER_MEMORY_BYTES", "SHARED_KINDS", "SharedStages", "WAIT_POLL_S"]
+__all__ = ["DRIVER_MEMORY_BYTES", "SHARED_KINDS", "SharedStages", "WAIT_POLL_S", "is_shared"]

@@ -11,6 +11,7 @@ engine steps they are made of (splits, importance, evaluation) also serve the si
     prune       model/ (HF checkpoint of the pruned student) + prune.json
     distill     model/ (HF checkpoint of the trained student) + result.json (TrainResult)
     eval        metrics.json
+    benchmark   benchmark.json (lm-eval metrics with standard errors, per task)
 """
 
 from __future__ import annotations
@@ -50,6 +51,22 @@ class StageContext:
     parallel: Parallel = field(default_factory=Parallel)
     device: str | None = None
     work_token: str | None = None
+    models: dict[str, Any] = field(default_factory=dict)
+    """(model, tokenizer) already loaded in this process, by the hash of the stage that made them: the
+    trial's eval and benchmark stages share one load of its student and teacher."""
+
+    def model_of(self, stage: Stage) -> tuple[Any, Any]:
+        """The model a teacher or distill stage made, loaded once per process and placed on its devices."""
+        if stage.hash not in self.models:
+            from ablate.models.placement import place
+            from ablate.models.registry import load_model
+
+            if stage.kind == "teacher":
+                model, tokenizer = load_teacher(self.store, stage.hash)
+            else:
+                model, tokenizer = load_model(str(self.store.local_path(stage.hash) / "model"))
+            self.models[stage.hash] = (place(model), tokenizer)
+        return self.models[stage.hash]
 
 
 def resolve_ref(ref: str, base_dir: str | None) -> str:
@@ -309,18 +326,31 @@ def run_distill(stage: Stage, ctx: StageContext) -> dict[str, Any]:
 
 
 def run_eval(stage: Stage, ctx: StageContext) -> dict[str, Any]:
-    from ablate.models.placement import place
-    from ablate.models.registry import load_model
-
-    student, tokenizer = load_model(str(ctx.store.local_path(ctx.parents["distill"].hash) / "model"))
-    teacher, _ = load_teacher(ctx.store, ctx.parents["teacher"].hash)
-    student, teacher = place(student), place(teacher)
+    student, tokenizer = ctx.model_of(ctx.parents["distill"])
+    teacher, _ = ctx.model_of(ctx.parents["teacher"])
     splits = splits_for(stage.config, tokenizer, ctx.base_dir)
     metrics = eval_metrics(student, splits.eval, stage.config["calibration"]["batch_size"], teacher)
     metrics = {k: float(v) for k, v in metrics.items()}
     with ctx.store.write(stage.hash) as out:
         (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
     return metrics
+
+
+def run_benchmark(stage: Stage, ctx: StageContext) -> dict[str, Any]:
+    """lm-eval on the model of the stage's one parent (a student's distill, or the teacher), the very
+    object already in memory when the trial's eval loaded it; results to benchmark.json."""
+    from ablate.benchmarks.harness import run_benchmarks
+    from ablate.benchmarks.tasks_index import resolve
+
+    (parent,) = ctx.parents.values()
+    model, tokenizer = ctx.model_of(parent)
+    config = stage.config
+    tasks = resolve([config["task"]], ctx.base_dir)
+    out = run_benchmarks(model, tokenizer, tasks, config["limit"], config["num_fewshot"], config["batch_size"])
+    facts = {"tasks": list(tasks.names), **out}
+    with ctx.store.write(stage.hash) as folder:
+        (folder / "benchmark.json").write_text(json.dumps(facts, indent=1))
+    return facts
 
 
 WORKER_STAGES = ("teacher", "distill")  # the stages that train, and so can run on several workers
@@ -330,6 +360,7 @@ RUNNERS: dict[str, Callable[[Stage, StageContext], dict[str, Any]]] = {
     "prune": run_prune,
     "distill": run_distill,
     "eval": run_eval,
+    "benchmark": run_benchmark,
 }
 
 
@@ -348,6 +379,12 @@ def read_eval_metrics(store: ArtifactStore, eval_hash: str) -> dict[str, float]:
     """The metrics of a published eval artifact."""
     with store.open(eval_hash, "metrics.json", "r") as f:
         return {k: float(v) for k, v in json.load(f).items()}
+
+
+def read_benchmark(store: ArtifactStore, benchmark_hash: str) -> dict[str, Any]:
+    """What a published benchmark artifact measured ({'metrics': {task: {...}}, 'n_samples', ...})."""
+    with store.open(benchmark_hash, "benchmark.json", "r") as f:
+        return json.load(f)
 
 
 def read_distill_facts(store: ArtifactStore, distill_hash: str) -> dict[str, Any]:

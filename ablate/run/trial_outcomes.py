@@ -6,16 +6,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ablate.run import ray_workers
+from ablate.plan.stages import BENCHMARK, trial_kinds
+from ablate.run import ray_workers, stage_runners
 
 if TYPE_CHECKING:  # the attributes this mixin uses; Executor defines them
     from ablate.plan.graph import StageGraph
     from ablate.run.artifacts import ArtifactStore
     from ablate.track.db import Records
     from ablate.track.mlflow import MlflowMirror
-
-TRIAL_KINDS = ("distill", "eval")
-
 
 def scalars(d: dict[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in d.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
@@ -35,6 +33,19 @@ def final_rows(final: dict[str, float], step: int) -> list[tuple[str, int, float
     """Final eval metrics for MLflow: `eval_<name>` at the last step, the same series as periodic evals
     (`distill.eval_every`), so the run table shows them and they never mix with per-step values."""
     return [(f"eval_{k}", step, v) for k, v in final.items() if v is not None]
+
+
+def benchmark_finals(records: Records, store: ArtifactStore, stages: dict[str, str]) -> dict[str, float]:
+    """The trial's benchmark results as final metrics named TASK/METRIC (so any of them can be the
+    report's --metric), each stage's results (with standard errors) stored in the records on the way."""
+    out: dict[str, float] = {}
+    for key in trial_kinds(stages):
+        if key.startswith(BENCHMARK):
+            data = stage_runners.read_benchmark(store, stages[key])
+            records.record_benchmarks(stages[key], data["metrics"], data.get("n_samples"))
+            for task, values in data["metrics"].items():
+                out |= {f"{task}/{m}": float(v) for m, v in values.items() if not m.endswith("_stderr")}
+    return out
 
 
 class TrialOutcomes:
@@ -118,11 +129,12 @@ class TrialOutcomes:
         self.record_steps(key, curve_rows(facts))  # the steps an earlier attempt ran are in the curves
         trial_id, run_id = self.trial_ids[key], self.run_ids[key]
         stages = self.graph.trial_stages[key]
-        for kind in TRIAL_KINDS:
+        for kind in trial_kinds(stages):
             if not self._done(stages[kind]):
                 self.records.mark_stage_completed(stages[kind], self.store.path_for(stages[kind]))
                 self.stage_status[stages[kind]] = "completed"
-                self._count(self.result.stages_run, kind)
+                self._count(self.result.stages_run, self.graph.stages[stages[kind]].kind)
+        final |= benchmark_finals(self.records, self.store, stages)
         self.records.log_final_metrics(trial_id, final)
         self.records.set_trial_status(trial_id, "completed")
         resumed = facts.get("resumed_from_step")
@@ -152,11 +164,12 @@ class TrialOutcomes:
     def _fail(self, key: str, error: str, kind: str | None) -> None:
         trial_id, run_id = self.trial_ids[key], self.run_ids[key]
         stages = self.graph.trial_stages[key]
-        kinds = [kind] if kind in TRIAL_KINDS else [k for k in TRIAL_KINDS if not self._done(stages[k])][:1]
+        own = trial_kinds(stages)
+        kinds = [kind] if kind in own else [k for k in own if not self._done(stages[k])][:1]
         for k in kinds:
             self.records.mark_stage_failed(stages[k], error)
             self.stage_status[stages[k]] = "failed"
-            self._count(self.result.stages_failed, k)
+            self._count(self.result.stages_failed, self.graph.stages[stages[k]].kind)
         self.records.set_trial_status(trial_id, "failed", error=error)
         self.records.log_event(
             f"trial {key} failed: {error}", level="error", experiment=self.name, trial_id=trial_id
@@ -166,4 +179,4 @@ class TrialOutcomes:
         self.progress("trial_failed", {"key": key, "error": error})
 
 
-__all__ = ["TRIAL_KINDS", "TrialOutcomes", "curve_rows", "final_rows", "scalars"]
+__all__ = ["TrialOutcomes", "benchmark_finals", "curve_rows", "final_rows", "scalars"]
