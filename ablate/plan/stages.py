@@ -7,8 +7,8 @@ submission and in every later one.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from ablate.benchmarks.fingerprint import task_fingerprint

@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from ablate.report.benchmarks import benchmarks_section
 from ablate.report.findings import MIN_PAIRS, RULES
 from ablate.report.model import AGREES, CLEAR, DISAGREES, Finding, Report, TrialRow, fmt_value
 from ablate.report.plots import FINDING_PREFIX, LOSS_PNG, QUALITY_PNG, finding_file, render_plots
@@ -218,6 +219,14 @@ def _trials_section(r: Report) -> list[str]:
             first = (t.error or "").strip().splitlines()[0] if (t.error or "").strip() else ""
             lines.append(f"- `{t.key}` ({t.status}): {_cell(first[:300])}")
     return lines
+
+
+def _benchmarks_section(r: Report) -> list[str]:
+    labels = {
+        t.key: f"`{t.key}` ({_cell(', '.join(f'{k}={fmt_value(v)}' for k, v in t.overrides.items()))})"
+        for t in r.trials
+    }
+    return benchmarks_section(r.benchmarks, labels, str(r.teacher.get("model")))
 
 
 def _agreement(f: Finding) -> str:
@@ -485,6 +494,7 @@ def render_markdown(report: Report) -> str:
     for section in (
         _spec_section,
         _trials_section,
+        _benchmarks_section,
         _findings_section,
         _plots_section,
         _best_section,

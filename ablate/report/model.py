@@ -233,6 +233,8 @@ class Report:
     family_size: int = 0
     """Comparisons with a verdict; Holm's adjustment keeps the chance of any false 'clear win' among them
     at 5%."""
+    benchmarks: dict[str, Any] = field(default_factory=dict)
+    """lm-eval results: {"teacher": {task: {metric: v, metric_stderr: e}}, "trials": {key: {...}}}."""
     """What the experiment cost: stages per kind (against the naive count), summed stage and trial
     times, and each submission's own summary line."""
 
@@ -271,6 +273,7 @@ class Report:
                     "best_trial": self.best_trial.to_dict(),
                     "recipe": self.recipe,
                     "untested_practices": self.untested,
+                    **({"benchmarks": self.benchmarks} if self.benchmarks else {}),
                     "mlflow": {
                         "tracking_uri": _redact(self.tracking_uri),
                         "experiment_id": self.mlflow_experiment_id,

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from ablate.report.benchmarks import benchmarks_of
 from ablate.report.findings import MIN_PAIRS, findings_for
 from ablate.report.metrics import metric_info
 from ablate.report.model import BestTrial, Report, ReportError, TrialRow, _jsonable, canon, finished
@@ -306,6 +307,7 @@ def build_report(
         compute=_compute(records, name, len(rows)),
         margin=info.margin,
         family_size=sum(1 for f in findings if f.n >= MIN_PAIRS),
+        benchmarks=benchmarks_of(records, {key: i.id for key, i in infos.items()}),
     )
 
 

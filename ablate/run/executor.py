@@ -34,12 +34,11 @@ from typing import Any
 
 from ablate.errors import RunError
 from ablate.plan.graph import StageGraph, build_graph
-from ablate.plan.stages import Stage
+from ablate.plan.stages import Stage, trial_kinds
 from ablate.run import ray_workers, recompute, stage_runners
 from ablate.run.artifacts import ArtifactCorrupt, ArtifactStore
 from ablate.run.ray_session import init_ray
 from ablate.run.shared_stages import DRIVER_MEMORY_BYTES, WAIT_POLL_S, SharedStages
-from ablate.plan.stages import trial_kinds
 from ablate.run.trial_outcomes import TrialOutcomes, benchmark_finals, curve_rows, final_rows
 from ablate.spec import budget
 from ablate.spec.validate import LoadedSpec
@@ -180,8 +179,9 @@ class Executor(SharedStages, TrialOutcomes):
         existing = {t.key: t for t in self.records.trials(self.name)}
         for trial in self.loaded.trials:
             info = existing.get(trial.key)
-            if info is None or info.status != "completed":
-                stages = self.graph.trial_stages[trial.key]
+            stages = self.graph.trial_stages[trial.key]
+            if info is None or info.status != "completed" or not self._linked(info.id, stages):
+                # new, unfinished, or finished before a stage was added (a benchmark task): (re)linked
                 info = self.records.upsert_trial(
                     self.name,
                     trial.key,
@@ -193,6 +193,10 @@ class Executor(SharedStages, TrialOutcomes):
             self.trial_ids[trial.key] = info.id
             if info.mlflow_run_id:
                 self.run_ids[trial.key] = info.mlflow_run_id
+
+    def _linked(self, trial_id: int, stages: dict[str, str]) -> bool:
+        """Whether the records link the trial to every stage it has now."""
+        return set(stages.values()) <= {s.hash for s in self.records.trial_stages(trial_id)}
 
     def _present(self, stage: Stage) -> bool:
         """Whether the stage's artifact is there to reuse: never when --recompute names it (it is deleted),

@@ -27,6 +27,8 @@ def is_shared(stage: Stage) -> bool:
     """Stages every trial of a teacher shares: teacher, importance, prune, and the teacher's benchmarks
     (its reference row); a student's benchmarks run in its trial, on the model its eval loaded."""
     return stage.kind in SHARED_KINDS or (stage.kind == "benchmark" and stage.config["model"] == "teacher")
+
+
 DRIVER_MEMORY_BYTES = 256 * 2**20  # what a task that only waits for its Ray Train workers reserves
 
 

@@ -346,7 +346,9 @@ def run_benchmark(stage: Stage, ctx: StageContext) -> dict[str, Any]:
     model, tokenizer = ctx.model_of(parent)
     config = stage.config
     tasks = resolve([config["task"]], ctx.base_dir)
-    out = run_benchmarks(model, tokenizer, tasks, config["limit"], config["num_fewshot"], config["batch_size"])
+    out = run_benchmarks(
+        model, tokenizer, tasks, config["limit"], config["num_fewshot"], config["batch_size"]
+    )
     facts = {"tasks": list(tasks.names), **out}
     with ctx.store.write(stage.hash) as folder:
         (folder / "benchmark.json").write_text(json.dumps(facts, indent=1))

@@ -15,6 +15,7 @@ if TYPE_CHECKING:  # the attributes this mixin uses; Executor defines them
     from ablate.track.db import Records
     from ablate.track.mlflow import MlflowMirror
 
+
 def scalars(d: dict[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in d.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
