@@ -57,6 +57,7 @@ class BuildResult:
     metrics: dict[str, float] = field(default_factory=dict)  # the built model's eval
     teacher_metrics: dict[str, float] = field(default_factory=dict)
     trial_metrics: dict[str, float] = field(default_factory=dict)
+    benchmarks: dict[str, Any] = field(default_factory=dict)  # {"teacher": {task: ..}, "model": {task: ..}}
     throughput: list[dict[str, Any]] = field(default_factory=list)  # one table per backend
     trtllm: dict[str, Any] = field(default_factory=dict)
     report: str = ""
@@ -328,6 +329,7 @@ def _real_build(
     result.stages = run_stages(recipe, store, records, say, on_step)
     metrics = json.loads((store.local_path(recipe.final_eval.hash) / "metrics.json").read_text())
     result.metrics = {k: float(v) for k, v in metrics.items()}
+    result.benchmarks = _benchmarks(recipe, store, records)
     up_to_date = previous is not None and not previous.get("dry_run") and (out_dir / ex.MODEL_DIR).is_dir()
     final_model_dir = out_dir.resolve() / ex.MODEL_DIR
     if up_to_date:
@@ -347,6 +349,19 @@ def _real_build(
             f"{result.stages_reused} reused",
             experiment=source.name,
         )
+
+
+def _benchmarks(recipe: Recipe, store, records) -> dict[str, Any]:
+    """The teacher's and the final model's lm-eval results (eval.tasks), recorded like a trial's."""
+    from ablate.run.stage_runners import read_benchmark
+
+    out: dict[str, Any] = {"teacher": {}, "model": {}} if recipe.benchmarks else {}
+    for stage in recipe.benchmarks:
+        data = read_benchmark(store, stage.hash)
+        if records is not None:
+            records.record_benchmarks(stage.hash, data["metrics"], data.get("n_samples"))
+        out["teacher" if stage.config["model"] == "teacher" else "model"].update(data["metrics"])
+    return out
 
 
 def _export(
@@ -385,6 +400,9 @@ def _export(
             result.params,
             rows,
             teacher_source=teacher_source(recipe, recipe.source.artifacts)[0] or None,
+            benchmarks=[("teacher", result.benchmarks["teacher"]), ("this model", result.benchmarks["model"])]
+            if result.benchmarks
+            else None,
         )
         (tmp / ex.MODEL_DIR / "README.md").write_text(card)
         (tmp / PLAN).write_text(json.dumps(plan_dict(recipe, result.stages), indent=1) + "\n")

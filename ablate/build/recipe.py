@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ablate.errors import AblateError
-from ablate.plan.stages import Stage, trial_stages
+from ablate.plan.stages import TEACHER_BENCHMARK, Stage, benchmark_stage, trial_stages
 from ablate.spec.load import recorded_mapping
 from ablate.spec.schema import TRIAL_SECTIONS, Build, Spec, Tracking
 from ablate.spec.sweep import Trial, stable_hash
@@ -231,6 +231,7 @@ class Recipe:
     tokens: int  # of the final distillation
     formats: list[str]
     pool: dict[str, Candidate] = field(default_factory=dict)
+    benchmarks: list[Stage] = field(default_factory=list)  # the final model's and the teacher's (eval.tasks)
 
     @property
     def extra_distill(self) -> bool:
@@ -239,7 +240,9 @@ class Recipe:
     @property
     def id(self) -> str:
         """Identity of what the build produces: the final distill and eval stages."""
-        return stable_hash([self.final_distill.hash, self.final_eval.hash], 16)
+        return stable_hash(
+            [self.final_distill.hash, self.final_eval.hash, *(s.hash for s in self.benchmarks)], 16
+        )
 
     @property
     def chain(self) -> list[Stage]:
@@ -251,10 +254,13 @@ class Recipe:
             self.stages["prune"],
             self.final_distill,
             self.final_eval,
+            *self.benchmarks,
         ]
 
     def parents(self, stage: Stage) -> dict[str, Stage]:
-        by_hash = {s.hash: s for s in [*self.stages.values(), self.final_distill, self.final_eval]}
+        by_hash = {
+            s.hash: s for s in [*self.stages.values(), self.final_distill, self.final_eval, *self.benchmarks]
+        }
         return {by_hash[h].kind: by_hash[h] for h in stage.parents}
 
     def default_out(self) -> Path:
@@ -329,8 +335,18 @@ def resolve(
         final_eval = Stage("eval", dict(stages["eval"].config), (final_distill.hash, stages["teacher"].hash))
     else:
         final_tokens = trial_tokens
+    base_dir = str(source.spec_path.parent) if source.spec_path else None
+    benchmarks = [
+        stage
+        for task in chosen.trial.spec.eval.tasks
+        for stage in (
+            stages[TEACHER_BENCHMARK + task],
+            benchmark_stage(chosen.trial.spec, task, final_distill, "student", base_dir),
+        )
+    ]
     return Recipe(
         source=source,
+        benchmarks=benchmarks,
         trial=chosen.trial,
         chosen_by=why,
         status=chosen.status,

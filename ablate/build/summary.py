@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as _dt
 from typing import TYPE_CHECKING
 
+from ablate.benchmarks.table import benchmark_table
 from ablate.build import export as ex
 from ablate.build.throughput import ThroughputTable, format_table
 from ablate.spec.units import format_tokens
@@ -75,6 +76,11 @@ def build_markdown(recipe: Recipe, result: BuildResult) -> str:
         t, s = result.teacher_metrics.get("lm_loss"), result.metrics.get("lm_loss")
         if t is not None and s is not None:
             lines += ["", f"LM loss gap to the teacher: {s - t:+.4f}."]
+    if result.benchmarks:
+        lines += ["", "## Benchmarks", "", "lm-evaluation-harness (value ± standard error).", ""]
+        lines += benchmark_table(
+            [("teacher", result.benchmarks["teacher"]), ("this model", result.benchmarks["model"])]
+        )
     lines += ["", "## Generation throughput", ""]
     if not result.throughput:
         lines += ["Not measured" + (" (dry run)." if result.dry_run else " (--no-throughput).")]

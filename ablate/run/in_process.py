@@ -56,9 +56,10 @@ def run_in_process(
     if leases is not None:
         leases.start_heartbeat()
     done = []
+    models: dict[str, Any] = {}  # loaded once: the final eval's student and teacher serve the benchmarks
     try:
         for stage in stages:
-            ctx = StageContext(store, parents_of(stage), base_dir, on_step)
+            ctx = StageContext(store, parents_of(stage), base_dir, on_step, models=models)
             action = _reuse_or_run(stage, ctx, records, leases, experiment, spec_word, say)
             done.append({"kind": stage.kind, "hash": stage.hash, "action": action})
     finally:
