@@ -228,6 +228,16 @@ def prune_command(
 @click.option("--tokens", "tokens_text", default="16k", show_default=True, help="Held-out eval tokens.")
 @click.option("--seq-len", type=click.IntRange(min=2), default=128, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option(
+    "--tasks",
+    "tasks_text",
+    default="",
+    help="Also run these lm-eval tasks (comma-separated names or task folders; pydoc_cloze ships with ablate).",
+)
+@click.option("--limit", "limit_text", help="Per task: a count of documents, or a fraction below 1.")
+@click.option(
+    "--num-fewshot", type=click.IntRange(min=0), help="Few-shot examples (default: each task's own)."
+)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def eval_command(
     model_ref: str,
@@ -236,13 +246,18 @@ def eval_command(
     tokens_text: str,
     seq_len: int,
     batch_size: int,
+    tasks_text: str,
+    limit_text: str | None,
+    num_fewshot: int | None,
     as_json: bool,
 ) -> None:
-    """Held-out LM loss and perplexity of a model (and KL / top-1 agreement with a teacher)."""
+    """Held-out LM loss and perplexity of a model (and KL / top-1 agreement with a teacher), and its
+    lm-eval benchmarks with --tasks."""
     from ablate.errors import ModelError
     from ablate.models.registry import load_config
 
     eval_count = _tokens(tokens_text, "--tokens")
+    benchmarks = _benchmark_settings(tasks_text, limit_text, num_fewshot, batch_size)
     load_config(model_ref)
     if teacher_ref:
         load_config(teacher_ref)
@@ -263,6 +278,12 @@ def eval_command(
     view = lambda items: _progress(items, "evaluating", not as_json)  # noqa: E731
     metrics = eval_metrics(model, splits.eval, batch_size, teacher, view)
     result = {"model": model_ref, "teacher": teacher_ref, "corpus": corpus, "seq_len": seq_len, **metrics}
+    if benchmarks is not None:
+        from ablate.benchmarks.harness import run_benchmarks
+
+        tasks, settings = benchmarks
+        out = run_benchmarks(model, tokenizer, tasks, settings.limit, settings.num_fewshot, batch_size)
+        result["benchmarks"] = out["metrics"]
     result["seconds"] = round(time.perf_counter() - started, 3)
     if as_json:
         click.echo(json.dumps(result, indent=2))
@@ -273,3 +294,29 @@ def eval_command(
             f"; KL to teacher {metrics['kl_to_teacher']:.4f}, top-1 agreement {metrics['top1_agreement']:.3f}"
         )
     click.echo(line)
+    if benchmarks is not None:
+        from ablate.benchmarks.table import benchmark_table
+
+        click.echo("\n".join(benchmark_table([(model_ref, result["benchmarks"])])))
+
+
+def _benchmark_settings(tasks_text: str, limit_text: str | None, num_fewshot: int | None, batch_size: int):
+    """(TaskSet, Evaluation) for --tasks, checked before any model loads; None without --tasks."""
+    if not tasks_text.strip():
+        if limit_text is not None or num_fewshot is not None:
+            raise PruneError("--limit and --num-fewshot apply to benchmarks: give --tasks too")
+        return None
+    from pydantic import ValidationError
+
+    from ablate.benchmarks.tasks_index import resolve
+    from ablate.spec.schema import Evaluation
+
+    tasks = [t.strip() for t in tasks_text.split(",") if t.strip()]
+    try:
+        settings = Evaluation(tasks=tasks, limit=limit_text, num_fewshot=num_fewshot, batch_size=batch_size)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        raise PruneError(
+            f"--{err['loc'][0]} {limit_text!r}: {err['msg'].removeprefix('Value error, ')}"
+        ) from None
+    return resolve(tasks, field="--tasks"), settings
