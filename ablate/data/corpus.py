@@ -107,7 +107,7 @@ def load_text(ref: str) -> str:
     return DOC_SEPARATOR.join(documents(ref))
 
 
-def _tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
+def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None:
         text = backend.to_str()
@@ -116,9 +116,11 @@ def _tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
     return hashlib.sha256(f"{text}|eos={tokenizer.eos_token_id}".encode()).hexdigest()[:16]
 
 
-def _cache_root() -> Path:
+def cache_root() -> Path:
     root = os.environ.get("ABLATE_CACHE")
     return (Path(root).expanduser() if root else Path.home() / ".cache" / "ablate") / "tokens"
+
+
 
 
 def token_stream(tokenizer: PreTrainedTokenizerBase, corpus_ref: str, cache: bool = True) -> torch.Tensor:
@@ -128,8 +130,8 @@ def token_stream(tokenizer: PreTrainedTokenizerBase, corpus_ref: str, cache: boo
     for doc in docs:
         digest.update(doc.encode("utf-8"))
         digest.update(b"\x00")
-    key = f"{digest.hexdigest()[:16]}-{_tokenizer_fingerprint(tokenizer)}"
-    path = _cache_root() / f"{key}.pt"
+    key = f"{digest.hexdigest()[:16]}-{tokenizer_fingerprint(tokenizer)}"
+    path = cache_root() / f"{key}.pt"
     if cache and path.is_file():
         try:
             return torch.load(path, weights_only=True).long()
