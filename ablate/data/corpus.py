@@ -164,6 +164,17 @@ def pack(stream: torch.Tensor, seq_len: int) -> torch.Tensor:
     return stream[: n * seq_len].reshape(n, seq_len)
 
 
+def split_indices(n: int, n_eval: int, n_calibration: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(eval, calibration, train) sequence indices, each ascending: one fixed permutation of the n
+    sequences, eval from its front, calibration from its back, train in between."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(SPLIT_SEED))
+    return (
+        order[:n_eval].sort().values,
+        order[n - n_calibration :].sort().values,
+        order[n_eval : n - n_calibration].sort().values,
+    )
+
+
 def token_splits(
     tokenizer: PreTrainedTokenizerBase,
     corpus_ref: str,
@@ -192,10 +203,7 @@ def token_splits(
             f"{calibration_samples} calibration + {min_train_sequences} train sequences were asked for; "
             "use a larger corpus or fewer eval tokens / calibration samples"
         )
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(SPLIT_SEED))
-    eval_idx = order[:n_eval].sort().values
-    cal_idx = order[n - calibration_samples :].sort().values
-    train_idx = order[n_eval : n - calibration_samples].sort().values
+    eval_idx, cal_idx, train_idx = split_indices(n, n_eval, calibration_samples)
     return Splits(
         train=sequences[train_idx].clone(),
         eval=sequences[eval_idx].clone(),
@@ -208,8 +216,8 @@ def token_splits(
 def batches(sequences: torch.Tensor | Iterable[torch.Tensor], batch_size: int) -> Iterator[torch.Tensor]:
     """Batches [b, seq_len] for a forward pass: consecutive slices of at most `batch_size` sequences of a
     [n, seq_len] (or one [seq_len]) tensor, the last may be smaller; an iterable of [b, seq_len] (or
-    [seq_len]) tensors is taken as already batched."""
-    if not isinstance(sequences, torch.Tensor):
+    [seq_len]) tensors is taken as already batched. A loader.SequenceView is sliced like a tensor."""
+    if not isinstance(sequences, torch.Tensor) and not hasattr(sequences, "shape"):
         for batch in sequences:
             yield batch.unsqueeze(0) if batch.dim() == 1 else batch
         return
