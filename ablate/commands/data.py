@@ -35,7 +35,9 @@ def data_command() -> None:
 
 @data_command.command(name="prepare")
 @click.argument("spec_path", metavar="SPEC", type=click.Path(dir_okay=False))
-@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 256), help="Tokenizer processes.")
+@click.option(
+    "--workers", default=1, show_default=True, type=click.IntRange(1, 256), help="Tokenizer processes."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def prepare_command(spec_path: str, workers: int, as_json: bool) -> None:
     """Tokenize every source of SPEC into shards (resumes a killed run; finished sources are skipped)."""
@@ -81,13 +83,19 @@ def prepare_command(spec_path: str, workers: int, as_json: bool) -> None:
         return
     for r in results:
         done = "already tokenized" if not r["tokenized_now"] else f"{r['tokens_per_s']:,} tokens/s"
-        click.echo(f"{r['source']}: {r['tokens']:,} tokens in {r['shard_files']} shard(s) ({done}) -> {r['shards']}")
+        click.echo(
+            f"{r['source']}: {r['tokens']:,} tokens in {r['shard_files']} shard(s) ({done}) -> {r['shards']}"
+        )
 
 
 @data_command.command(name="inspect")
 @click.argument("spec_path", metavar="SPEC", type=click.Path(dir_okay=False))
-@click.option("--samples", default=3, show_default=True, type=click.IntRange(0, 100), help="Decoded samples shown.")
-@click.option("--chars", default=160, show_default=True, type=click.IntRange(10, 100_000), help="Characters per sample.")
+@click.option(
+    "--samples", default=3, show_default=True, type=click.IntRange(0, 100), help="Decoded samples shown."
+)
+@click.option(
+    "--chars", default=160, show_default=True, type=click.IntRange(10, 100_000), help="Characters per sample."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def inspect_command(spec_path: str, samples: int, chars: int, as_json: bool) -> None:
     """Tokens per source, the effective blend of the train order, and a few decoded samples of SPEC's data."""

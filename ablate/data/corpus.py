@@ -121,8 +121,6 @@ def cache_root() -> Path:
     return (Path(root).expanduser() if root else Path.home() / ".cache" / "ablate") / "tokens"
 
 
-
-
 def token_stream(tokenizer: PreTrainedTokenizerBase, corpus_ref: str, cache: bool = True) -> torch.Tensor:
     """The corpus as one LongTensor of token ids, documents separated by EOS; cached on disk by content."""
     docs = documents(corpus_ref)

@@ -46,7 +46,8 @@ class SourceTokens:
         self.folder, self.index, self.seq_len = folder, index, seq_len
         dtype = np.dtype(index["dtype"])
         self.maps = [
-            np.memmap(folder / s["file"], dtype=dtype, mode="r", shape=(s["tokens"],)) for s in index["shards"]
+            np.memmap(folder / s["file"], dtype=dtype, mode="r", shape=(s["tokens"],))
+            for s in index["shards"]
         ]
         self.total_tokens = int(index["total_tokens"])
         self.sequences = self.total_tokens // seq_len
@@ -69,7 +70,9 @@ class SourceTokens:
             shard, row = np.divmod(idx, self.rows_per_shard)
             for s in np.unique(shard):
                 take = shard == s
-                rows = self.maps[s][: len(self.maps[s]) // self.seq_len * self.seq_len].reshape(-1, self.seq_len)
+                rows = self.maps[s][: len(self.maps[s]) // self.seq_len * self.seq_len].reshape(
+                    -1, self.seq_len
+                )
                 out[take] = rows[row[take]]
             return out
         for k, i in enumerate(idx):  # rows straddling shards: gather token ranges
@@ -93,7 +96,9 @@ class SequenceView:
     ndim = 2
     dtype = torch.long
 
-    def __init__(self, sources: Sequence[SourceTokens], source_ids: np.ndarray, rows: np.ndarray, seq_len: int):
+    def __init__(
+        self, sources: Sequence[SourceTokens], source_ids: np.ndarray, rows: np.ndarray, seq_len: int
+    ):
         self.sources, self.source_ids, self.row_ids, self.seq_len = list(sources), source_ids, rows, seq_len
 
     def __len__(self) -> int:
@@ -216,7 +221,9 @@ def build_splits(
         trains.append(t)
     norm = sum(weights)
     if train_samples is None:  # the longest blend in which no source repeats
-        train_samples = max(1, min(math.floor(len(t) * norm / w) for t, w in zip(trains, weights, strict=True)))
+        train_samples = max(
+            1, min(math.floor(len(t) * norm / w) for t, w in zip(trains, weights, strict=True))
+        )
         train_samples = min(train_samples, sum(len(t) for t in trains))
     source_ids = blend_order(weights, train_samples)
     rows = np.empty(train_samples, dtype=np.int64)

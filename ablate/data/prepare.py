@@ -33,7 +33,9 @@ def sources_of(data: Mapping[str, Any], base_dir: str | Path | None = None) -> l
     relative paths resolved against the spec's folder."""
     raw = data.get("sources")
     if raw and data.get("corpus") is not None:
-        raise DataError("data.corpus and data.sources are both set; keep one (corpus is one source of weight 1)")
+        raise DataError(
+            "data.corpus and data.sources are both set; keep one (corpus is one source of weight 1)"
+        )
     if not raw:
         corpus = data.get("corpus") or "builtin:pydoc"
         return [Source(resolve_path(corpus, base_dir))]
@@ -69,7 +71,13 @@ def tokenize_all(
         else:
             folders.append(
                 tokenize_source(
-                    source, tokenizer, seq_len, root, shard_tokens=shard_tokens, workers=workers, progress=progress
+                    source,
+                    tokenizer,
+                    seq_len,
+                    root,
+                    shard_tokens=shard_tokens,
+                    workers=workers,
+                    progress=progress,
                 )
             )
     return folders

@@ -116,7 +116,9 @@ def _encode_in_worker(docs: list[str], eos: int, dtype: str) -> tuple[np.ndarray
 def _doc_batches(docs: Iterator[str], skip: int) -> Iterator[list[str]]:
     for _ in range(skip):
         if next(docs, None) is None:
-            raise DataError("the source has fewer documents than its unfinished shards recorded; delete the shards")
+            raise DataError(
+                "the source has fewer documents than its unfinished shards recorded; delete the shards"
+            )
     batch: list[str] = []
     chars = 0
     for doc in docs:
@@ -167,7 +169,9 @@ class _ShardWriter:
         self.handle = open(self.folder / f".{name}.tmp", "wb")
         self.filled = 0
 
-    def write(self, tokens: np.ndarray, docs_before: int, doc_ends: np.ndarray, batch_start: int, start: int) -> None:
+    def write(
+        self, tokens: np.ndarray, docs_before: int, doc_ends: np.ndarray, batch_start: int, start: int
+    ) -> None:
         """Append `tokens` (stream positions start..) of a batch whose documents begin at batch_start and
         end at the stream positions doc_ends; `docs_before` documents came before the batch."""
         pos = 0
@@ -192,7 +196,9 @@ class _ShardWriter:
         self.handle = None
         name = f"{len(self.index['shards']):05d}.bin"
         os.replace(self.folder / f".{name}.tmp", self.folder / name)
-        self.index["shards"].append({"file": name, "tokens": self.filled, "docs_done": docs_done, "carry": carry})
+        self.index["shards"].append(
+            {"file": name, "tokens": self.filled, "docs_done": docs_done, "carry": carry}
+        )
         _write_json(self.folder / INDEX, self.index)
         self.progress()
 
@@ -243,20 +249,29 @@ def tokenize_source(
 
 
 def _run(
-    source: Source, tokenizer: Any, folder: Path, index: dict[str, Any], workers: int, progress: ProgressFn | None
+    source: Source,
+    tokenizer: Any,
+    folder: Path,
+    index: dict[str, Any],
+    workers: int,
+    progress: ProgressFn | None,
 ) -> None:
     dtype, eos = np.dtype(index["dtype"]), index["eos"]
     shards = index["shards"]
     docs_done = shards[-1]["docs_done"] if shards else 0
     resumed_at = sum(s["tokens"] for s in shards)
-    stream_pos = resumed_at - (shards[-1]["carry"] if shards else 0)  # stream position of doc docs_done's start
+    stream_pos = resumed_at - (
+        shards[-1]["carry"] if shards else 0
+    )  # stream position of doc docs_done's start
     started = time.perf_counter()
     counts = {"tokens": 0, "docs": docs_done}
 
     def report(done: bool = False) -> None:
         if progress is not None:
             elapsed = time.perf_counter() - started
-            progress(TokenizeProgress(source.path, counts["tokens"], counts["docs"], len(shards), elapsed, done))
+            progress(
+                TokenizeProgress(source.path, counts["tokens"], counts["docs"], len(shards), elapsed, done)
+            )
 
     writer = _ShardWriter(folder, index, report)
     batches = _doc_batches(documents(source), docs_done)

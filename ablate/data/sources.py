@@ -22,6 +22,7 @@ import json
 import logging
 import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -74,16 +75,24 @@ def local_files(ref: str) -> list[Path]:
         raise DataError(f"source '{ref}' does not exist; name {_HINT}")
     if path.is_dir():
         if (path / "state.json").is_file() or (path / "dataset_dict.json").is_file():
-            raise DataError(f"source '{ref}' is a folder written by datasets' save_to_disk; name it as hf:{ref}")
+            raise DataError(
+                f"source '{ref}' is a folder written by datasets' save_to_disk; name it as hf:{ref}"
+            )
         everything = [p for p in sorted(path.rglob("*")) if p.is_file() and not p.name.startswith(".")]
         files = [p for p in everything if suffix_of(p) in SUFFIXES]
         if not files:
-            raise DataError(f"source '{ref}' is a folder with no {'/'.join(SUFFIXES)} file; point at the data files")
+            raise DataError(
+                f"source '{ref}' is a folder with no {'/'.join(SUFFIXES)} file; point at the data files"
+            )
         if len(files) < len(everything):
-            log.warning("source '%s': %d files with other suffixes skipped", ref, len(everything) - len(files))
+            log.warning(
+                "source '%s': %d files with other suffixes skipped", ref, len(everything) - len(files)
+            )
         return files
     if suffix_of(path) not in SUFFIXES:
-        raise DataError(f"source '{ref}' has suffix '{suffix_of(path)}'; expected one of {', '.join(SUFFIXES)}")
+        raise DataError(
+            f"source '{ref}' has suffix '{suffix_of(path)}'; expected one of {', '.join(SUFFIXES)}"
+        )
     return [path]
 
 
@@ -109,7 +118,9 @@ def _builtin(ref: str) -> list[str]:
 
         topics = pydoc_data.topics.topics
         return [topics[key] for key in sorted(topics)]
-    raise DataError(f"unknown built-in corpus '{ref}' (built-ins: {', '.join('builtin:' + n for n in BUILTINS)})")
+    raise DataError(
+        f"unknown built-in corpus '{ref}' (built-ins: {', '.join('builtin:' + n for n in BUILTINS)})"
+    )
 
 
 def _decode(ref: str, file: Path, raw: bytes, where: str) -> str:
@@ -135,7 +146,9 @@ def _file_documents(ref: str, file: Path, field: str) -> Iterator[str]:
                 for number, raw in enumerate(handle, start=1):
                     yield from _jsonl_line(ref, file, number, raw, field)
         except (gzip.BadGzipFile, EOFError) as exc:
-            raise DataError(f"source '{ref}': {file} is not a complete gzip file ({exc}); re-compress it") from exc
+            raise DataError(
+                f"source '{ref}': {file} is not a complete gzip file ({exc}); re-compress it"
+            ) from exc
 
 
 def _jsonl_line(ref: str, file: Path, number: int, raw: bytes, field: str) -> Iterator[str]:
@@ -192,7 +205,9 @@ def _parquet_documents(ref: str, file: Path, field: str) -> Iterator[str]:
                     )
                 yield text
     except pa.ArrowInvalid as exc:  # invalid UTF-8 in a string column, a truncated file
-        raise DataError(f"source '{ref}': {file} cannot be read near row {row + 1} ({exc}); rewrite the file") from exc
+        raise DataError(
+            f"source '{ref}': {file} cannot be read near row {row + 1} ({exc}); rewrite the file"
+        ) from exc
 
 
 # ------------------------------------------------------------------------------------- Hugging Face
@@ -213,7 +228,9 @@ def parse_hf(ref: str) -> HFRef:
         return HFRef(str(Path(body).expanduser()), None, split or "train")
     name, _, config = body.partition(":")
     if not name or name.count("/") > 1:
-        raise DataError(f"source '{ref}': expected hf:ORG/NAME[:config][@split] or hf:FOLDER (from save_to_disk)")
+        raise DataError(
+            f"source '{ref}': expected hf:ORG/NAME[:config][@split] or hf:FOLDER (from save_to_disk)"
+        )
     return HFRef(name, config or None, split or "train")
 
 
@@ -222,6 +239,26 @@ def hf_offline() -> bool:
         os.environ.get(var, "").strip().lower() in ("1", "true", "yes", "on")
         for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
     )
+
+
+@contextmanager
+def _offline(datasets: Any) -> Iterator[None]:
+    """datasets reads the offline variables once, at import; set after it they would be ignored."""
+    import huggingface_hub.constants as hub
+
+    saved = {
+        (m, k): getattr(m, k)
+        for m in (datasets.config, hub)
+        for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+        if hasattr(m, k)
+    }
+    for module, key in saved:
+        setattr(module, key, True)
+    try:
+        yield
+    finally:
+        for (module, key), value in saved.items():
+            setattr(module, key, value)
 
 
 def _hf_dataset(ref: str) -> tuple[Any, bool]:
@@ -233,12 +270,15 @@ def _hf_dataset(ref: str) -> tuple[Any, bool]:
         loaded = datasets.load_from_disk(hf.name)
         if isinstance(loaded, datasets.DatasetDict):
             if hf.split not in loaded:
-                raise DataError(f"source '{ref}' has no split '{hf.split}' (splits: {', '.join(loaded)}); add @SPLIT")
+                raise DataError(
+                    f"source '{ref}' has no split '{hf.split}' (splits: {', '.join(loaded)}); add @SPLIT"
+                )
             loaded = loaded[hf.split]
         return loaded, False
     if hf_offline():
         try:
-            return datasets.load_dataset(hf.name, hf.config, split=hf.split), False
+            with _offline(datasets):
+                return datasets.load_dataset(hf.name, hf.config, split=hf.split), False
         except Exception as exc:  # noqa: BLE001 - the hub client raises many kinds for 'not cached'
             raise DataError(
                 f"source '{ref}' needs the network: the dataset is not in the local Hugging Face cache and "
@@ -264,7 +304,9 @@ def _hf_documents(ref: str, field: str) -> Iterator[str]:
     for batch in dataset.select_columns([field]).iter(batch_size=PARQUET_BATCH_ROWS):
         for text in batch[field]:
             if not isinstance(text, str):
-                raise DataError(f"source '{ref}': column '{field}' holds {type(text).__name__}, not text; set text_field")
+                raise DataError(
+                    f"source '{ref}': column '{field}' holds {type(text).__name__}, not text; set text_field"
+                )
             yield text
 
 

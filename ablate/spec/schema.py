@@ -92,7 +92,9 @@ class DataSource(Strict):
     path: PathText = Field(
         description="builtin:pydoc | .txt/.jsonl/.jsonl.gz/.parquet file, folder or glob | hf:ORG/NAME[:config][@split]"
     )
-    weight: PositiveFloat = Field(1.0, le=MAX_RATE, description="share of the training blend (normalised over sources)")
+    weight: PositiveFloat = Field(
+        1.0, le=MAX_RATE, description="share of the training blend (normalised over sources)"
+    )
     text_field: Annotated[str, Field(min_length=1, max_length=MAX_PATH_CHARS)] = Field(
         "text", description="JSONL field / Parquet or dataset column holding the text"
     )
