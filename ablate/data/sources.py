@@ -15,6 +15,7 @@ Face datasets by the dataset's own fingerprint (a saved or cached dataset) or th
 
 from __future__ import annotations
 
+import functools
 import glob as globlib
 import gzip
 import hashlib
@@ -235,10 +236,27 @@ def parse_hf(ref: str) -> HFRef:
 
 
 def hf_offline() -> bool:
-    return any(
+    """Offline when HF_HUB_OFFLINE / HF_DATASETS_OFFLINE says so, or when the hub cannot be reached
+    (one 3-second connection attempt, instead of the hub client's half a minute of retries)."""
+    if any(
         os.environ.get(var, "").strip().lower() in ("1", "true", "yes", "on")
         for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
-    )
+    ):
+        return True
+    return not _hub_reachable(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+
+
+@functools.cache
+def _hub_reachable(endpoint: str) -> bool:
+    import socket
+    from urllib.parse import urlparse
+
+    url = urlparse(endpoint)
+    try:
+        socket.create_connection((url.hostname or "", url.port or 443), timeout=3).close()
+        return True
+    except OSError:
+        return False
 
 
 @contextmanager
@@ -282,7 +300,8 @@ def _hf_dataset(ref: str) -> tuple[Any, bool]:
         except Exception as exc:  # noqa: BLE001 - the hub client raises many kinds for 'not cached'
             raise DataError(
                 f"source '{ref}' needs the network: the dataset is not in the local Hugging Face cache and "
-                f"HF_HUB_OFFLINE/HF_DATASETS_OFFLINE is set ({type(exc).__name__}); download it once online, "
+                f"this machine is offline (HF_HUB_OFFLINE/HF_DATASETS_OFFLINE set, or the hub unreachable) "
+                f"({type(exc).__name__}); download it once online, "
                 "or save_to_disk it and name the folder as hf:FOLDER"
             ) from exc
     try:
