@@ -51,7 +51,9 @@ def test_blend_proportions_within_one_percent_over_10k_samples(tok, blend):
     train = splits.train[:]
     tags = torch.tensor([ord(x) for x in "abc"])
     letters = [chr(int(row[torch.isin(row, tags)][0])) for row in train]  # each sample names its source
-    assert {x: letters.count(x) / 10_000 for x in "abc"} == pytest.approx({"a": 0.5, "b": 0.3, "c": 0.2}, abs=0.01)
+    assert {x: letters.count(x) / 10_000 for x in "abc"} == pytest.approx(
+        {"a": 0.5, "b": 0.3, "c": 0.2}, abs=0.01
+    )
     for i in (100, 1234, 9999):  # every prefix is within one sample of each share
         ids = splits.train.source_ids[:i]
         assert all(abs((ids == j).sum() - w * i) <= 1 for j, w in enumerate((0.5, 0.3, 0.2)))
@@ -69,7 +71,9 @@ def test_exact_token_accounting_and_disjoint_splits(tok, blend):
         assert s["eval_sequences"] + s["calibration_sequences"] + s["train_sequences"] == s["sequences"]
     assert [s["eval_sequences"] for s in splits.sources] == shares(10, [5, 3, 2]) == [5, 3, 2]
     assert len(splits.calibration) == 8 and len(splits.eval) == 10
-    assert max(s["epochs"] for s in splits.sources) == pytest.approx(1.0, abs=0.01)  # default: nothing repeats
+    assert max(s["epochs"] for s in splits.sources) == pytest.approx(
+        1.0, abs=0.01
+    )  # default: nothing repeats
     seen = {tuple(r.tolist()) for r in splits.train[:]}
     assert not seen & {tuple(r.tolist()) for r in splits.eval}
     assert not seen & {tuple(r.tolist()) for r in splits.calibration}
@@ -78,7 +82,9 @@ def test_exact_token_accounting_and_disjoint_splits(tok, blend):
 def test_a_view_indexes_like_the_tensor_it_stands_for(tok, blend):
     view = prepare_splits(tok, blend, None, 8, train_samples=500).train
     full = view.tensor()
-    assert full.shape == view.shape == (500, 32) and full.dtype == view.dtype == torch.long and len(view) == 500
+    assert (
+        full.shape == view.shape == (500, 32) and full.dtype == view.dtype == torch.long and len(view) == 500
+    )
     for key in (3, -1, slice(10, 20), slice(None, None, 7), slice(495, 900), torch.tensor([9, 2, 2, 499]),
                 [0, -2], np.array([7, 1]), torch.arange(500) % 3 == 0):  # fmt: skip
         assert torch.equal(view[key], full[key]), key
@@ -113,6 +119,10 @@ def test_a_source_too_small_for_its_share_is_named(tok, tmp_path):
                         {"path": _source(tmp_path / "tiny.jsonl", "b", 2)}], "seq_len": 32, "eval_tokens": 3200}  # fmt: skip
     with pytest.raises(DataError, match=r"tiny\.jsonl' has .* 50 eval .* smaller weight"):
         prepare_splits(tok, data, None, 0)
-    same = {"sources": [{"path": "builtin:pydoc"}, {"path": "builtin:pydoc", "weight": 2}], "seq_len": 32, "eval_tokens": 32}
+    same = {
+        "sources": [{"path": "builtin:pydoc"}, {"path": "builtin:pydoc", "weight": 2}],
+        "seq_len": 32,
+        "eval_tokens": 32,
+    }
     with pytest.raises(DataError, match="same data twice"):
         prepare_splits(tok, same, None, 0)

@@ -15,7 +15,7 @@ import torch
 from ablate.data.corpus import token_splits, tokenizer_fingerprint
 from ablate.data.loader import SourceTokens
 from ablate.data.prepare import prepare_splits, sources_of
-from ablate.data.shards import INDEX, read_index, tokenize_source
+from ablate.data.shards import read_index, tokenize_source
 from ablate.data.sources import Source, documents
 from ablate.errors import DataError
 from ablate.models.tokenizer import byte_tokenizer
@@ -58,7 +58,9 @@ def _write_formats(root, docs):
     lines = "".join(json.dumps({"text": d, "id": i}) + "\n" for i, d in enumerate(docs))
     (root / "docs.jsonl").write_text(lines)
     (root / "docs.jsonl.gz").write_bytes(gzip.compress(lines.encode()))
-    pq.write_table(pa.table({"id": list(range(len(docs))), "body": docs}), root / "docs.parquet", row_group_size=15)
+    pq.write_table(
+        pa.table({"id": list(range(len(docs))), "body": docs}), root / "docs.parquet", row_group_size=15
+    )
     third = len(docs) // 3
     (root / "mixed").mkdir()
     (root / "mixed" / "a.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs[:third]))
@@ -89,7 +91,9 @@ def test_every_format_reads_back_the_same_tokens(tok, tmp_path):
     }  # fmt: skip
     for ref, field in refs.items():
         assert list(documents(Source(ref, text_field=field))) == docs, ref
-        folder = tokenize_source(Source(ref, text_field=field), tok, 16, tmp_path / "shards", shard_tokens=1000)
+        folder = tokenize_source(
+            Source(ref, text_field=field), tok, 16, tmp_path / "shards", shard_tokens=1000
+        )
         assert len(read_index(folder)["shards"]) > 2
         np.testing.assert_array_equal(_stream(folder), expected, err_msg=ref)
 
@@ -100,7 +104,9 @@ def test_hf_dataset_saved_to_disk_reads_offline(tok, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     docs = _docs(20, seed=3)
     datasets.Dataset.from_dict({"content": docs, "n": list(range(20))}).save_to_disk(tmp_path / "one")
-    datasets.DatasetDict({"validation": datasets.Dataset.from_dict({"text": docs})}).save_to_disk(tmp_path / "dd")
+    datasets.DatasetDict({"validation": datasets.Dataset.from_dict({"text": docs})}).save_to_disk(
+        tmp_path / "dd"
+    )
     for ref, field in ((f"hf:{tmp_path / 'one'}", "content"), (f"hf:{tmp_path / 'dd'}@validation", "text")):
         folder = tokenize_source(Source(ref, text_field=field), tok, 16, tmp_path / "shards")
         np.testing.assert_array_equal(_stream(folder), _reference(tok, docs))
@@ -114,7 +120,9 @@ def test_hf_dataset_saved_to_disk_reads_offline(tok, tmp_path, monkeypatch):
 
 def test_hf_dataset_that_needs_the_network_while_offline(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(DataError, match=r"'hf:no-such-org/no-such-set'.*needs the network.*offline.*HF_HUB_OFFLINE"):
+    with pytest.raises(
+        DataError, match=r"'hf:no-such-org/no-such-set'.*needs the network.*offline.*HF_HUB_OFFLINE"
+    ):
         list(documents(Source("hf:no-such-org/no-such-set")))
 
 
@@ -163,7 +171,10 @@ def test_uint32_when_the_vocabulary_does_not_fit_uint16(tok, tmp_path):
     path.write_text("hello <t69999> world")
     folder = tokenize_source(Source(str(path)), big, 4, tmp_path / "s")
     assert read_index(folder)["dtype"] == "uint32"
-    assert (SourceTokens(folder, 4).tokens(0, 3) == big("hello <t69999>", add_special_tokens=False)["input_ids"][:3]).all()
+    assert (
+        SourceTokens(folder, 4).tokens(0, 3)
+        == big("hello <t69999>", add_special_tokens=False)["input_ids"][:3]
+    ).all()
 
 
 # ------------------------------------------------------------------------------------------ bad input
@@ -172,8 +183,18 @@ def test_uint32_when_the_vocabulary_does_not_fit_uint16(tok, tmp_path):
 @pytest.mark.parametrize(
     "name,content,field,message",
     [
-        ("bad.jsonl", '{"text": "ok"}\n{"text": "ok"}\n{not json\n', "text", r"bad\.jsonl line 3 is not valid JSON"),
-        ("bad.jsonl", '{"text": "ok"}\n{"body": "x"}\n', "text", r"line 2 has no 'text' field \(it has body\).*text_field"),
+        (
+            "bad.jsonl",
+            '{"text": "ok"}\n{"text": "ok"}\n{not json\n',
+            "text",
+            r"bad\.jsonl line 3 is not valid JSON",
+        ),
+        (
+            "bad.jsonl",
+            '{"text": "ok"}\n{"body": "x"}\n',
+            "text",
+            r"line 2 has no 'text' field \(it has body\).*text_field",
+        ),
         ("bad.jsonl", '{"text": 5}\n', "text", r"line 1: 'text' is int, not a string"),
         ("bad.txt", b"caf\xe9", "text", r"bad\.txt is not UTF-8.*byte 3.*convert it"),
         ("bad.jsonl", b'{"text": "caf\xe9"}\n', "text", r"bad\.jsonl line 1 is not UTF-8"),
@@ -238,5 +259,7 @@ def test_shards_of_another_tokenizer_are_refused(tok, tmp_path):
     assert tokenizer_fingerprint(other) != tokenizer_fingerprint(tok)
     data = {"sources": [{"path": str(folder)}], "seq_len": 64, "eval_tokens": 640}
     assert len(prepare_splits(tok, data, None, 4).eval) == 10
-    with pytest.raises(DataError, match=r"made with tokenizer .* teacher's tokenizer is .*ablate data prepare"):
+    with pytest.raises(
+        DataError, match=r"made with tokenizer .* teacher's tokenizer is .*ablate data prepare"
+    ):
         prepare_splits(other, data, None, 4)
