@@ -135,10 +135,18 @@ def _encoded(
     batches: Iterator[list[str]], tokenizer_json: str, eos: int, dtype: np.dtype, workers: int
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Encoded batches in order; with workers > 1, at most 2 batches per worker are in flight (flat memory)."""
-    if workers <= 1:
+    if workers <= 1:  # a thread encodes (the tokenizer releases the GIL) while this one reads and writes
+        from concurrent.futures import ThreadPoolExecutor
+
         backend = _backend(tokenizer_json)
-        for docs in batches:
-            yield encode(backend, docs, eos, dtype)
+        with ThreadPoolExecutor(1) as thread:
+            ahead: collections.deque = collections.deque()
+            for docs in batches:
+                ahead.append(thread.submit(encode, backend, docs, eos, dtype))
+                if len(ahead) >= 2:
+                    yield ahead.popleft().result()
+            while ahead:
+                yield ahead.popleft().result()
         return
     import multiprocessing
 
