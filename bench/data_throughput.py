@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -136,21 +135,33 @@ def bench_load(
             "blend": [round(s["share"], 4) for s in splits.sources]}  # fmt: skip
 
 
+def _status_mib(field: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise KeyError(field)
+
+
 def child_prepare(tokenizer_ref: str, corpus: str, out: str) -> None:
-    """Run in a fresh process: tokenize one corpus, print peak RSS (MiB) before and after."""
+    """Run in a fresh process: tokenize one corpus; print the RSS before and the peak RSS during it (MiB).
+
+    The kernel's high-water mark is reset (/proc/self/clear_refs) after the tokenizer is loaded, so the
+    peak is prepare's own, not that of loading the tokenizer."""
     from ablate.data.prepare import tokenize_all
     from ablate.data.sources import Source
     from ablate.models.registry import load_tokenizer
 
     tokenizer = load_tokenizer(tokenizer_ref)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    load_peak = _status_mib("VmHWM")
+    Path("/proc/self/clear_refs").write_text("5")
+    before = _status_mib("VmRSS")
     t = time.perf_counter()
     (folder,) = tokenize_all(tokenizer, [Source(corpus)], 4096, cache_dir=out)
     seconds = time.perf_counter() - t
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = _status_mib("VmHWM")
     tokens = json.loads((folder / "index.json").read_text())["total_tokens"]
-    print(json.dumps({"tokens": tokens, "rss_after_load_mib": round(before, 1), "peak_rss_mib": round(peak, 1),
-                      "seconds": round(seconds, 2)}))  # fmt: skip
+    print(json.dumps({"tokens": tokens, "load_peak_rss_mib": round(load_peak, 1), "rss_before_mib": round(before, 1),
+                      "peak_rss_mib": round(peak, 1), "seconds": round(seconds, 2)}))  # fmt: skip
 
 
 def bench_memory(tokenizer_ref: str, corpora: dict[str, Path], work: Path) -> dict:
@@ -174,7 +185,7 @@ def bench_memory(tokenizer_ref: str, corpora: dict[str, Path], work: Path) -> di
     return out
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict | None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tokenizer", default="builtin:smollm2-135m")
     parser.add_argument("--small", type=float, default=2e6, help="tokens of the small corpus (about)")
@@ -185,7 +196,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--work", default=None)
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.child:
         return child_prepare(args.tokenizer, args.child, args.work)
     from ablate.models.registry import load_tokenizer
@@ -205,6 +216,7 @@ def main() -> None:
             "prepare_memory": bench_memory(args.tokenizer, {"small": small, "large": large}, work),
         }
     print(json.dumps(result, indent=2))
+    return result
 
 
 if __name__ == "__main__":

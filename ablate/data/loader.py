@@ -129,7 +129,8 @@ class SequenceView:
                 raise IndexError(f"index {i} is out of range for {len(self)} sequences")
             return self._gather(np.array([i % len(self)]))[0]
         if isinstance(key, slice):
-            return self._gather(np.arange(len(self))[key])
+            r = range(len(self))[key]  # no array of every position for one slice
+            return self._gather(np.arange(r.start, r.stop, r.step, dtype=np.int64))
         positions = key.numpy() if isinstance(key, torch.Tensor) else np.asarray(key)
         if positions.dtype == bool:
             positions = np.flatnonzero(positions)

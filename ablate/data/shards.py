@@ -92,6 +92,7 @@ def _backend(tokenizer_json: str):
 
 
 def _init_worker(tokenizer_json: str) -> None:
+    os.environ["RAYON_NUM_THREADS"] = "1"  # one thread per process: N processes use N cores, not N x cores
     _WORKER["backend"] = _backend(tokenizer_json)
 
 
