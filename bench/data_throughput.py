@@ -45,6 +45,8 @@ def make_corpus(folder: Path, chars: int, tag: str = "") -> Path:
             line = json.dumps({"text": f"{tag}[{copy}] {text}"}) + "\n"
             out.write(line)
             written += len(line)
+            if written >= chars:
+                break
         copy += 1
         if out.tell() > 8 << 20:
             out.close()

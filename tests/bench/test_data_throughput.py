@@ -9,7 +9,7 @@ from tests.bench.conftest import load
 def test_data_bench_reports_every_figure(tmp_path, monkeypatch):
     monkeypatch.setenv("ABLATE_CACHE", str(tmp_path / "cache"))
     report = load("data_throughput").main(
-        ["--tokenizer", "builtin:tiny-mistral", "--small", "2e4", "--large", "6e4", "--seq-len", "64",
+        ["--tokenizer", "builtin:tiny-mistral", "--small", "2e4", "--large", "1e5", "--seq-len", "64",
          "--global-batch", "4", "--steps", "3", "--repeats", "1", "--work", str(tmp_path)]
     )  # fmt: skip
     tokenize, load_, memory = report["tokenize"], report["load"], report["prepare_memory"]
