@@ -133,13 +133,15 @@ def _doc_batches(docs: Iterator[str], skip: int) -> Iterator[list[str]]:
 
 
 def _encoded(
-    batches: Iterator[list[str]], tokenizer_json: str, eos: int, dtype: np.dtype, workers: int
+    batches: Iterator[list[str]], tokenizer: Any, eos: int, dtype: np.dtype, workers: int
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Encoded batches in order; with workers > 1, at most 2 batches per worker are in flight (flat memory)."""
     if workers <= 1:  # a thread encodes (the tokenizer releases the GIL) while this one reads and writes
         from concurrent.futures import ThreadPoolExecutor
 
-        backend = _backend(tokenizer_json)
+        backend = tokenizer.backend_tokenizer
+        if backend.truncation is not None or backend.padding is not None:  # a copy without them
+            backend = _backend(backend.to_str())
         with ThreadPoolExecutor(1) as thread:
             ahead: collections.deque = collections.deque()
             for docs in batches:
@@ -151,6 +153,7 @@ def _encoded(
         return
     import multiprocessing
 
+    tokenizer_json = tokenizer.backend_tokenizer.to_str()
     with multiprocessing.get_context("spawn").Pool(workers, _init_worker, (tokenizer_json,)) as pool:
         pending: collections.deque = collections.deque()
         for docs in batches:
@@ -284,8 +287,7 @@ def _run(
 
     writer = _ShardWriter(folder, index, report)
     batches = _doc_batches(documents(source), docs_done)
-    backend_json = tokenizer.backend_tokenizer.to_str()
-    for flat, lengths in _encoded(batches, backend_json, eos, dtype, workers):
+    for flat, lengths in _encoded(batches, tokenizer, eos, dtype, workers):
         ends = stream_pos + np.cumsum(lengths)
         drop = max(0, resumed_at - stream_pos)  # tokens of a resumed document already in a finished shard
         writer.write(flat[drop:], counts["docs"], ends, stream_pos, stream_pos + drop)

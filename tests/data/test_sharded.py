@@ -263,3 +263,22 @@ def test_shards_of_another_tokenizer_are_refused(tok, tmp_path):
         DataError, match=r"made with tokenizer .* teacher's tokenizer is .*ablate data prepare"
     ):
         prepare_splits(other, data, None, 4)
+
+
+@pytest.mark.slow  # spawns two tokenizer processes
+def test_two_processes_write_the_same_shards_and_resume_after_a_kill(tok, tmp_path, monkeypatch):
+    monkeypatch.setattr("ablate.data.shards.BATCH_CHARS", 2000)  # many batches in flight
+    docs = _docs(120, seed=4)
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+    source = Source(str(tmp_path / "d.jsonl"))
+    one = tokenize_source(source, tok, 16, tmp_path / "one", shard_tokens=900)
+
+    def kill_after_4(p):
+        if p.shards == 4 and not p.done:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        tokenize_source(source, tok, 16, tmp_path / "two", shard_tokens=900, workers=2, progress=kill_after_4)
+    two = tokenize_source(source, tok, 16, tmp_path / "two", shard_tokens=900, workers=2)
+    assert read_index(one)["shards"] == read_index(two)["shards"]
+    np.testing.assert_array_equal(_stream(two), _reference(tok, docs))
