@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "build": ("ablate.commands.build", "build_command", "Build the final model of an experiment (NAME) or spec file (SPEC)."),
     "cancel": ("ablate.commands.submit", "cancel_command", "Ask a running submission of NAME to stop its trials (recorded results are kept)."),
     "correct": ("ablate.commands.distill", "correct_command", "Teacher correction: fine-tune the teacher on the distillation corpus (loss ce) before pruning."),
+    "data": ("ablate.commands.data", "data_command", "Tokenize a spec's data sources into shards, and look at what the loader reads from them."),
     "distill": ("ablate.commands.distill", "distill_command", "Retrain a pruned student from its teacher (or with ce / from scratch, as baselines)."),
     "eval": ("ablate.commands.prune", "eval_command", "Held-out LM loss and perplexity of a model (and KL / top-1 agreement with a teacher)."),
     "plan": ("ablate.commands.plan", "plan_command", "Show SPEC's trials, shared stages, exact parameter counts and compute, without loading weights."),

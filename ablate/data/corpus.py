@@ -107,7 +107,7 @@ def load_text(ref: str) -> str:
     return DOC_SEPARATOR.join(documents(ref))
 
 
-def _tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
+def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None:
         text = backend.to_str()
@@ -116,7 +116,7 @@ def _tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
     return hashlib.sha256(f"{text}|eos={tokenizer.eos_token_id}".encode()).hexdigest()[:16]
 
 
-def _cache_root() -> Path:
+def cache_root() -> Path:
     root = os.environ.get("ABLATE_CACHE")
     return (Path(root).expanduser() if root else Path.home() / ".cache" / "ablate") / "tokens"
 
@@ -128,8 +128,8 @@ def token_stream(tokenizer: PreTrainedTokenizerBase, corpus_ref: str, cache: boo
     for doc in docs:
         digest.update(doc.encode("utf-8"))
         digest.update(b"\x00")
-    key = f"{digest.hexdigest()[:16]}-{_tokenizer_fingerprint(tokenizer)}"
-    path = _cache_root() / f"{key}.pt"
+    key = f"{digest.hexdigest()[:16]}-{tokenizer_fingerprint(tokenizer)}"
+    path = cache_root() / f"{key}.pt"
     if cache and path.is_file():
         try:
             return torch.load(path, weights_only=True).long()
@@ -162,6 +162,17 @@ def pack(stream: torch.Tensor, seq_len: int) -> torch.Tensor:
     return stream[: n * seq_len].reshape(n, seq_len)
 
 
+def split_indices(n: int, n_eval: int, n_calibration: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(eval, calibration, train) sequence indices, each ascending: one fixed permutation of the n
+    sequences, eval from its front, calibration from its back, train in between."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(SPLIT_SEED))
+    return (
+        order[:n_eval].sort().values,
+        order[n - n_calibration :].sort().values,
+        order[n_eval : n - n_calibration].sort().values,
+    )
+
+
 def token_splits(
     tokenizer: PreTrainedTokenizerBase,
     corpus_ref: str,
@@ -190,10 +201,7 @@ def token_splits(
             f"{calibration_samples} calibration + {min_train_sequences} train sequences were asked for; "
             "use a larger corpus or fewer eval tokens / calibration samples"
         )
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(SPLIT_SEED))
-    eval_idx = order[:n_eval].sort().values
-    cal_idx = order[n - calibration_samples :].sort().values
-    train_idx = order[n_eval : n - calibration_samples].sort().values
+    eval_idx, cal_idx, train_idx = split_indices(n, n_eval, calibration_samples)
     return Splits(
         train=sequences[train_idx].clone(),
         eval=sequences[eval_idx].clone(),
@@ -206,8 +214,8 @@ def token_splits(
 def batches(sequences: torch.Tensor | Iterable[torch.Tensor], batch_size: int) -> Iterator[torch.Tensor]:
     """Batches [b, seq_len] for a forward pass: consecutive slices of at most `batch_size` sequences of a
     [n, seq_len] (or one [seq_len]) tensor, the last may be smaller; an iterable of [b, seq_len] (or
-    [seq_len]) tensors is taken as already batched."""
-    if not isinstance(sequences, torch.Tensor):
+    [seq_len]) tensors is taken as already batched. A loader.SequenceView is sliced like a tensor."""
+    if not isinstance(sequences, torch.Tensor) and not hasattr(sequences, "shape"):
         for batch in sequences:
             yield batch.unsqueeze(0) if batch.dim() == 1 else batch
         return

@@ -20,6 +20,7 @@ from pydantic import (
     Field,
     PositiveFloat,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
@@ -86,10 +87,46 @@ class Teacher(Strict):
     correction: Correction | None = None
 
 
+class DataSource(Strict):
+    """One corpus of a weighted blend (Megatron's --data-path W1 P1 W2 P2)."""
+
+    path: PathText = Field(
+        description="builtin:pydoc | .txt/.jsonl/.jsonl.gz/.parquet file, folder or glob | hf:ORG/NAME[:config][@split]"
+    )
+    weight: PositiveFloat = Field(
+        1.0, le=MAX_RATE, description="share of the training blend (normalised over sources)"
+    )
+    text_field: Annotated[str, Field(min_length=1, max_length=MAX_PATH_CHARS)] = Field(
+        "text", description="JSONL field / Parquet or dataset column holding the text"
+    )
+
+
 class Data(Strict):
-    corpus: PathText = "builtin:pydoc"
+    corpus: PathText | None = Field(
+        "builtin:pydoc", description="shorthand for sources: [{path: CORPUS, weight: 1}]"
+    )
+    sources: Annotated[list[DataSource], Field(min_length=1, max_length=MAX_TRIALS)] | None = Field(
+        None, description="a weighted blend of corpora, instead of corpus (not both)"
+    )
     seq_len: PositiveInt = 128
     eval_tokens: TokenCount = 8000
+
+    @model_validator(mode="after")
+    def _one_form(self) -> Data:
+        if self.sources is not None and "corpus" in self.model_fields_set and self.corpus is not None:
+            raise ValueError(
+                "data.corpus and data.sources are both set; keep one (corpus: X is sources: [{path: X, weight: 1}])"
+            )
+        if self.sources is None and self.corpus is None:
+            raise ValueError("data needs a corpus or a list of sources")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: Any) -> dict[str, Any]:
+        """Only the form in use is dumped: a spec without sources hashes as it did before they existed."""
+        dumped = handler(self)
+        dumped.pop("corpus" if self.sources is not None else "sources", None)
+        return dumped
 
 
 class Calibration(Strict):
