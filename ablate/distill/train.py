@@ -133,8 +133,8 @@ def _check_inputs(
             f"global_batch ({config.global_batch}) must be a multiple of workers x micro_batch "
             f"({parallel.world} x {config.micro_batch}), so every worker runs whole micro-batches"
         )
-    if (
-        not isinstance(train_batches, Tensor)
+    if (  # a tensor, or a memory-mapped view of token shards (ablate.data.loader.SequenceView)
+        not hasattr(train_batches, "shape")
         or train_batches.ndim != 2
         or train_batches.dtype.is_floating_point
     ):

@@ -89,17 +89,12 @@ def load_teacher(store: ArtifactStore, teacher_hash: str):
 
 
 def splits_for(config: Mapping[str, Any], tokenizer, base_dir: str | None = None):
-    """The train / eval / calibration splits a stage's `data` and `calibration` settings describe."""
-    from ablate.data.corpus import token_splits
+    """The train / eval / calibration splits a stage's `data` and `calibration` settings describe: read
+    from the sources' token shards (tokenized once, into the ablate cache, on first use), the train
+    split memory-mapped (ablate.data.prepare)."""
+    from ablate.data.prepare import prepare_splits
 
-    data, calibration = config["data"], config["calibration"]
-    return token_splits(
-        tokenizer,
-        resolve_ref(data["corpus"], base_dir),
-        data["seq_len"],
-        data["eval_tokens"],
-        calibration["samples"],
-    )
+    return prepare_splits(tokenizer, config["data"], base_dir, config["calibration"]["samples"])
 
 
 def data_config(
