@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ablate.errors import SpecError
+from ablate.plan.data_budget import data_plan
 from ablate.plan.graph import build_graph
 from ablate.plan.memory import GPUS
 from ablate.secrets import redact, redact_text
@@ -83,6 +84,7 @@ def plan_dict(loaded: LoadedSpec, mfu: float, gpu: str = "h100-80gb") -> dict:
     from ablate.plan.estimate import H100_BF16_DENSE_FLOPS, estimate
 
     est = estimate(loaded.teacher_config, loaded.trials, mfu=mfu, gpu=gpu)
+    data = data_plan(loaded)
     return {
         "name": loaded.spec.name,
         "spec": str(loaded.path),
@@ -92,7 +94,8 @@ def plan_dict(loaded: LoadedSpec, mfu: float, gpu: str = "h100-80gb") -> dict:
             "gpu": "H100 SXM dense BF16",
             "memory_gpu": gpu,
         },
-        "warnings": memory_warnings(est),
+        "warnings": memory_warnings(est) + data["warnings"],
+        "data": data,
         "trials": [{**row, "stages": graph.trial_stages[row["key"]]} for row in est.to_dict()["trials"]],
         "stages": {"run": graph.counts(), "naive": graph.naive_counts()},
         "teacher": {
@@ -188,6 +191,7 @@ def print_plan(plan: dict, console: Console) -> None:
         str(sum(plan["stages"]["naive"].values())),
     )
     console.print(stages)
+    console.print(data_table(plan["data"]))
     for warning in plan["warnings"]:
         console.print(f"[yellow]warning:[/yellow] {warning}")
     a = plan["assumption"]
@@ -195,6 +199,25 @@ def print_plan(plan: dict, console: Console) -> None:
         f"total compute: {plan['total_flops']:.3g} FLOPs = {plan['total_gpu_hours']:,.3g} GPU-hours "
         f"at MFU {a['mfu']} of {a['peak_flops'] / 1e12:.0f} TFLOP/s ({a['gpu']})"
     )
+
+
+def data_table(data: dict) -> Table:
+    """Per source: share of the blend, tokens held (once tokenized), the budget's tokens and repeats."""
+    table = Table(title=f"data (budget {format_tokens(data['budget_tokens'])} tokens)")
+    for col in ("source", "weight", "share", "tokens", "budget", "epochs"):
+        table.add_column(col, justify="left" if col == "source" else "right")
+    for row in data["sources"]:
+        held = format_tokens(row["tokens"]) if row["tokens"] is not None else "not tokenized yet"
+        epochs = f"{row['epochs']:.2f}" + (" (!)" if row["epochs"] > 1 else "") if row["epochs"] else "-"
+        table.add_row(
+            row["path"],
+            f"{row['weight']:g}",
+            f"{row['share']:.1%}",
+            held,
+            format_tokens(row["budget_tokens"]),
+            epochs,
+        )
+    return table
 
 
 @click.command("plan")
