@@ -98,3 +98,77 @@ def test_in_memory_run_equals_lm_eval_cli(tmp_path):
         rtol=0,
         atol=1e-6,
     )
+
+
+def _spec(tmp_path, eval_line: str) -> Path:
+    path = tmp_path / "spec.yaml"
+    path.write_text(
+        "name: b\nteacher: {model: builtin:tiny-mistral}\ntargets: {w: {hidden_size: 48}}\n"
+        f"distill: {{tokens: 2k, global_batch: 8, micro_batch: 4}}\ndata: {{seq_len: 64}}\n{eval_line}\n"
+    )
+    return path
+
+
+@pytest.mark.parametrize(
+    ("eval_line", "message"),
+    [
+        (
+            "eval: {tasks: [pydoc_clze]}",
+            "spec.yaml:6: eval.tasks: unknown lm-eval task 'pydoc_clze'; did you mean pydoc_cloze?",
+        ),
+        (
+            "eval: {tasks: [pydoc_cloze], limit: 0}",
+            "spec.yaml:6: eval.limit: expected a whole number of documents",
+        ),
+        (
+            "eval: {tasks: [pydoc_cloze], limit: 2.5}",
+            "spec.yaml:6: eval.limit: expected a whole number of documents",
+        ),
+        ("eval: {tasks: [arc_easy]}", "task 'arc_easy' needs the Hugging Face dataset allenai/ai2_arc"),
+    ],
+)
+def test_validate_refuses_bad_benchmarks_with_exit_2(tmp_path, monkeypatch, eval_line, message):
+    from click.testing import CliRunner
+
+    from ablate.cli import main
+
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "empty-cache"))
+    import datasets.config
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "empty-cache")
+    monkeypatch.setattr(datasets.config, "HF_CACHE_HOME", str(tmp_path / "empty-home"))
+    result = CliRunner().invoke(main, ["validate", str(_spec(tmp_path, eval_line))])
+    assert result.exit_code == 2
+    assert message in result.output
+
+
+def test_eval_command_runs_tasks_on_the_model_and_refuses_bad_flags(tmp_path):
+    from click.testing import CliRunner
+
+    from ablate.cli import main
+
+    runner = CliRunner()
+    ok = runner.invoke(
+        main,
+        [
+            "eval",
+            "--model",
+            "builtin:tiny-mistral",
+            "--tokens",
+            "1k",
+            "--tasks",
+            "pydoc_cloze",
+            "--limit",
+            "4",
+            "--json",
+        ],
+    )
+    assert ok.exit_code == 0, ok.output
+    out = json.loads(ok.output[ok.output.index("{") :])
+    assert set(out["benchmarks"]["pydoc_cloze"]) == {"acc", "acc_stderr", "acc_norm", "acc_norm_stderr"}
+    bad = runner.invoke(
+        main, ["eval", "--model", "builtin:tiny-mistral", "--tasks", "pydoc_cloze", "--limit", "-1"]
+    )
+    assert bad.exit_code == 2 and "--limit '-1'" in bad.output
+    alone = runner.invoke(main, ["eval", "--model", "builtin:tiny-mistral", "--limit", "4"])
+    assert alone.exit_code == 2 and "give --tasks too" in alone.output
