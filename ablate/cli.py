@@ -20,7 +20,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "correct": ("ablate.commands.distill", "correct_command", "Teacher correction: fine-tune the teacher on the distillation corpus (loss ce) before pruning."),
     "data": ("ablate.commands.data", "data_command", "Tokenize a spec's data sources into shards, and look at what the loader reads from them."),
     "distill": ("ablate.commands.distill", "distill_command", "Retrain a pruned student from its teacher (or with ce / from scratch, as baselines)."),
-    "eval": ("ablate.commands.prune", "eval_command", "Held-out LM loss and perplexity of a model (and KL / top-1 agreement with a teacher)."),
+    "eval": ("ablate.commands.prune", "eval_command", "Held-out LM loss and perplexity of a model (and KL / top-1 agreement with a teacher), and its lm-eval benchmarks with --tasks."),
     "plan": ("ablate.commands.plan", "plan_command", "Show SPEC's trials, shared stages, exact parameter counts and compute, without loading weights."),
     "prune": ("ablate.commands.prune", "prune_command", "Score every head, neuron, channel and layer of a model and trim it to --target."),
     "report": ("ablate.commands.report", "report_command", "Write OUT/NAME/report.md: trial table, paired comparisons with best-practice verdicts, plots, the best trial and the recipe `ablate build` will use."),

@@ -15,12 +15,16 @@ class StageGraph:
     trial_stages: dict[str, dict[str, str]] = field(default_factory=dict)  # trial key -> kind -> hash
     naive: Counter = field(default_factory=Counter)  # stages if every trial ran its own
 
+    def _kinds(self) -> list[str]:
+        """Every stage kind, benchmark only where the spec has benchmarks (eval.tasks)."""
+        return [k for k in STAGE_KINDS if k != "benchmark" or self.naive.get(k)]
+
     def counts(self) -> dict[str, int]:
         found = Counter(s.kind for s in self.stages.values())
-        return {kind: found.get(kind, 0) for kind in STAGE_KINDS}
+        return {kind: found.get(kind, 0) for kind in self._kinds()}
 
     def naive_counts(self) -> dict[str, int]:
-        return {kind: self.naive.get(kind, 0) for kind in STAGE_KINDS}
+        return {kind: self.naive.get(kind, 0) for kind in self._kinds()}
 
     def children(self, stage_hash: str) -> list[Stage]:
         return [s for s in self.stages.values() if stage_hash in s.parents]
