@@ -155,11 +155,27 @@ def migrate(engine: Engine) -> bool:
             return False
     from alembic import command
 
-    with engine.begin() as conn:
-        _lock_for_migration(conn)
-        rev = current(conn)
-        if rev == head:
-            return False
-        log.info("migrating the results database from %s to %s", rev or "empty", head)
-        command.upgrade(_alembic_config(conn), "head")
+    with engine.connect() as conn:
+        sqlite = conn.dialect.name == "sqlite"
+        if sqlite:  # before BEGIN (a no-op inside one): a table a migration rebuilds (SQLite cannot alter a
+            # CHECK in place) is dropped and renamed, and with foreign keys on that drop would cascade
+            # into every row that references it (trial_stages)
+            conn.connection.dbapi_connection.execute("PRAGMA foreign_keys = OFF")
+        try:
+            with conn.begin():
+                _lock_for_migration(conn)
+                rev = current(conn)
+                if rev == head:
+                    return False
+                log.info("migrating the results database from %s to %s", rev or "empty", head)
+                command.upgrade(_alembic_config(conn), "head")
+                if sqlite:
+                    broken = conn.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+                    if broken:
+                        raise RunError(
+                            f"migration left {len(broken)} dangling reference(s); nothing was changed"
+                        )
+        finally:
+            if sqlite:
+                conn.connection.dbapi_connection.execute("PRAGMA foreign_keys = ON")
     return True

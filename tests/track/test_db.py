@@ -313,3 +313,35 @@ def test_events(records):
     assert len(records.events()) == 4
     with pytest.raises(ValueError):
         records.log_event("x", level="fatal")
+
+
+def test_upgrade_from_0002_keeps_every_link_between_trials_and_stages(tmp_path):
+    """0003 rebuilds the stages table (SQLite cannot alter its CHECK in place); with foreign keys on,
+    dropping the old table would cascade into trial_stages. Every row must survive the upgrade."""
+    from alembic import command
+    from sqlalchemy import text
+
+    from ablate.track.db import connect
+    from ablate.track.engine import _alembic_config, make_engine
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    engine = make_engine(url)
+    with engine.begin() as conn:
+        command.upgrade(_alembic_config(conn), "0002")
+        conn.execute(text("INSERT INTO experiments (id, name, spec_text, spec_hash, created_at, updated_at"
+                          ") VALUES (1, 'e', '', 'h', '2026-01-01', '2026-01-01')"))  # fmt: skip
+        for i, kind in enumerate(("teacher", "importance", "prune", "distill", "eval"), start=1):
+            conn.execute(text(f"INSERT INTO stages (id, hash, kind, config, parents, status, attempts, created_at, "
+                              f"updated_at) VALUES ({i}, '{kind}-{i}', '{kind}', '{{}}', '[]', 'completed', 1, "
+                              "'2026-01-01', '2026-01-01')"))  # fmt: skip
+        conn.execute(text("INSERT INTO trials (id, experiment_id, key, overrides, config, status, attempts, "
+                          "created_at, updated_at) VALUES (1, 1, 'k', '{}', '{}', 'completed', 1, '2026-01-01', "
+                          "'2026-01-01')"))  # fmt: skip
+        conn.execute(text("INSERT INTO trial_stages (trial_id, stage_id) VALUES (1,1),(1,2),(1,3),(1,4),(1,5)"))
+    engine.dispose()
+    with connect(url) as records:
+        assert [s.kind for s in records.trial_stages(1)] == ["teacher", "importance", "prune", "distill", "eval"]
+        assert len(records.stages("e")) == 5
+        records.upsert_stage("benchmark-x", "benchmark", {"model": "teacher"}, ["teacher-1"])
+        with records.engine.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
