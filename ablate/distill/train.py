@@ -17,6 +17,9 @@ What it guarantees:
 - A non-finite loss or gradient stops the run with a TrainError naming the step; the state of the
   last good step is checkpointed first, the bad update is never applied.
 - Teacher under `torch.inference_mode()`; bf16 autocast on CUDA; losses in float32.
+- Memory: the LM heads and logit losses run `logit_chunk` positions at a time (never the whole
+  micro-batch x vocabulary of logits, ablate.distill.losses), and `activation_checkpointing` recomputes
+  each decoder layer in backward; neither changes the losses beyond rounding.
 - Thread counts, devices of other tensors and other process-wide settings are the caller's.
 
 The pieces live beside it: config.py (TrainConfig, TrainResult, the LR schedule), data_order.py,
@@ -52,12 +55,19 @@ from ablate.distill.checkpoint import (
 from ablate.distill.config import TrainConfig, TrainResult, lr_at
 from ablate.distill.data_order import DataOrder
 from ablate.distill.layer_map import Capture, resolve_layer_map
+from ablate.distill.logits import (
+    disable_checkpointing,
+    enable_checkpointing,
+    final_hidden,
+    head_loss,
+    head_of,
+)
 from ablate.distill.losses import (
     HiddenProjection,
+    chunked_cross_entropy,
+    chunked_kl_loss,
     combine_dynamic,
-    cross_entropy_loss,
     intermediate_loss,
-    kl_div_loss,
 )
 from ablate.distill.models import check_compatible, kept_indices, pruning_metadata, reinitialise
 from ablate.distill.parallel import (
@@ -238,6 +248,8 @@ class _Run:
                 self.student.config.hidden_size, self.teacher.config.hidden_size, kept_hidden
             )
             self.projection.to(device)
+        if config.activation_checkpointing:  # before wrapping: FSDP and DDP see checkpointed layers
+            enable_checkpointing(self.student)
         self.model = self.parallel.wrap_student(self.student, device, self.use_bf16)  # what the loop calls
         self.modules: list[nn.Module] = [self.model]
         if self.projection is not None:
@@ -304,21 +316,28 @@ class _Run:
         return self._record(step + 1, lr, loss_v, logit_v, is_v, norm_v)
 
     def _losses(self, micro: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
-        """(loss, its logit part, its intermediate part or None) of one micro-batch."""
-        t_logits = t_hidden = None
-        if self.teacher is not None:
-            with self.parallel.no_grad():
-                t_out = self.teacher(input_ids=micro, use_cache=False)
-            # Inference tensors cannot be saved for backward: clone outside the mode.
-            t_logits = t_out.logits.clone()
-            if self.t_capture is not None:
-                t_hidden = [h.clone() for h in self.t_capture.take()]
-            del t_out
-        s_logits = self.model(input_ids=micro, use_cache=False).logits
-        if self.config.loss in ("ce", "scratch"):
-            loss = cross_entropy_loss(s_logits, micro)
+        """(loss, its logit part, its intermediate part or None) of one micro-batch; the logits are made
+        `logit_chunk` positions at a time, inside each model's forward pass (ablate.distill.logits)."""
+        config = self.config
+        if self.teacher is None:  # ce, scratch, teacher correction
+            loss = head_loss(
+                self.model, micro, lambda h, head: chunked_cross_entropy(h, head, micro, config.logit_chunk)
+            )
             return loss, loss, None
-        logit_loss = kl_div_loss(s_logits, t_logits, self.config.temperature)
+        t_hidden = None
+        with self.parallel.no_grad():
+            t_final = final_hidden(self.teacher, micro)
+        if self.t_capture is not None:
+            # Inference tensors cannot be saved for backward: clone outside the mode.
+            t_hidden = [h.clone() for h in self.t_capture.take()]
+        with head_of(self.teacher) as t_head:
+            logit_loss = head_loss(
+                self.model,
+                micro,
+                lambda h, head: chunked_kl_loss(
+                    h, head, t_final, t_head, config.temperature, config.logit_chunk
+                ),
+            )
         if self.s_capture is None:
             return logit_loss, logit_loss, None
         is_loss = intermediate_loss(self.s_capture.take(), t_hidden, self.projection)
@@ -399,10 +418,12 @@ class _Run:
         return (done - self.start_step) * self.config.tokens_per_step / max(elapsed, 1e-9)
 
     def release(self) -> None:
-        """Remove the forward hooks kld+intermediate installed."""
+        """Remove the forward hooks kld+intermediate installed, and the checkpointing the run turned on."""
         for cap in (self.s_capture, self.t_capture):
             if cap is not None:
                 cap.remove()
+        if self.config.activation_checkpointing:
+            disable_checkpointing(self.student)
 
     def finish(self) -> TrainResult:
         """The run's result, written to `out/train_result.json` by rank 0."""

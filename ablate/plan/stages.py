@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from ablate.spec.schema import MEMORY_FIELDS, Distill
 from ablate.spec.sweep import Trial, stable_hash
 
 STAGE_KINDS = ("teacher", "importance", "prune", "distill", "eval")
@@ -42,6 +43,11 @@ def trial_stages(trial: Trial) -> dict[str, Stage]:
             "global_batch": correction["global_batch"] or spec.distill.global_batch,
             "micro_batch": correction["micro_batch"] or spec.distill.micro_batch,
         }
+        for name in MEMORY_FIELDS:  # unset: distillation's; present only when not the default
+            value = correction.pop(name, None)
+            value = getattr(spec.distill, name) if value is None else value
+            if value != Distill.model_fields[name].default:
+                correction[name] = value
     teacher = Stage(
         "teacher",
         {

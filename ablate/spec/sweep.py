@@ -15,7 +15,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, PydanticUserError, TypeAdapter, ValidationError
 
-from ablate.spec.schema import CONFIG, TRIAL_SECTIONS, Seed, Spec
+from ablate.spec.schema import CONFIG, MEMORY_FIELDS, TRIAL_SECTIONS, Distill, Seed, Spec
 
 TARGET_AXIS = "target"
 SEED_AXIS = "seed"  # in a grid: the seeds of that grid's trials (instead of sweep.seeds)
@@ -52,10 +52,16 @@ def resolved_config(spec: Spec, target: str, seed: int) -> dict[str, Any]:
     """What a trial computes, in canonical form: the trial key is a hash of exactly this.
 
     The target enters by its shape, not its name, and planning-only fields (teacher.config) are left
-    out, so renaming a target or moving a config file does not change any key.
+    out, so renaming a target or moving a config file does not change any key. Memory settings
+    (schema.MEMORY_FIELDS) enter only when they differ from their defaults.
     """
     dumped = spec.model_dump(mode="json", include=set(TRIAL_SECTIONS))
     dumped["teacher"].pop("config", None)
+    for name in MEMORY_FIELDS:
+        if dumped["distill"].get(name) == Distill.model_fields[name].default:
+            dumped["distill"].pop(name, None)
+        if dumped["teacher"]["correction"] and dumped["teacher"]["correction"].get(name) is None:
+            dumped["teacher"]["correction"].pop(name, None)
     dumped["target"] = spec.targets[target].axes()
     dumped["seed"] = seed
     return dumped
