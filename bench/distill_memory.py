@@ -99,6 +99,9 @@ def _build(args, chunk, ckpt, steps: int):
 def child(args) -> dict:
     """Peak memory of one setting in this (fresh) process."""
     import torch
+    import transformers  # noqa: F401 - counted in the process's footprint, not the step's
+
+    import ablate.distill.train  # noqa: F401
 
     torch.set_num_threads(args.threads)
     imported = _rss("VmRSS")

@@ -76,6 +76,7 @@ from ablate.distill.parallel import (
     grad_norm_value,
     load_sharded,
     load_training_state,
+    on_meta,
 )
 from ablate.errors import TrainError
 
@@ -193,6 +194,12 @@ class _Run:
         self.student, self.batches, self.config, self.out = student, batches, config, out
         self.parallel = parallel
         device = torch.device(config.device) if config.device else next(student.parameters()).device
+        if device.type == "meta":  # an FSDP worker's weightless copy: it trains where rank 0's would
+            device = (
+                torch.device("cuda", torch.cuda.current_device())
+                if torch.cuda.is_available()
+                else torch.device("cpu")
+            )
         self.device = device
         self.use_bf16 = config.precision == "bf16" or (config.precision == "auto" and device.type == "cuda")
         if self.use_bf16 and device.type != "cuda":
@@ -214,11 +221,13 @@ class _Run:
         self.layer_map: list[tuple[int, int]] = []
         if config.loss == "kld+intermediate":
             self.layer_map = resolve_layer_map(student, teacher, config.intermediate_layers)
-        student.to(device)
+        if not on_meta(student):  # a meta copy (FSDP workers but rank 0) gets its shards when wrapped
+            student.to(device)
         if teacher is not None:
-            teacher.to(device)
+            if not on_meta(teacher):
+                teacher.to(device)
             teacher.eval()
-            teacher = parallel.wrap_teacher(teacher, self.use_bf16)
+            teacher = parallel.wrap_teacher(teacher, self.use_bf16, device)
         self.teacher = teacher
         self.autocast = (
             (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if self.use_bf16 else nullcontext
@@ -239,7 +248,9 @@ class _Run:
         checkpoint if there is one, and hook the layers kld+intermediate matches."""
         config, ckpt, device = self.config, self.ckpt, self.device
         torch.manual_seed(config.seed)
-        if config.loss == "scratch" and ckpt is None:
+        if (
+            config.loss == "scratch" and ckpt is None and not on_meta(self.student)
+        ):  # meta: rank 0's, broadcast
             reinitialise(self.student, config.seed)
             self.student.to(device)
         if config.loss == "kld+intermediate":  # seeded: created after manual_seed

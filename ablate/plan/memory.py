@@ -172,7 +172,8 @@ def estimate_memory(
             "activations",
             acts,
             False,
-            f"(2 x {layers} layers + {ACTIVATION_BYTES}) x {f} B x {tokens} tokens x {hidden} hidden (checkpointed)"
+            f"(2 x {layers} layers + {ACTIVATION_BYTES}){' x 2' if f == 2 else ''} B x {tokens} tokens x {hidden} hidden "
+            "(checkpointed: each layer's input, one layer recomputed)"
             if activation_checkpointing
             else f"{ACTIVATION_BYTES * f} B x {tokens} tokens x {hidden} hidden x {layers} layers",
         ),
