@@ -12,7 +12,8 @@ Assumptions (stated in every estimate, since they move the answer a lot), for bf
 - logits: with `distill.logit_chunk` (ablate.distill.losses) at most chunk x vocabulary of each model's
   logits exist at once, 20 bytes per position and vocabulary entry for both models together (the
   student's logits and log-probabilities, the teacher's, and the per-entry KL), plus the student head's
-  gradient accumulated over the chunks (4 bytes per head parameter, held until backward); the whole
+  gradient accumulated over the chunks (fp32, held until backward, where it is scaled into a copy: 8
+  bytes per head parameter); the whole
   logits (the unchunked losses, `logit_chunk=None`) are 14 bytes per logit for the student (bf16 output,
   fp32 upcast, log-softmax, gradient) and 10 for the teacher (bf16 output, fp32 upcast, softmax);
 - under FSDP, the gathered (unsharded, bf16) parameters: both models' root groups (embedding and head)
@@ -43,7 +44,7 @@ TEACHER_LOGIT_BYTES = 10
 WHOLE_LOGIT_BYTES = {"bf16": (STUDENT_LOGIT_BYTES, TEACHER_LOGIT_BYTES), "fp32": (16, 10)}
 CHUNK_LOGIT_BYTES = 20  # both models, per position x vocabulary entry of a chunk (12 without a teacher)
 CHUNK_LOGIT_BYTES_CE = 12
-HEAD_GRAD_BYTES = 4
+HEAD_GRAD_BYTES = 8  # the head's fp32 gradient, made in the forward pass, and its scaled copy in backward
 AUTO_CHUNK_BYTES = 128 * 2**20  # as ablate.distill.losses.AUTO_CHUNK_BYTES (not imported: no torch here)
 PRECISIONS = {"bf16": 1, "fp32": 2}  # element-size factor against bf16
 

@@ -61,8 +61,18 @@ TARGET_AXES = ("hidden_size", "intermediate_size", "num_attention_heads", "num_h
 # left out of trial keys and stage hashes while at their defaults (ablate.spec.sweep), so adding them
 # changed no existing key.
 MEMORY_FIELDS = ("logit_chunk", "activation_checkpointing")
+
+
+def _logit_chunk(value: Any) -> Any:
+    """One clear message for a bad chunk size (not one per member of the union)."""
+    if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and 0 < value <= MAX_COUNT):
+        return value
+    raise ValueError(f"expected a positive number of positions or 'auto' (got {value!r})")
+
+
 LogitChunk = Annotated[
     PositiveInt | Literal["auto"],
+    BeforeValidator(_logit_chunk),
     Field(
         description="positions per chunk of the LM head and logit loss (at most chunk x vocabulary logits "
         "exist at once); auto: about 128 MiB of fp32 logits (256 positions at a vocabulary of 131,072)"
@@ -90,7 +100,9 @@ class Correction(Strict):
     warmup_steps: Count = 120
     global_batch: PositiveInt | None = None  # None: same as distill
     micro_batch: PositiveInt | None = None
-    logit_chunk: LogitChunk | None = None  # None: same as distill
+    logit_chunk: LogitChunk | None = Field(
+        None, description="None: same as distill (see distill.logit_chunk)"
+    )
     activation_checkpointing: bool | None = Field(
         None, description="None: same as distill; " + CHECKPOINTING_HELP
     )

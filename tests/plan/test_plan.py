@@ -146,11 +146,11 @@ def test_the_memory_terms_add_up_and_follow_logit_chunk_and_checkpointing(tmp_pa
     assert sum(t["bytes"] for t in terms.values()) == pytest.approx(memory["total_bytes"])
     assert terms["student_state"]["sharded"] and not terms["logits"]["sharded"]
     # logit_chunk auto: 256 positions at a vocabulary of 131,072; 20 B per entry of both models'
-    # chunks, plus the student head's fp32 gradient (4096 x 131,072).
+    # chunks, plus the student head's fp32 gradient and its scaled copy (2 x 4 B x 4096 x 131,072).
     assert memory["logit_chunk"] == 256
-    assert memory["logits_bytes"] == 20 * 256 * 131072 + 4 * 131072 * 4096
+    assert memory["logits_bytes"] == 20 * 256 * 131072 + 8 * 131072 * 4096
     small = _nemo_plan(tmp_path, "  logit_chunk: 64\n")["trials"][0]["memory"]
-    assert small["logits_bytes"] == 20 * 64 * 131072 + 4 * 131072 * 4096
+    assert small["logits_bytes"] == 20 * 64 * 131072 + 8 * 131072 * 4096
 
     ckpt = _nemo_plan(tmp_path, "  activation_checkpointing: true\n")
     m = ckpt["trials"][0]["memory"]
