@@ -57,11 +57,15 @@ def resolved_config(spec: Spec, target: str, seed: int) -> dict[str, Any]:
     """
     dumped = spec.model_dump(mode="json", include=set(TRIAL_SECTIONS))
     dumped["teacher"].pop("config", None)
+    correction = dumped["teacher"]["correction"]
     for name in MEMORY_FIELDS:
-        if dumped["distill"].get(name) == Distill.model_fields[name].default:
-            dumped["distill"].pop(name, None)
-        if dumped["teacher"]["correction"] and dumped["teacher"]["correction"].get(name) is None:
-            dumped["teacher"]["correction"].pop(name, None)
+        default, value = Distill.model_fields[name].default, dumped["distill"][name]
+        if value == default:
+            dumped["distill"].pop(name)
+        if correction:  # unset: distillation's; like distill, in the key only when not the default
+            own = correction.pop(name, None)
+            if (value if own is None else own) != default:
+                correction[name] = value if own is None else own
     dumped["target"] = spec.targets[target].axes()
     dumped["seed"] = seed
     return dumped

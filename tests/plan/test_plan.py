@@ -182,3 +182,27 @@ def test_whole_logits_are_what_chunking_saves():
     assert whole.min_gpus_fsdp is None and chunked.min_gpus_fsdp is not None
     assert whole.min_gpus_fsdp_checkpointed > chunked.min_gpus_fsdp_checkpointed
     assert "distill.logit_chunk" in whole.advice and "distill.logit_chunk" not in chunked.advice
+
+
+def test_memory_settings_leave_trial_keys_and_stage_hashes_alone_at_their_defaults(tmp_path):
+    from ablate.plan.stages import trial_stages
+
+    def stages(extra_distill: str = "", extra_correction: str = ""):
+        text = (SPECS / "mistral-nemo-minitron-8b.yaml").read_text()
+        text = text.replace("configs/mistral-nemo-12b.json", str(SPECS / "configs/mistral-nemo-12b.json"))
+        text = text.replace("  checkpoint_every: 500\n", f"  checkpoint_every: 500\n{extra_distill}")
+        text = text.replace("    warmup_steps: 120\n", f"    warmup_steps: 120\n{extra_correction}")
+        spec = tmp_path / "s.yaml"
+        spec.write_text(text)
+        (trial,) = load_spec(spec).trials
+        return trial.key, {k: s.hash for k, s in trial_stages(trial).items()}
+
+    key, hashes = stages()
+    assert key == "b9296e42e920"  # the key before these settings existed
+    assert stages("  logit_chunk: auto\n  activation_checkpointing: false\n") == (key, hashes)
+    assert stages("", "    activation_checkpointing: false\n    logit_chunk: auto\n") == (key, hashes)
+    on_key, on_hashes = stages("  activation_checkpointing: true\n")
+    assert on_key != key and on_hashes["teacher"] != hashes["teacher"]  # the correction follows distill
+    assert on_hashes["importance"] != hashes["importance"]  # it depends on the (corrected) teacher
+    _, corrected = stages("", "    activation_checkpointing: true\n")
+    assert corrected["teacher"] == on_hashes["teacher"] and corrected["distill"] != on_hashes["distill"]
