@@ -3,13 +3,15 @@
 LM loss is the mean next-token negative log-likelihood over every predicted position of the packed
 eval sequences (seq_len - 1 per sequence); perplexity is exp(lm_loss). KL(teacher || student) and
 top-1 agreement are averaged over every position. Log-softmax and KL are computed in float32 whatever
-the models' dtype.
+the models' dtype. The logits are made `logit_chunk` positions at a time from the models' final hidden
+states (ablate.distill.losses.chunked_eval_sums), never for a whole batch at once.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -17,6 +19,8 @@ from torch import Tensor
 from transformers import PreTrainedModel
 
 from ablate.data.corpus import batches
+from ablate.distill.logits import final_hidden, head_of
+from ablate.distill.losses import Head, chunked_eval_sums
 from ablate.errors import ModelError
 
 
@@ -27,13 +31,24 @@ def kl_sum(teacher_logits: Tensor, student_logits: Tensor) -> Tensor:
     return (t.exp() * (t - s)).sum(-1).sum(dtype=torch.float64)
 
 
+@contextmanager
+def _head_or_none(model: PreTrainedModel | None) -> Iterator[Head | None]:
+    if model is None:
+        yield None
+        return
+    with head_of(model) as head:
+        yield head
+
+
 def evaluate(
     model: PreTrainedModel,
     eval_batches: Iterable[Tensor] | Tensor,
     teacher: PreTrainedModel | None = None,
     batch_size: int = 8,
+    logit_chunk: int | str = "auto",
 ) -> dict[str, float]:
-    """Metrics of `model` on `eval_batches` ([n, S] tensor or an iterable of [b, S] tensors)."""
+    """Metrics of `model` on `eval_batches` ([n, S] tensor or an iterable of [b, S] tensors);
+    `logit_chunk` positions of logits at a time (see ablate.spec.schema.Distill.logit_chunk)."""
     if teacher is not None and teacher.config.vocab_size != model.config.vocab_size:
         raise ModelError(
             f"teacher vocabulary ({teacher.config.vocab_size}) differs from the model's "
@@ -52,19 +67,21 @@ def evaluate(
         with torch.inference_mode():
             for batch in batches(eval_batches, batch_size):
                 batch = batch.to(device)
-                logits = model(input_ids=batch, use_cache=False).logits.to(device)
-                nll += F.cross_entropy(
-                    logits[:, :-1].flatten(0, 1).float(), batch[:, 1:].flatten(), reduction="sum"
-                ).cpu()
+                hidden = final_hidden(model, batch)
+                t_hidden = None
+                if teacher is not None:
+                    t_device = next(teacher.parameters()).device
+                    t_hidden = final_hidden(teacher, batch.to(t_device))
+                with head_of(model) as head, _head_or_none(teacher) as t_head:
+                    sums = chunked_eval_sums(hidden, head, batch, t_hidden, t_head, logit_chunk)
+                nll += sums["nll"].cpu()
                 predicted += batch[:, 1:].numel()
                 sequences += batch.shape[0]
                 if teacher is not None:
-                    t_device = next(teacher.parameters()).device
-                    t_logits = teacher(input_ids=batch.to(t_device), use_cache=False).logits.to(device)
-                    kl += kl_sum(t_logits, logits).cpu()
-                    agree += int((t_logits.argmax(-1) == logits.argmax(-1)).sum())
+                    kl += sums["kl"].cpu()
+                    agree += int(sums["agree"])
                     positions += batch.numel()
-                del logits
+                del hidden, t_hidden
     finally:
         for m, mode in zip(models, modes, strict=True):
             m.train(mode)

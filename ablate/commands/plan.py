@@ -69,12 +69,7 @@ def memory_warnings(est) -> list[str]:
         need = (
             f"{m.total_bytes / 2**30:.0f} GiB per device > {m.usable_bytes / 2**30:.0f} GiB usable on {m.gpu}"
         )
-        if m.min_gpus_fsdp is not None:
-            fix = f"shard it: strategy fsdp with at least {m.min_gpus_fsdp} GPUs"
-        else:
-            fix = "activations alone do not fit: lower micro_batch or seq_len"
-        if m.min_gpus_fsdp_checkpointed is not None:
-            fix += f" ({m.min_gpus_fsdp_checkpointed} with activation checkpointing)"
+        fix = m.advice  # names the spec fields that make it fit (ablate.plan.memory.advice)
         out.append(f"trial {t.key} ({t.strategy}, {t.workers} worker(s)) needs {need}; {fix}")
     return out
 

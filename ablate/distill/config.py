@@ -46,6 +46,10 @@ class TrainConfig:
     # (student layer, teacher layer) pairs for kld+intermediate; None: identity when depths agree,
     # else the pruning's kept layers when known, else evenly spaced.
     intermediate_layers: list[tuple[int, int]] | None = _spec_default("intermediate_layers")
+    # How the run uses memory (same losses up to rounding): positions per chunk of the LM head and logit
+    # loss ('auto': about 128 MiB of fp32 logits), and per-layer activation checkpointing.
+    logit_chunk: int | str = _spec_default("logit_chunk")
+    activation_checkpointing: bool = _spec_default("activation_checkpointing")
     precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
     device: str | None = None  # None: where the student already is
 
@@ -84,6 +88,18 @@ class TrainConfig:
                 p.append(f"{name} must be a positive integer (got {value!r})")
         if not (isinstance(self.warmup_steps, int) and self.warmup_steps >= 0):
             p.append(f"warmup_steps must be a non-negative integer (got {self.warmup_steps!r})")
+        if self.logit_chunk != "auto" and (
+            not isinstance(self.logit_chunk, int)
+            or isinstance(self.logit_chunk, bool)
+            or self.logit_chunk <= 0
+        ):
+            p.append(
+                f"logit_chunk must be a positive number of positions or 'auto' (got {self.logit_chunk!r})"
+            )
+        if not isinstance(self.activation_checkpointing, bool):
+            p.append(
+                f"activation_checkpointing must be true or false (got {self.activation_checkpointing!r})"
+            )
         if not (self.temperature > 0):
             p.append(f"temperature must be positive (got {self.temperature!r})")
         if not (self.lr > 0 and math.isfinite(self.lr)):

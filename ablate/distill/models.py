@@ -97,3 +97,14 @@ def reinitialise(model: nn.Module, seed: int) -> None:
         raise TrainError(
             f"cannot re-initialise {type(model).__name__}: state dicts differ ({missing or unexpected})"
         )
+
+
+def meta_copy(config: Any, dtype: torch.dtype | None = None) -> nn.Module:
+    """The model of `config` on the meta device: its shapes, no weights. What an FSDP worker other than
+    rank 0 passes to `train` (rank 0 passes the loaded model; the others get their shards of its weights
+    when the trainer shards them), so only rank 0 ever holds a whole copy. `dtype`: rank 0's."""
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    return model.to(dtype) if dtype is not None else model

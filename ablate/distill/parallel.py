@@ -100,15 +100,44 @@ class Parallel:
             )
             return DistributedDataParallel(model, device_ids=ids)
         if self.strategy == "fsdp":
-            _fully_shard(model, bf16, reshard_after_forward=True)
+            self._shard(model, device, bf16)
         return model
 
-    def wrap_teacher(self, teacher: nn.Module, bf16: bool) -> nn.Module:
+    def wrap_teacher(self, teacher: nn.Module, bf16: bool, device: torch.device | None = None) -> nn.Module:
         """DDP needs nothing for a frozen teacher; FSDP shards it like the student."""
         if self.strategy == "fsdp":
             teacher.requires_grad_(False)
-            _fully_shard(teacher, bf16, reshard_after_forward=True)
+            self._shard(teacher, device, bf16)
         return teacher
+
+    def _shard(self, model: nn.Module, device: torch.device | None, bf16: bool) -> None:
+        """FSDP2 per layer and root. Workers may hold the model on the meta device (no weights: built with
+        `ablate.distill.models.meta_copy`) as long as rank 0 holds it whole: every worker shards its
+        copy, the meta ones get empty shards, and rank 0's weights are broadcast into the shards, so no
+        worker but rank 0 ever holds a whole copy."""
+        meta = on_meta(model)
+        meta_anywhere = bool(self.sum(torch.tensor([float(meta)], device=_collective_device(device)))[0])
+        if meta_anywhere and self.is_main and meta:
+            raise TrainError(
+                "under FSDP rank 0 must hold the whole model; only the other workers may hold it on meta"
+            )
+        full = (
+            model.state_dict() if meta_anywhere and self.is_main else None
+        )  # before sharding: whole tensors
+        _fully_shard(model, bf16, reshard_after_forward=True)
+        if not meta_anywhere:
+            return
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+        target = device or torch.device("cpu")
+        if meta:
+            model.to_empty(device=target)
+        set_model_state_dict(
+            model, full or {}, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
+        )
+        del full
+        for buffer in model.buffers():  # non-persistent ones (rotary frequencies) are in no state dict
+            dist.broadcast(buffer.data, src=0)
 
     def no_grad(self):
         """The mode of forward passes that need no graph: FSDP's all-gathered weights must not become
@@ -155,6 +184,18 @@ class Parallel:
         box = [value]
         dist.broadcast_object_list(box, src=0)
         return box[0]
+
+
+def on_meta(model: nn.Module) -> bool:
+    """Whether the model's weights are on the meta device (built without weights)."""
+    return any(p.is_meta for p in model.parameters())
+
+
+def _collective_device(device: torch.device | None) -> torch.device:
+    if device is not None and device.type == "cuda":
+        return device
+    backend = dist.get_backend() if dist.is_available() and dist.is_initialized() else "gloo"
+    return torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
 
 
 def _fully_shard(model: nn.Module, bf16: bool, reshard_after_forward: bool) -> None:

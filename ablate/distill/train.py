@@ -17,6 +17,9 @@ What it guarantees:
 - A non-finite loss or gradient stops the run with a TrainError naming the step; the state of the
   last good step is checkpointed first, the bad update is never applied.
 - Teacher under `torch.inference_mode()`; bf16 autocast on CUDA; losses in float32.
+- Memory: the LM heads and logit losses run `logit_chunk` positions at a time (never the whole
+  micro-batch x vocabulary of logits, ablate.distill.losses), and `activation_checkpointing` recomputes
+  each decoder layer in backward; neither changes the losses beyond rounding.
 - Thread counts, devices of other tensors and other process-wide settings are the caller's.
 
 The pieces live beside it: config.py (TrainConfig, TrainResult, the LR schedule), data_order.py,
@@ -52,12 +55,19 @@ from ablate.distill.checkpoint import (
 from ablate.distill.config import TrainConfig, TrainResult, lr_at
 from ablate.distill.data_order import DataOrder
 from ablate.distill.layer_map import Capture, resolve_layer_map
+from ablate.distill.logits import (
+    disable_checkpointing,
+    enable_checkpointing,
+    final_hidden,
+    head_loss,
+    head_of,
+)
 from ablate.distill.losses import (
     HiddenProjection,
+    chunked_cross_entropy,
+    chunked_kl_loss,
     combine_dynamic,
-    cross_entropy_loss,
     intermediate_loss,
-    kl_div_loss,
 )
 from ablate.distill.models import check_compatible, kept_indices, pruning_metadata, reinitialise
 from ablate.distill.parallel import (
@@ -66,6 +76,7 @@ from ablate.distill.parallel import (
     grad_norm_value,
     load_sharded,
     load_training_state,
+    on_meta,
 )
 from ablate.errors import TrainError
 
@@ -183,6 +194,12 @@ class _Run:
         self.student, self.batches, self.config, self.out = student, batches, config, out
         self.parallel = parallel
         device = torch.device(config.device) if config.device else next(student.parameters()).device
+        if device.type == "meta":  # an FSDP worker's weightless copy: it trains where rank 0's would
+            device = (
+                torch.device("cuda", torch.cuda.current_device())
+                if torch.cuda.is_available()
+                else torch.device("cpu")
+            )
         self.device = device
         self.use_bf16 = config.precision == "bf16" or (config.precision == "auto" and device.type == "cuda")
         if self.use_bf16 and device.type != "cuda":
@@ -204,11 +221,13 @@ class _Run:
         self.layer_map: list[tuple[int, int]] = []
         if config.loss == "kld+intermediate":
             self.layer_map = resolve_layer_map(student, teacher, config.intermediate_layers)
-        student.to(device)
+        if not on_meta(student):  # a meta copy (FSDP workers but rank 0) gets its shards when wrapped
+            student.to(device)
         if teacher is not None:
-            teacher.to(device)
+            if not on_meta(teacher):
+                teacher.to(device)
             teacher.eval()
-            teacher = parallel.wrap_teacher(teacher, self.use_bf16)
+            teacher = parallel.wrap_teacher(teacher, self.use_bf16, device)
         self.teacher = teacher
         self.autocast = (
             (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if self.use_bf16 else nullcontext
@@ -229,7 +248,9 @@ class _Run:
         checkpoint if there is one, and hook the layers kld+intermediate matches."""
         config, ckpt, device = self.config, self.ckpt, self.device
         torch.manual_seed(config.seed)
-        if config.loss == "scratch" and ckpt is None:
+        if (
+            config.loss == "scratch" and ckpt is None and not on_meta(self.student)
+        ):  # meta: rank 0's, broadcast
             reinitialise(self.student, config.seed)
             self.student.to(device)
         if config.loss == "kld+intermediate":  # seeded: created after manual_seed
@@ -238,6 +259,8 @@ class _Run:
                 self.student.config.hidden_size, self.teacher.config.hidden_size, kept_hidden
             )
             self.projection.to(device)
+        if config.activation_checkpointing:  # before wrapping: FSDP and DDP see checkpointed layers
+            enable_checkpointing(self.student)
         self.model = self.parallel.wrap_student(self.student, device, self.use_bf16)  # what the loop calls
         self.modules: list[nn.Module] = [self.model]
         if self.projection is not None:
@@ -304,21 +327,28 @@ class _Run:
         return self._record(step + 1, lr, loss_v, logit_v, is_v, norm_v)
 
     def _losses(self, micro: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
-        """(loss, its logit part, its intermediate part or None) of one micro-batch."""
-        t_logits = t_hidden = None
-        if self.teacher is not None:
-            with self.parallel.no_grad():
-                t_out = self.teacher(input_ids=micro, use_cache=False)
-            # Inference tensors cannot be saved for backward: clone outside the mode.
-            t_logits = t_out.logits.clone()
-            if self.t_capture is not None:
-                t_hidden = [h.clone() for h in self.t_capture.take()]
-            del t_out
-        s_logits = self.model(input_ids=micro, use_cache=False).logits
-        if self.config.loss in ("ce", "scratch"):
-            loss = cross_entropy_loss(s_logits, micro)
+        """(loss, its logit part, its intermediate part or None) of one micro-batch; the logits are made
+        `logit_chunk` positions at a time, inside each model's forward pass (ablate.distill.logits)."""
+        config = self.config
+        if self.teacher is None:  # ce, scratch, teacher correction
+            loss = head_loss(
+                self.model, micro, lambda h, head: chunked_cross_entropy(h, head, micro, config.logit_chunk)
+            )
             return loss, loss, None
-        logit_loss = kl_div_loss(s_logits, t_logits, self.config.temperature)
+        t_hidden = None
+        with self.parallel.no_grad():
+            t_final = final_hidden(self.teacher, micro)
+        if self.t_capture is not None:
+            # Inference tensors cannot be saved for backward: clone outside the mode.
+            t_hidden = [h.clone() for h in self.t_capture.take()]
+        with head_of(self.teacher) as t_head:
+            logit_loss = head_loss(
+                self.model,
+                micro,
+                lambda h, head: chunked_kl_loss(
+                    h, head, t_final, t_head, config.temperature, config.logit_chunk
+                ),
+            )
         if self.s_capture is None:
             return logit_loss, logit_loss, None
         is_loss = intermediate_loss(self.s_capture.take(), t_hidden, self.projection)
@@ -399,10 +429,12 @@ class _Run:
         return (done - self.start_step) * self.config.tokens_per_step / max(elapsed, 1e-9)
 
     def release(self) -> None:
-        """Remove the forward hooks kld+intermediate installed."""
+        """Remove the forward hooks kld+intermediate installed, and the checkpointing the run turned on."""
         for cap in (self.s_capture, self.t_capture):
             if cap is not None:
                 cap.remove()
+        if self.config.activation_checkpointing:
+            disable_checkpointing(self.student)
 
     def finish(self) -> TrainResult:
         """The run's result, written to `out/train_result.json` by rank 0."""

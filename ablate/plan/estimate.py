@@ -105,6 +105,10 @@ def estimate(
             workers=res.workers,
             strategy=res.strategy,
             gpu=gpu,
+            teacher_hidden=teacher.shape["hidden_size"],
+            teacher_layers=teacher.shape["num_hidden_layers"],
+            logit_chunk=d.logit_chunk,
+            activation_checkpointing=d.activation_checkpointing,
         )
         rows.append(
             TrialEstimate(

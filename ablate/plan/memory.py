@@ -1,22 +1,30 @@
 """Per-device memory of a distillation trial, and the fewest GPUs that hold it, from shapes alone.
 
-Assumptions (stated in every estimate, since they move the answer a lot):
-- student trained in mixed precision with fp32 master weights: 4 (weights) + 4 (gradients) + 8 (AdamW
-  moments) = 16 bytes per parameter; FSDP shards all three over the workers, DDP replicates them;
+Assumptions (stated in every estimate, since they move the answer a lot), for bf16 mixed precision
+(`precision="fp32"`, as on a CPU, doubles the element sizes of the teacher and activations):
+- student trained with fp32 master weights: 4 (weights) + 4 (gradients) + 8 (AdamW moments) = 16
+  bytes per parameter; FSDP shards all three over the workers, DDP replicates them;
 - teacher held for forward passes only, in bf16 (2 bytes per parameter), sharded like the student;
-- activations per device at the micro-batch, bf16, fused (flash) attention, no activation checkpointing:
-  34 x seq x micro_batch x hidden bytes per layer (Korthikanti et al. 2022, without the quadratic
-  attention term); with checkpointing only each layer's input is kept (2 x seq x micro x hidden) plus
-  one layer's full activations;
-- logits: the student's at 14 bytes per logit (bf16 output, fp32 upcast, log-softmax, gradient), the
-  teacher's at 10 (bf16 output, fp32 upcast, softmax); not sharded by FSDP;
+- activations per device at the micro-batch, bf16, fused (flash) attention: 34 x seq x micro_batch x
+  hidden bytes per layer (Korthikanti et al. 2022, without the quadratic attention term); with
+  `distill.activation_checkpointing` only each layer's input is kept (2 x seq x micro x hidden) plus
+  one layer's full activations while it is recomputed;
+- logits: with `distill.logit_chunk` (ablate.distill.losses) at most chunk x vocabulary of each model's
+  logits exist at once, 20 bytes per position and vocabulary entry for both models together (the
+  student's logits and log-probabilities, the teacher's, and the per-entry KL), plus the student head's
+  gradient accumulated over the chunks (fp32, held until backward, where it is scaled into a copy: 8
+  bytes per head parameter); the whole
+  logits (the unchunked losses, `logit_chunk=None`) are 14 bytes per logit for the student (bf16 output,
+  fp32 upcast, log-softmax, gradient) and 10 for the teacher (bf16 output, fp32 upcast, softmax);
+- under FSDP, the gathered (unsharded, bf16) parameters: both models' root groups (embedding and head)
+  while the loss runs, and two decoder layers of each (the one running and the one prefetched);
 - 10% of the device kept free for the CUDA context, allocator fragmentation and communication buffers.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 GIB = 1024**3
 # Memory a program can allocate on each card (nvidia-smi totals), in bytes.
@@ -31,6 +39,23 @@ TEACHER_BYTES = 2
 ACTIVATION_BYTES = 34
 STUDENT_LOGIT_BYTES = 14
 TEACHER_LOGIT_BYTES = 10
+# Whole logits in fp32 (no upcast copy, but the per-entry KL and its gradient; measured on CPU by
+# bench/distill_memory.py at 26 B per logit for both models together).
+WHOLE_LOGIT_BYTES = {"bf16": (STUDENT_LOGIT_BYTES, TEACHER_LOGIT_BYTES), "fp32": (16, 10)}
+CHUNK_LOGIT_BYTES = 20  # both models, per position x vocabulary entry of a chunk (12 without a teacher)
+CHUNK_LOGIT_BYTES_CE = 12
+HEAD_GRAD_BYTES = 8  # the head's fp32 gradient, made in the forward pass, and its scaled copy in backward
+AUTO_CHUNK_BYTES = 128 * 2**20  # as ablate.distill.losses.AUTO_CHUNK_BYTES (not imported: no torch here)
+PRECISIONS = {"bf16": 1, "fp32": 2}  # element-size factor against bf16
+
+
+def chunk_positions(setting: int | str | None, vocab: int) -> int | None:
+    """Positions per logit chunk as the trainer resolves them; None: the unchunked losses."""
+    if setting is None:
+        return None
+    if setting == "auto":
+        return max(1, AUTO_CHUNK_BYTES // (4 * vocab))
+    return int(setting)
 
 
 @dataclass
@@ -44,14 +69,23 @@ class MemoryEstimate:
     teacher_params: int
     student_state_bytes: float  # per device
     teacher_bytes: float  # per device
-    activation_bytes: float  # per device
+    activation_bytes: float  # per device, as configured (checkpointed when activation_checkpointing)
     activation_bytes_checkpointed: float
-    logits_bytes: float
+    logits_bytes: float  # the logit chunks (or whole logits) and the head's gradient buffer
     total_bytes: float
     fits: bool
-    min_gpus_fsdp: int | None  # fewest FSDP workers that fit (None: activations alone do not fit)
-    min_gpus_fsdp_checkpointed: int | None
+    min_gpus_fsdp: (
+        int | None
+    )  # fewest FSDP workers that fit as configured (None: the rest alone does not fit)
+    min_gpus_fsdp_checkpointed: int | None  # the same with activation checkpointing on
     arithmetic: dict[str, str]
+    logit_chunk: int | None = None  # positions per chunk (None: whole logits)
+    activation_checkpointing: bool = False
+    precision: str = "bf16"
+    # One row per term: name, bytes per device as configured, whether FSDP shards it, its formula.
+    terms: list[dict] = field(default_factory=list)
+    fsdp_gathered_bytes: float = 0.0  # what FSDP would hold gathered (counted in min_gpus_fsdp)
+    advice: str = ""  # how to make it fit, naming the spec fields, when it does not
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -75,33 +109,96 @@ def estimate_memory(
     workers: int,
     strategy: str,
     gpu: str = "h100-80gb",
+    teacher_hidden: int | None = None,
+    teacher_layers: int | None = None,
+    logit_chunk: int | str | None = "auto",
+    activation_checkpointing: bool = False,
+    precision: str = "bf16",
 ) -> MemoryEstimate:
     device = GPUS[gpu]
     usable = USABLE * device
+    f = PRECISIONS[precision]
+    t_hidden = teacher_hidden or hidden
+    t_layers = teacher_layers or layers
     tokens = seq_len * micro_batch
+    chunk = chunk_positions(logit_chunk, vocab)
+    fsdp = strategy == "fsdp"
+    shards = workers if fsdp else 1
+
     state = STUDENT_STATE_BYTES * student_params
-    teacher = TEACHER_BYTES * teacher_params if needs_teacher else 0.0
-    acts = ACTIVATION_BYTES * tokens * hidden * layers
-    acts_ckpt = 2 * tokens * hidden * layers + ACTIVATION_BYTES * tokens * hidden
-    logits = STUDENT_LOGIT_BYTES * tokens * vocab + (
-        TEACHER_LOGIT_BYTES * tokens * vocab if needs_teacher else 0
+    teacher = TEACHER_BYTES * f * teacher_params if needs_teacher else 0.0
+    acts_full = ACTIVATION_BYTES * f * tokens * hidden * layers
+    acts_ckpt = 2 * f * tokens * hidden * layers + ACTIVATION_BYTES * f * tokens * hidden
+    acts = acts_ckpt if activation_checkpointing else acts_full
+    if chunk is None:
+        s_bytes, t_bytes = WHOLE_LOGIT_BYTES[precision]
+        per = s_bytes + (t_bytes if needs_teacher else 0)
+        logits = per * tokens * vocab
+        logits_formula = f"{per} B x {tokens} tokens x {vocab} vocab (whole logits)"
+    else:
+        rows = min(chunk, tokens)
+        per = CHUNK_LOGIT_BYTES if needs_teacher else CHUNK_LOGIT_BYTES_CE
+        logits = per * rows * vocab + HEAD_GRAD_BYTES * vocab * hidden
+        logits_formula = (
+            f"{per} B x {rows} positions (logit_chunk) x {vocab} vocab + {HEAD_GRAD_BYTES} B x {vocab} x {hidden} "
+            "head gradient"
+        )
+    # FSDP: gathered bf16 parameters beside the shards (roots during the loss, two layers per model).
+    s_layer = max(0, student_params - 2 * vocab * hidden) / max(layers, 1)
+    t_layer = max(0, teacher_params - 2 * vocab * t_hidden) / max(t_layers, 1) if needs_teacher else 0
+    gathered = 2 * f * (2 * vocab * hidden + (2 * vocab * t_hidden if needs_teacher else 0))
+    gathered += 2 * 2 * f * (s_layer + t_layer)
+    unsharded = acts + logits + (gathered if fsdp else 0.0)
+    total = (state + teacher) / shards + unsharded
+    fits = total <= usable
+    min_gpus = _min_workers(state + teacher, acts + logits + gathered, usable)
+    min_gpus_ckpt = _min_workers(state + teacher, acts_ckpt + logits + gathered, usable)
+
+    terms = [
+        _term(
+            "student_state",
+            state / shards,
+            True,
+            f"{STUDENT_STATE_BYTES} B x {student_params:,} params / {shards}",
+        ),
+        _term(
+            "teacher",
+            teacher / shards,
+            True,
+            f"{TEACHER_BYTES * f} B x {teacher_params:,} params / {shards}"
+            if needs_teacher
+            else "0 (no teacher)",
+        ),
+        _term(
+            "activations",
+            acts,
+            False,
+            f"(2 x {layers} layers + {ACTIVATION_BYTES}){' x 2' if f == 2 else ''} B x {tokens} tokens x {hidden} hidden "
+            "(checkpointed: each layer's input, one layer recomputed)"
+            if activation_checkpointing
+            else f"{ACTIVATION_BYTES * f} B x {tokens} tokens x {hidden} hidden x {layers} layers",
+        ),
+        _term("logits", logits, False, logits_formula),
+        _term(
+            "fsdp_gathered",
+            gathered if fsdp else 0.0,
+            False,
+            f"{2 * f} B x (roots {2 * vocab * hidden:,}"
+            + (f" + {2 * vocab * t_hidden:,}" if needs_teacher else "")
+            + f" + 2 x layers {s_layer + t_layer:,.0f}) params"
+            if fsdp
+            else f"0 (not sharded; {gathered / GIB:.1f} GiB under fsdp)",
+        ),
+    ]
+    arithmetic = {t["term"]: f"{t['formula']} = {t['bytes'] / GIB:.1f} GiB" for t in terms}
+    arithmetic["total"] = (
+        f"{total / GIB:.1f} GiB per device vs {usable / GIB:.1f} GiB usable on {gpu} (90% of {device / GIB:.1f})"
     )
-    shards = workers if strategy == "fsdp" else 1
-    total = (state + teacher) / shards + acts + logits
-    arithmetic = {
-        "student_state": f"{STUDENT_STATE_BYTES} B x {student_params:,} params / {shards} = {state / shards / GIB:.1f} GiB",
-        "teacher": f"{TEACHER_BYTES} B x {teacher_params:,} params / {shards} = {teacher / shards / GIB:.1f} GiB"
-        if needs_teacher
-        else "0 (the loss needs no teacher)",
-        "activations": f"{ACTIVATION_BYTES} B x {seq_len} seq x {micro_batch} micro x {hidden} hidden x {layers} layers "
-        f"= {acts / GIB:.1f} GiB",
-        "logits": f"({STUDENT_LOGIT_BYTES}{' + ' + str(TEACHER_LOGIT_BYTES) if needs_teacher else ''}) B x {tokens} tokens "
-        f"x {vocab} vocab = {logits / GIB:.1f} GiB",
-        "total": f"{total / GIB:.1f} GiB per device vs {usable / GIB:.1f} GiB usable on {gpu} (90% of {device / GIB:.1f})",
-        "min_gpus_fsdp": f"ceil(({state / GIB:.1f} + {teacher / GIB:.1f}) GiB sharded / ({usable / GIB:.1f} - "
-        f"{(acts + logits) / GIB:.1f}) GiB left after activations and logits)",
-    }
-    return MemoryEstimate(
+    arithmetic["min_gpus_fsdp"] = (
+        f"ceil(({state / GIB:.1f} + {teacher / GIB:.1f}) GiB sharded / ({usable / GIB:.1f} - "
+        f"{(acts + logits + gathered) / GIB:.1f}) GiB left after activations, logits and gathered parameters)"
+    )
+    estimate = MemoryEstimate(
         gpu=gpu,
         device_bytes=device,
         usable_bytes=usable,
@@ -115,8 +212,41 @@ def estimate_memory(
         activation_bytes_checkpointed=acts_ckpt,
         logits_bytes=logits,
         total_bytes=total,
-        fits=total <= usable,
-        min_gpus_fsdp=_min_workers(state + teacher, acts + logits, usable),
-        min_gpus_fsdp_checkpointed=_min_workers(state + teacher, acts_ckpt + logits, usable),
+        fits=fits,
+        min_gpus_fsdp=min_gpus,
+        min_gpus_fsdp_checkpointed=min_gpus_ckpt,
         arithmetic=arithmetic,
+        logit_chunk=chunk,
+        activation_checkpointing=activation_checkpointing,
+        precision=precision,
+        terms=terms,
+        fsdp_gathered_bytes=gathered,
     )
+    estimate.advice = "" if fits else advice(estimate)
+    return estimate
+
+
+def _term(name: str, value: float, sharded: bool, formula: str) -> dict:
+    return {
+        "term": name,
+        "bytes": value,
+        "gib": round(value / GIB, 3),
+        "sharded": sharded,
+        "formula": formula,
+    }
+
+
+def advice(m: MemoryEstimate) -> str:
+    """How to fit a trial that does not, naming the spec fields that do it."""
+    ckpt = "distill.activation_checkpointing: true"
+    if m.min_gpus_fsdp is not None:
+        fix = f"shard it: strategy fsdp with at least {m.min_gpus_fsdp} GPUs"
+        if not m.activation_checkpointing and m.min_gpus_fsdp_checkpointed is not None:
+            fix += f" ({m.min_gpus_fsdp_checkpointed} with {ckpt})"
+    elif not m.activation_checkpointing and m.min_gpus_fsdp_checkpointed is not None:
+        fix = f"set {ckpt} and shard it: strategy fsdp with at least {m.min_gpus_fsdp_checkpointed} GPUs"
+    else:
+        fix = "activations alone do not fit: lower distill.micro_batch or data.seq_len"
+    if m.logit_chunk is None:
+        fix += "; distill.logit_chunk (auto) makes the logits a chunk at a time"
+    return fix

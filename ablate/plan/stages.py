@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ablate.benchmarks.fingerprint import task_fingerprint
-from ablate.spec.schema import Spec
+from ablate.spec.schema import MEMORY_FIELDS, Distill, Spec
 from ablate.spec.sweep import Trial, stable_hash
 
 STAGE_KINDS = ("teacher", "importance", "prune", "distill", "eval", "benchmark")
@@ -47,6 +47,11 @@ def trial_stages(trial: Trial, base_dir: str | None = None) -> dict[str, Stage]:
             "global_batch": correction["global_batch"] or spec.distill.global_batch,
             "micro_batch": correction["micro_batch"] or spec.distill.micro_batch,
         }
+        for name in MEMORY_FIELDS:  # unset: distillation's; present only when not the default
+            value = correction.pop(name, None)
+            value = getattr(spec.distill, name) if value is None else value
+            if value != Distill.model_fields[name].default:
+                correction[name] = value
     teacher = Stage(
         "teacher",
         {

@@ -26,6 +26,8 @@ from torch import Tensor
 from transformers import PreTrainedModel
 
 from ablate.data.corpus import batches as as_batches
+from ablate.distill.logits import final_hidden, head_of
+from ablate.distill.losses import chunked_eval_sums
 from ablate.errors import PruneError
 from ablate.models.arch import check_model, decoder_layers, head_dim, shape_of, skip_layers
 from ablate.prune.moments import AGGREGATIONS, RowMoments, seq_reduce
@@ -100,15 +102,14 @@ def _hooks(model: PreTrainedModel, acc: dict, seq_agg: str, mlp_site: str) -> It
 
 
 def _lm_loss_sum(model: PreTrainedModel, batch: Tensor) -> Tensor:
-    logits = model(input_ids=batch, use_cache=False).logits
-    return _next_token_nll(logits, batch)
+    """Summed next-token NLL of `batch` (float64), the logits made a chunk of positions at a time."""
+    return _next_token_nll(model, final_hidden(model, batch), batch)
 
 
-def _next_token_nll(logits: Tensor, batch: Tensor) -> Tensor:
-    """Summed next-token NLL: per-token losses in float32, summed in float64."""
-    batch = batch.to(logits.device)
-    losses = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), batch[:, 1:].flatten(), reduction="none")
-    return losses.sum(dtype=torch.float64)
+def _next_token_nll(model: PreTrainedModel, hidden: Tensor, batch: Tensor) -> Tensor:
+    """Summed next-token NLL from the final hidden states: per-token losses in float32, summed in float64."""
+    with head_of(model) as head:
+        return chunked_eval_sums(hidden, head, batch)["nll"]
 
 
 def estimate_importance(
@@ -166,13 +167,15 @@ def estimate_importance(
                 batch = batch.to(device)
                 if multi_pass:
                     stored.append(batch)
-                logits = model(input_ids=batch, use_cache=False).logits
+                hidden = final_hidden(
+                    model, batch
+                )  # the scores need no logits; the loss makes them in chunks
                 for key in ("heads", "mlp", "hidden"):
                     acc[key].check_flushed()
                 if need_loss:
-                    base_loss += _next_token_nll(logits, batch).to(device)
+                    base_loss += _next_token_nll(model, hidden, batch).to(device)
                     loss_tokens += batch[:, 1:].numel()
-                del logits
+                del hidden
                 samples += batch.shape[0]
                 tokens += batch.numel()
         if samples == 0:

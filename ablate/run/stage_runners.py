@@ -29,6 +29,7 @@ from ablate.errors import RunError
 from ablate.plan.stages import Stage
 from ablate.run.artifacts import ArtifactStore
 from ablate.run.workdirs import store_work_dir
+from ablate.spec.schema import MEMORY_FIELDS
 
 StepCallback = Callable[[dict[str, Any]], None]
 View = Callable[[Iterable[Any]], Iterable[Any]]
@@ -213,6 +214,7 @@ def run_teacher(stage: Stage, ctx: StageContext) -> dict[str, Any]:
             seq_len=stage.config["data"]["data"]["seq_len"],
             seed=0,
             device=ctx.device,
+            **{k: correction[k] for k in MEMORY_FIELDS if correction.get(k) is not None},
         )
         model.train()
         work = store_work_dir(ctx.store, stage.hash, ctx.work_token)

@@ -59,6 +59,31 @@ Schedule = Literal["cosine", "linear", "constant"]
 LOSSES: tuple[str, ...] = get_args(Loss)
 SCHEDULES: tuple[str, ...] = get_args(Schedule)
 TARGET_AXES = ("hidden_size", "intermediate_size", "num_attention_heads", "num_hidden_layers")
+# Settings of how a training run uses memory, not of what it computes (same losses up to rounding):
+# left out of trial keys and stage hashes while at their defaults (ablate.spec.sweep), so adding them
+# changed no existing key.
+MEMORY_FIELDS = ("logit_chunk", "activation_checkpointing")
+
+
+def _logit_chunk(value: Any) -> Any:
+    """One clear message for a bad chunk size (not one per member of the union)."""
+    if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and 0 < value <= MAX_COUNT):
+        return value
+    raise ValueError(f"expected a positive number of positions or 'auto' (got {value!r})")
+
+
+LogitChunk = Annotated[
+    PositiveInt | Literal["auto"],
+    BeforeValidator(_logit_chunk),
+    Field(
+        description="positions per chunk of the LM head and logit loss (at most chunk x vocabulary logits "
+        "exist at once); auto: about 128 MiB of fp32 logits (256 positions at a vocabulary of 131,072)"
+    ),
+]
+CHECKPOINTING_HELP = (
+    "recompute each decoder layer's activations in backward (non-reentrant checkpointing): keeps only "
+    "each layer's input, for about one extra forward pass of compute"
+)
 
 
 class Strict(BaseModel):
@@ -77,6 +102,12 @@ class Correction(Strict):
     warmup_steps: Count = 120
     global_batch: PositiveInt | None = None  # None: same as distill
     micro_batch: PositiveInt | None = None
+    logit_chunk: LogitChunk | None = Field(
+        None, description="None: same as distill (see distill.logit_chunk)"
+    )
+    activation_checkpointing: bool | None = Field(
+        None, description="None: same as distill; " + CHECKPOINTING_HELP
+    )
 
 
 class Teacher(Strict):
@@ -186,6 +217,8 @@ class Distill(Strict):
     intermediate_layers: list[tuple[Count, Count]] | None = Field(
         None, description="(student layer, teacher layer) pairs for kld+intermediate; default: evenly spaced"
     )
+    logit_chunk: LogitChunk = "auto"
+    activation_checkpointing: bool = Field(False, description=CHECKPOINTING_HELP)
 
     @model_validator(mode="after")
     def _relations(self) -> Distill:

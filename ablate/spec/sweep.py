@@ -15,7 +15,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, PydanticUserError, TypeAdapter, ValidationError
 
-from ablate.spec.schema import CONFIG, TRIAL_SECTIONS, Seed, Spec
+from ablate.spec.schema import CONFIG, MEMORY_FIELDS, TRIAL_SECTIONS, Distill, Seed, Spec
 
 TARGET_AXIS = "target"
 SEED_AXIS = "seed"  # in a grid: the seeds of that grid's trials (instead of sweep.seeds)
@@ -52,10 +52,20 @@ def resolved_config(spec: Spec, target: str, seed: int) -> dict[str, Any]:
     """What a trial computes, in canonical form: the trial key is a hash of exactly this.
 
     The target enters by its shape, not its name, and planning-only fields (teacher.config) are left
-    out, so renaming a target or moving a config file does not change any key.
+    out, so renaming a target or moving a config file does not change any key. Memory settings
+    (schema.MEMORY_FIELDS) enter only when they differ from their defaults.
     """
     dumped = spec.model_dump(mode="json", include=set(TRIAL_SECTIONS))
     dumped["teacher"].pop("config", None)
+    correction = dumped["teacher"]["correction"]
+    for name in MEMORY_FIELDS:
+        default, value = Distill.model_fields[name].default, dumped["distill"][name]
+        if value == default:
+            dumped["distill"].pop(name)
+        if correction:  # unset: distillation's; like distill, in the key only when not the default
+            own = correction.pop(name, None)
+            if (value if own is None else own) != default:
+                correction[name] = value if own is None else own
     dumped["target"] = spec.targets[target].axes()
     dumped["seed"] = seed
     return dumped

@@ -12,9 +12,11 @@ import torch
 
 from ablate.distill.checkpoint import load_checkpoint
 from ablate.distill.config import TrainConfig
+from ablate.distill.models import meta_copy
 from ablate.distill.parallel import DCP_CHECKPOINT, DCP_META, Parallel
 from ablate.distill.train import train
 from ablate.errors import TrainError
+from ablate.models.registry import tiny_mistral_config
 from tests.distill.conftest import slice_prune, text_batches, tiny_model
 
 pytestmark = pytest.mark.slow
@@ -41,8 +43,12 @@ def _worker(cfg: dict) -> None:
     `worker-<rank>.json`; rank 0's trainer writes train_result.json."""
     torch.set_num_threads(1)
     parallel = Parallel.current(cfg["strategy"])
-    teacher = tiny_model(seed=0)
-    student = slice_prune(teacher, hidden=48, ffn=64)
+    if cfg.get("meta") and parallel.rank:  # no weights: the trainer broadcasts rank 0's into the shards
+        teacher = meta_copy(tiny_mistral_config())
+        student = meta_copy(tiny_model(hidden_size=48, intermediate_size=64).config)
+    else:
+        teacher = tiny_model(seed=0)
+        student = slice_prune(teacher, hidden=48, ffn=64)
 
     def on_step(metrics):
         if metrics["step"] == cfg.get("stop_at"):
@@ -51,7 +57,8 @@ def _worker(cfg: dict) -> None:
     stopped = False
     try:
         train(
-            student, teacher, text_batches(SEQ, 20), config(loss=cfg.get("loss", "kld")), cfg["out"],
+            student, teacher, text_batches(SEQ, 20), config(loss=cfg.get("loss", "kld"), **cfg.get("settings", {})),
+            cfg["out"],
             on_step=on_step, parallel=parallel,
         )  # fmt: skip
     except Stop:
@@ -132,6 +139,24 @@ def test_intermediate_state_distillation_on_two_fsdp_workers_gives_the_same_loss
     metrics = run_workers("fsdp", tmp_path / "out", tmp_path / "ray", loss="kld+intermediate")
     assert metrics["tokens"] == alone.tokens
     assert_same_curve(metrics["loss_curve"], alone.loss_curve)
+
+
+def test_fsdp_workers_built_on_the_meta_device_train_like_whole_copies(ray_local, single, tmp_path):
+    # Rank 1 never holds weights of its own: it builds both models on meta and gets rank 0's shards.
+    metrics = run_workers("fsdp", tmp_path / "out", tmp_path / "ray", meta=True)
+    assert metrics["tokens"] == single.tokens
+    assert_same_curve(metrics["loss_curve"], single.loss_curve)
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_activation_checkpointing_and_small_logit_chunks_on_two_workers_give_the_same_losses(
+    ray_local, single, tmp_path, strategy
+):
+    # Checkpointed layers under DDP's reducer and FSDP2's per-layer hooks; logit chunks of 5 positions.
+    settings = {"activation_checkpointing": True, "logit_chunk": 5}
+    metrics = run_workers(strategy, tmp_path / "out", tmp_path / "ray", settings=settings)
+    assert metrics["tokens"] == single.tokens
+    assert_same_curve(metrics["loss_curve"], single.loss_curve)
 
 
 def test_a_distributed_strategy_needs_a_process_group_and_a_batch_that_divides():
