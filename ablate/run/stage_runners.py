@@ -79,14 +79,27 @@ def resolve_ref(ref: str, base_dir: str | None) -> str:
     return ref
 
 
-def load_teacher(store: ArtifactStore, teacher_hash: str):
-    """The teacher a trial distils from: the corrected checkpoint if there is one, else the original."""
-    from ablate.models.registry import load_model
+def load_for_rank(ref: str, parallel: Parallel | None = None):
+    """(model, tokenizer) of `ref`. Under FSDP only rank 0 reads the weights: the other workers build the
+    model on the meta device and receive their shards of rank 0's weights when the trainer shards it,
+    so no worker but one ever holds a whole copy (ablate.distill.parallel)."""
+    from ablate.models.registry import load_config, load_model, load_tokenizer
 
+    if parallel is not None and parallel.strategy == "fsdp" and parallel.world > 1 and not parallel.is_main:
+        import torch
+
+        from ablate.distill.models import meta_copy
+
+        return meta_copy(load_config(ref), torch.float32), load_tokenizer(ref)  # load_model's dtype
+    return load_model(ref)
+
+
+def load_teacher(store: ArtifactStore, teacher_hash: str, parallel: Parallel | None = None):
+    """The teacher a trial distils from: the corrected checkpoint if there is one, else the original
+    (on the meta device on FSDP workers other than rank 0, see load_for_rank)."""
     folder = store.local_path(teacher_hash)
     info = json.loads((folder / "teacher.json").read_text())
-    model, tokenizer = load_model(str(folder / "model") if info["corrected"] else info["model_ref"])
-    return model, tokenizer
+    return load_for_rank(str(folder / "model") if info["corrected"] else info["model_ref"], parallel)
 
 
 def splits_for(config: Mapping[str, Any], tokenizer, base_dir: str | None = None):
@@ -198,9 +211,8 @@ def run_teacher(stage: Stage, ctx: StageContext) -> dict[str, Any]:
     if correction:
         from ablate.distill.correction import correct_teacher, correction_config
         from ablate.models.placement import place
-        from ablate.models.registry import load_model
 
-        model, tokenizer = load_model(ref)
+        model, tokenizer = load_for_rank(ref, ctx.parallel)
         if not ctx.parallel.distributed:
             model = place(model, split=False)  # the trainer owns one device
         splits = splits_for(stage.config["data"], tokenizer, ctx.base_dir)
@@ -266,7 +278,6 @@ def run_distill(stage: Stage, ctx: StageContext) -> dict[str, Any]:
     """Distil the pruned student. On several workers every worker of the trial calls this; they train
     together and rank 0 publishes the artifact (the others return the same facts)."""
     from ablate.distill.train import TrainConfig, train
-    from ablate.models.registry import load_model
 
     parallel = ctx.parallel
     prune, teacher_stage = ctx.parents["prune"], ctx.parents["teacher"]
@@ -276,10 +287,10 @@ def run_distill(stage: Stage, ctx: StageContext) -> dict[str, Any]:
         distill, seq_len=stage.config["data"]["seq_len"], seed=stage.config["seed"], device=ctx.device
     )
     pruned = str(ctx.store.local_path(prune.hash) / "model")
-    student, tokenizer = load_model(pruned)
+    student, tokenizer = load_for_rank(pruned, parallel)
     teacher = None
     if config.needs_teacher or eval_every:
-        teacher, _ = load_teacher(ctx.store, teacher_stage.hash)
+        teacher, _ = load_teacher(ctx.store, teacher_stage.hash, parallel)
     splits = splits_for(stage.config, tokenizer, ctx.base_dir)
     eval_fn = None
     if eval_every:  # periodic held-out metrics (eval_lm_loss, eval_kl_to_teacher, ...) in the step stream
