@@ -16,3 +16,10 @@ def db_option(f):
         envvar="ABLATE_DB",
         help="Results database URL (the spec's tracking.db); $ABLATE_DB keeps a password off the command line.",
     )(f)
+
+
+def out_folder_option(help: str, *, dest: str = "out", required: bool = False):
+    """`--out`, the folder a command writes (a checkpoint, a build)."""
+    return click.option(
+        "--out", dest, required=required, default=None, type=click.Path(file_okay=False), help=help
+    )

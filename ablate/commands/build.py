@@ -9,6 +9,7 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from ablate.commands import out_folder_option
 from ablate.secrets import redact, redact_text
 
 
@@ -63,12 +64,7 @@ class _StepBar:
 @click.option(
     "--tokens", default=None, help="Final distillation budget, e.g. 100k or 1.8B (default: build.tokens)."
 )
-@click.option(
-    "--out",
-    default=None,
-    type=click.Path(file_okay=False),
-    help="Build folder (default: builds/NAME/KEY-TOKENS).",
-)
+@out_folder_option("Build folder (default: builds/NAME/KEY-TOKENS).")
 @click.option(
     "--dry-run",
     is_flag=True,

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 
+from ablate.commands import out_folder_option
 from ablate.errors import DataError, PruneError
 from ablate.models.arch import AXES, check_target, count_parameters, shape_of
 from ablate.spec.units import parse_tokens
@@ -75,13 +76,7 @@ def _quiet_transformers() -> None:
     required=True,
     help="AXIS=N[,AXIS=N...], e.g. hidden_size=448,intermediate_size=1152.",
 )
-@click.option(
-    "--out",
-    "out_dir",
-    required=True,
-    type=click.Path(file_okay=False),
-    help="Directory for the pruned checkpoint.",
-)
+@out_folder_option("Directory for the pruned checkpoint.", dest="out_dir", required=True)
 @click.option(
     "--importance",
     type=click.Choice(["activation", "magnitude", "random"]),

@@ -20,6 +20,7 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import PreTrainedTokenizerBase
@@ -28,7 +29,6 @@ from ablate.errors import DataError
 
 log = logging.getLogger(__name__)
 
-BUILTIN_CORPORA = ("pydoc",)
 SPLIT_SEED = 1234
 DOC_SEPARATOR = "\n\n"
 
@@ -43,7 +43,8 @@ class Splits:
     seq_len: int
     total_tokens: int  # tokens in the corpus stream (before the partial last sequence is dropped)
 
-    def info(self) -> dict[str, int]:
+    def info(self) -> dict[str, Any]:
+        """Sizes of the splits (the sharded path's ShardedSplits.info adds its sources to these)."""
         return {
             "seq_len": self.seq_len,
             "total_tokens": self.total_tokens,
@@ -56,15 +57,9 @@ class Splits:
 def documents(ref: str) -> list[str]:
     """The documents of a corpus reference, in a fixed order."""
     if ref.startswith("builtin:"):
-        name = ref.removeprefix("builtin:")
-        if name == "pydoc":
-            import pydoc_data.topics
+        from ablate.data.sources import builtin_documents
 
-            topics = pydoc_data.topics.topics
-            return [topics[key] for key in sorted(topics)]
-        raise DataError(
-            f"unknown built-in corpus '{ref}' (built-ins: {', '.join('builtin:' + n for n in BUILTIN_CORPORA)})"
-        )
+        return builtin_documents(ref)
     path = Path(ref).expanduser()
     if not path.exists():
         raise DataError(

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ablate.data.corpus import Splits
 from ablate.data.shards import read_index
 from ablate.errors import DataError
 
@@ -183,14 +184,7 @@ class ShardedSplits:
     sources: list[dict[str, Any]] = field(default_factory=list)
 
     def info(self) -> dict[str, Any]:
-        return {
-            "seq_len": self.seq_len,
-            "total_tokens": self.total_tokens,
-            "train_sequences": len(self.train),
-            "eval_sequences": len(self.eval),
-            "calibration_sequences": len(self.calibration),
-            "sources": self.sources,
-        }
+        return {**Splits.info(self), "sources": self.sources}  # type: ignore[arg-type]
 
 
 def build_splits(

@@ -104,7 +104,7 @@ def documents(source: Source) -> Iterator[str]:
     """The source's non-blank documents, one at a time, in a fixed order."""
     ref = source.path
     if ref.startswith("builtin:"):
-        yield from (d for d in _builtin(ref) if d.strip())
+        yield from (d for d in builtin_documents(ref) if d.strip())
     elif ref.startswith("hf:"):
         yield from (d for d in _hf_documents(ref, source.text_field) if d.strip())
     else:
@@ -112,7 +112,8 @@ def documents(source: Source) -> Iterator[str]:
             yield from (d for d in _file_documents(ref, file, source.text_field) if d.strip())
 
 
-def _builtin(ref: str) -> list[str]:
+def builtin_documents(ref: str) -> list[str]:
+    """The documents of a `builtin:` corpus, in a fixed order (the one definition of each built-in)."""
     name = ref.removeprefix("builtin:")
     if name == "pydoc":
         import pydoc_data.topics
@@ -370,7 +371,7 @@ def fingerprint(source: Source) -> str:
     ref = source.path
     h = hashlib.sha256(f"ablate-source-v1|{source.text_field}|".encode())
     if ref.startswith("builtin:"):
-        for doc in _builtin(ref):
+        for doc in builtin_documents(ref):
             h.update(doc.encode("utf-8") + b"\x00")
     elif ref.startswith("hf:"):
         hf = parse_hf(ref)
