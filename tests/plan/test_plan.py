@@ -56,7 +56,14 @@ def test_llama_31_minitron_4b_width_and_depth():
 
 def test_quickstart_shares_stages_and_hits_90m():
     plan = plan_json("quickstart.yaml")
-    assert plan["stages"]["run"] == {"teacher": 1, "importance": 1, "prune": 2, "distill": 4, "eval": 4}
+    assert plan["stages"]["run"] == {
+        "teacher": 1,
+        "importance": 1,
+        "prune": 2,
+        "distill": 4,
+        "eval": 4,
+        "benchmark": 5,
+    }
     assert plan["stages"]["naive"]["teacher"] == 4
     assert all(85e6 < t["params"] < 95e6 for t in plan["targets"])
     assert abs(plan["teacher"]["params"] - 134_515_008) == 0
@@ -198,7 +205,9 @@ def test_memory_settings_leave_trial_keys_and_stage_hashes_alone_at_their_defaul
         return trial.key, {k: s.hash for k, s in trial_stages(trial).items()}
 
     key, hashes = stages()
-    assert key == "b9296e42e920"  # the key before these settings existed
+    assert (
+        key == "71a7c42969fa"
+    )  # pinned: the shipped spec's key (data.sources), as before these settings existed
     assert stages("  logit_chunk: auto\n  activation_checkpointing: false\n") == (key, hashes)
     assert stages("", "    activation_checkpointing: false\n    logit_chunk: auto\n") == (key, hashes)
     on_key, on_hashes = stages("  activation_checkpointing: true\n")
