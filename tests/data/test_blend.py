@@ -14,17 +14,6 @@ from ablate.data.prepare import prepare_splits
 from ablate.distill.data_order import DataOrder
 from ablate.distill.parallel import Parallel
 from ablate.errors import DataError
-from ablate.models.tokenizer import byte_tokenizer
-
-
-@pytest.fixture(autouse=True)
-def _private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("ABLATE_CACHE", str(tmp_path / "cache"))
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return byte_tokenizer()
 
 
 def _source(path, tag: str, n_docs: int) -> str:

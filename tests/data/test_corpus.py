@@ -9,17 +9,6 @@ import torch
 
 from ablate.data.corpus import batches, documents, load_text, pack, token_splits, token_stream
 from ablate.errors import DataError
-from ablate.models.tokenizer import byte_tokenizer
-
-
-@pytest.fixture(autouse=True)
-def _private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("ABLATE_CACHE", str(tmp_path / "cache"))
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return byte_tokenizer()
 
 
 @pytest.fixture

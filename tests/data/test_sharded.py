@@ -21,16 +21,6 @@ from ablate.errors import DataError
 from ablate.models.tokenizer import byte_tokenizer
 
 
-@pytest.fixture(autouse=True)
-def _private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("ABLATE_CACHE", str(tmp_path / "cache"))
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return byte_tokenizer()
-
-
 def _docs(n: int = 40, seed: int = 0) -> list[str]:
     rng = random.Random(seed)
     words = ["alpha", "beta", "gamma", "delta", "épsilon", "ζeta", "naïve", "日本", "x\ny", "tab\tz"]
