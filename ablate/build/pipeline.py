@@ -353,14 +353,12 @@ def _real_build(
 
 def _benchmarks(recipe: Recipe, store, records) -> dict[str, Any]:
     """The teacher's and the final model's lm-eval results (eval.tasks), recorded like a trial's."""
-    from ablate.run.stage_runners import read_benchmark
+    from ablate.run.stage_runners import record_benchmark
 
     out: dict[str, Any] = {"teacher": {}, "model": {}} if recipe.benchmarks else {}
     for stage in recipe.benchmarks:
-        data = read_benchmark(store, stage.hash)
-        if records is not None:
-            records.record_benchmarks(stage.hash, data["metrics"], data.get("n_samples"))
-        out["teacher" if stage.config["model"] == "teacher" else "model"].update(data["metrics"])
+        metrics = record_benchmark(store, records, stage.hash)
+        out["teacher" if stage.config["model"] == "teacher" else "model"].update(metrics)
     return out
 
 

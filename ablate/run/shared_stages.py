@@ -11,7 +11,7 @@ from ablate.plan.stages import Stage
 from ablate.run import ray_workers
 from ablate.run.in_process import WAIT_POLL_S, record_failure
 from ablate.run.ray_workers import error_line
-from ablate.run.stage_runners import WORKER_STAGES, read_benchmark
+from ablate.run.stage_runners import WORKER_STAGES, record_benchmark
 
 if TYPE_CHECKING:
     from ablate.plan.graph import StageGraph
@@ -157,8 +157,7 @@ class SharedStages:
     def _record_results(self, stage: Stage) -> None:
         """A benchmark's results go to the records (the report's teacher row reads them there)."""
         if stage.kind == "benchmark":
-            data = read_benchmark(self.store, stage.hash)
-            self.records.record_benchmarks(stage.hash, data["metrics"], data.get("n_samples"))
+            record_benchmark(self.store, self.records, stage.hash)
 
     def _stage_failed(
         self, stage: Stage, message: str, failures: dict[str, str], record: bool = True

@@ -397,6 +397,15 @@ def read_benchmark(store: ArtifactStore, benchmark_hash: str) -> dict[str, Any]:
         return json.load(f)
 
 
+def record_benchmark(store: ArtifactStore, records: Any, benchmark_hash: str) -> dict[str, Any]:
+    """A published benchmark's results copied into the records (when there are records; writing them
+    again replaces them); returns its metrics, {task: {metric: v, metric_stderr: e}}."""
+    data = read_benchmark(store, benchmark_hash)
+    if records is not None:
+        records.record_benchmarks(benchmark_hash, data["metrics"], data.get("n_samples"))
+    return data["metrics"]
+
+
 def read_distill_facts(store: ArtifactStore, distill_hash: str) -> dict[str, Any]:
     """What a published distill artifact says about its run (scalars, and the loss and lr curves)."""
     with store.open(distill_hash, "result.json", "r") as f:

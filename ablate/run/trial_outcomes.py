@@ -42,9 +42,7 @@ def benchmark_finals(records: Records, store: ArtifactStore, stages: dict[str, s
     out: dict[str, float] = {}
     for key in trial_kinds(stages):
         if key.startswith(BENCHMARK):
-            data = stage_runners.read_benchmark(store, stages[key])
-            records.record_benchmarks(stages[key], data["metrics"], data.get("n_samples"))
-            for task, values in data["metrics"].items():
+            for task, values in stage_runners.record_benchmark(store, records, stages[key]).items():
                 out |= {f"{task}/{m}": float(v) for m, v in values.items() if not m.endswith("_stderr")}
     return out
 
