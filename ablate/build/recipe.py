@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ablate.errors import AblateError
-from ablate.plan.stages import TEACHER_BENCHMARK, Stage, benchmark_stage, trial_stages
+from ablate.plan.stages import TEACHER_BENCHMARK, TOKENIZE, Stage, benchmark_stage, trial_stages
 from ablate.spec.load import recorded_mapping
 from ablate.spec.schema import TRIAL_SECTIONS, Build, Spec, Tracking
 from ablate.spec.sweep import Trial, stable_hash
@@ -246,9 +246,11 @@ class Recipe:
 
     @property
     def chain(self) -> list[Stage]:
-        """Every stage the final model needs, in the order they run: the trial's teacher, importance and
-        prune stages, then the final distill and eval (the trial's own when no longer run was asked for)."""
+        """Every stage the final model needs, in the order they run: the trial's tokenize, teacher,
+        importance and prune stages, then the final distill and eval (the trial's own when no longer
+        run was asked for)."""
         return [
+            *(s for k, s in sorted(self.stages.items()) if k.startswith(TOKENIZE)),
             self.stages["teacher"],
             self.stages["importance"],
             self.stages["prune"],

@@ -18,7 +18,7 @@ from typing import Any
 
 from ablate.data.loader import ShardedSplits, SourceTokens, build_splits
 from ablate.data.shards import SHARD_TOKENS, ProgressFn, read_index, tokenize_source
-from ablate.data.sources import Source, resolve_path
+from ablate.data.sources import Source, sources_of
 from ablate.errors import DataError
 
 
@@ -26,26 +26,6 @@ def shards_root(cache_dir: str | Path | None = None) -> Path:
     from ablate.data.corpus import cache_root
 
     return Path(cache_dir) if cache_dir is not None else cache_root() / "shards"
-
-
-def sources_of(data: Mapping[str, Any], base_dir: str | Path | None = None) -> list[Source]:
-    """The sources a `data` section names (`sources`, or `corpus` as one source of weight 1), with
-    relative paths resolved against the spec's folder."""
-    raw = data.get("sources")
-    if raw and data.get("corpus") is not None:
-        raise DataError(
-            "data.corpus and data.sources are both set; keep one (corpus is one source of weight 1)"
-        )
-    if not raw:
-        corpus = data.get("corpus") or "builtin:pydoc"
-        return [Source(resolve_path(corpus, base_dir))]
-    out = []
-    for k, item in enumerate(raw):
-        weight = float(item.get("weight", 1.0))
-        if not weight > 0:
-            raise DataError(f"data.sources[{k}].weight is {weight}; a weight must be greater than 0")
-        out.append(Source(resolve_path(item["path"], base_dir), weight, item.get("text_field") or "text"))
-    return out
 
 
 def is_shard_folder(path: str) -> bool:

@@ -97,8 +97,12 @@ def _init_worker(tokenizer_json: str) -> None:
 
 
 def encode(backend: Any, docs: list[str], eos: int, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
-    """(token ids with EOS after each document, tokens per document incl. EOS)."""
-    id_lists = [e.ids for e in backend.encode_batch(docs, add_special_tokens=False)]
+    """(token ids with EOS after each document, tokens per document incl. EOS).
+
+    `encode_batch_fast` (tokenizers >= 0.21) gives the same ids as `encode_batch` without computing
+    character offsets, which we never read: about a quarter less CPU on SmolLM2's tokenizer."""
+    batch_encode = getattr(backend, "encode_batch_fast", None) or backend.encode_batch
+    id_lists = [e.ids for e in batch_encode(docs, add_special_tokens=False)]
     lengths = np.fromiter((len(ids) + 1 for ids in id_lists), dtype=np.int64, count=len(id_lists))
     flat = np.empty(int(lengths.sum()), dtype=dtype)
     ends = np.cumsum(lengths)

@@ -22,7 +22,7 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,6 +95,26 @@ def local_files(ref: str) -> list[Path]:
             f"source '{ref}' has suffix '{suffix_of(path)}'; expected one of {', '.join(SUFFIXES)}"
         )
     return [path]
+
+
+def sources_of(data: Mapping[str, Any], base_dir: str | Path | None = None) -> list[Source]:
+    """The sources a `data` section names (`sources`, or `corpus` as one source of weight 1), with
+    relative paths resolved against the spec's folder."""
+    raw = data.get("sources")
+    if raw and data.get("corpus") is not None:
+        raise DataError(
+            "data.corpus and data.sources are both set; keep one (corpus is one source of weight 1)"
+        )
+    if not raw:
+        corpus = data.get("corpus") or "builtin:pydoc"
+        return [Source(resolve_path(corpus, base_dir))]
+    out = []
+    for k, item in enumerate(raw):
+        weight = float(item.get("weight", 1.0))
+        if not weight > 0:
+            raise DataError(f"data.sources[{k}].weight is {weight}; a weight must be greater than 0")
+        out.append(Source(resolve_path(item["path"], base_dir), weight, item.get("text_field") or "text"))
+    return out
 
 
 # ----------------------------------------------------------------------------------------- documents
@@ -380,3 +400,26 @@ def fingerprint(source: Source) -> str:
         for file in local_files(ref):
             h.update(f"{suffix_of(file)}|{file_sha256(file)}\n".encode())
     return h.hexdigest()[:32]
+
+
+def stamp(source: Source) -> str | None:
+    """A cheap change detector for the plan's `tokenize` stage identity, computed without reading any
+    data: builtin text by its content (small), local files by name, size and mtime, a Hugging Face
+    dataset by its reference (its revision is known only when it is read). None when the path matches
+    nothing yet: the stage then fails with local_files' message when it runs. The shards themselves stay
+    addressed by `fingerprint` (content), so a stale stamp can never make a stage read stale tokens."""
+    ref = source.path
+    if ref.startswith(("builtin:", "hf:")):
+        return fingerprint(source) if ref.startswith("builtin:") else ref
+    index = Path(ref).expanduser() / "index.json"  # a folder of shards made earlier
+    if index.is_file():
+        return hashlib.sha256(index.read_bytes()).hexdigest()[:16]
+    try:
+        files = local_files(ref)
+    except DataError:
+        return None
+    h = hashlib.sha256()
+    for file in files:
+        st = file.stat()
+        h.update(f"{file.name}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:16]

@@ -49,7 +49,7 @@ def _tokens_held(source: Any, tokenizer_fp: str | None, seq_len: int) -> int | N
 
 def data_plan(loaded: Any) -> dict[str, Any]:
     """{"sources": [...], "budget_tokens": n, "warnings": [...]} for the spec's data section."""
-    from ablate.data.prepare import sources_of
+    from ablate.data.sources import sources_of
     from ablate.spec.validate import resolve_relative
 
     spec = loaded.spec

@@ -29,6 +29,17 @@ class StageGraph:
     def children(self, stage_hash: str) -> list[Stage]:
         return [s for s in self.stages.values() if stage_hash in s.parents]
 
+    def data_of(self, stage_hash: str) -> set[str]:
+        """The tokenize stages of the data a stage's trials read: run before it, although they are not its
+        parents (plan.stages.tokenize_stages says why)."""
+        return {
+            h
+            for stages in self.trial_stages.values()
+            if stage_hash in stages.values()
+            for h in stages.values()
+            if h != stage_hash and self.stages[h].kind == "tokenize"
+        }
+
 
 def build_graph(trials: list[Trial], base_dir: str | None = None) -> StageGraph:
     """`base_dir`: the spec's folder, where relative paths in it (local benchmark tasks) are found."""

@@ -15,7 +15,8 @@ from ablate.benchmarks.fingerprint import task_fingerprint
 from ablate.spec.schema import MEMORY_FIELDS, Distill, Spec
 from ablate.spec.sweep import Trial, stable_hash
 
-STAGE_KINDS = ("teacher", "importance", "prune", "distill", "eval", "benchmark")
+STAGE_KINDS = ("tokenize", "teacher", "importance", "prune", "distill", "eval", "benchmark")
+TOKENIZE = "tokenize:"  # trial_stages key of the tokenize stage of the trial's k-th data source: tokenize:K
 BENCHMARK = "benchmark:"  # trial_stages key of a benchmark of the trial's student: benchmark:TASK
 TEACHER_BENCHMARK = "teacher-benchmark:"  # ... and of its teacher (a shared stage)
 
@@ -36,7 +37,9 @@ class Stage:
 
 
 def trial_stages(trial: Trial, base_dir: str | None = None) -> dict[str, Stage]:
-    """The five stages one trial needs, keyed by kind, each hashed over exactly what it depends on."""
+    """The stages one trial needs, each hashed over exactly what it depends on: keyed by kind, a
+    tokenize stage per data source as tokenize:K and a benchmark per eval task as benchmark:TASK (and
+    teacher-benchmark:TASK)."""
     spec = trial.spec
     resolved = trial.resolved()
     correction = resolved["teacher"]["correction"]
@@ -78,11 +81,40 @@ def trial_stages(trial: Trial, base_dir: str | None = None) -> dict[str, Stage]:
         "distill", {"distill": resolved["distill"], "seed": trial.seed, **data}, (prune.hash, teacher.hash)
     )
     evaluate = Stage("eval", data, (distill.hash, teacher.hash))
-    stages = {s.kind: s for s in (teacher, importance, prune, distill, evaluate)}
+    tokenize = tokenize_stages(resolved["data"], resolved["teacher"]["model"], base_dir)
+    stages = {f"{TOKENIZE}{k}": stage for k, stage in enumerate(tokenize)}  # first: the graph's roots
+    stages |= {s.kind: s for s in (teacher, importance, prune, distill, evaluate)}
     for task in spec.eval.tasks:
         stages[BENCHMARK + task] = benchmark_stage(spec, task, distill, "student", base_dir)
         stages[TEACHER_BENCHMARK + task] = benchmark_stage(spec, task, teacher, "teacher", base_dir)
     return stages
+
+
+def tokenize_stages(data: Mapping[str, Any], tokenizer_ref: str, base_dir: str | None) -> list[Stage]:
+    """One `tokenize` stage per data source: its documents -> token shards in the ablate cache.
+
+    A root of the graph, not a parent of the stages that read the data, so adding it left every
+    existing stage hash where it was; the executor runs it before them instead (run.shared_stages).
+    Its identity is the source as written, the tokenizer (the teacher's), seq_len and the source's
+    stamp (ablate.data.sources.stamp: a change detector that reads no data); the shards it writes
+    are addressed by the source's content, so every stage reading them sees the current data."""
+    from ablate.data.sources import Source, sources_of, stamp
+
+    written = data.get("sources") or [{"path": data.get("corpus") or "builtin:pydoc"}]
+    resolved = sources_of(data, base_dir)
+    return [
+        Stage(
+            "tokenize",
+            {
+                "source": item["path"],
+                "text_field": source.text_field,
+                "tokenizer": tokenizer_ref,
+                "seq_len": data["seq_len"],
+                "stamp": stamp(Source(source.path, 1.0, source.text_field)),
+            },
+        )
+        for item, source in zip(written, resolved, strict=True)
+    ]
 
 
 def benchmark_stage(spec: Spec, task: str, model: Stage, role: str, spec_dir: str | None) -> Stage:

@@ -202,6 +202,8 @@ class Executor(SharedStages, TrialOutcomes):
         """Whether the stage's artifact is there to reuse: never when --recompute names it (it is deleted),
         and only once its checksums verify (a damaged one stops the submission: it is never reused)."""
         if stage.hash in self.recompute:
+            if stage.kind == "tokenize":
+                stage_runners.forget_shards(self.store, stage.hash)  # else the re-run finds the same shards
             self.store.delete(stage.hash)
             return False
         if not self.store.exists(stage.hash):

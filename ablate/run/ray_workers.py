@@ -29,7 +29,7 @@ def stage_task(
     orders them). Lives here, not in the executor, so a worker imports no database or MLflow code."""
     torch.set_num_threads(max(1, threads))
     started = time.perf_counter()
-    facts = run_stage(stage, StageContext(ArtifactStore(store_url), parents, base_dir))
+    facts = run_stage(stage, StageContext(ArtifactStore(store_url), parents, base_dir, cpus=threads))
     return {**facts, "seconds": round(time.perf_counter() - started, 3)}
 
 
@@ -124,9 +124,15 @@ def error_line(exc: BaseException) -> str:
     first line of its message (or the last line of a traceback text). An AblateError is the user's
     message: what it was raised from (a full disk's RuntimeError, a bad pickle) stays beneath it."""
     seen = set()
-    while id(exc) not in seen and not isinstance(exc, AblateError):
+    while id(exc) not in seen:
         seen.add(id(exc))
-        inner = getattr(exc, "cause", None) or getattr(exc, "__cause__", None)
+        wrapped = getattr(exc, "cause", None)  # Ray's RayTaskError(X) is also an X: unwrap it first
+        if isinstance(wrapped, BaseException):
+            exc = wrapped
+            continue
+        if isinstance(exc, AblateError):
+            break
+        inner = getattr(exc, "__cause__", None)
         if not isinstance(inner, BaseException):
             break
         exc = inner

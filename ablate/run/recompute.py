@@ -3,7 +3,9 @@
 A name is a stage kind (every stage of that kind in the spec: `distill` re-runs every trial's
 distillation) or a stage hash as printed in messages and `ablate plan` (a unique prefix is enough).
 The stages made from a recomputed one are recomputed too: a distillation trained on the old bytes of a
-pruned student, or an eval of an old student, would otherwise be paired with the new parent.
+pruned student, or an eval of an old student, would otherwise be paired with the new parent. A
+recomputed `tokenize` stage re-tokenizes its source (its shards are deleted from the cache) and takes
+every stage that reads that data with it.
 """
 
 from __future__ import annotations
@@ -44,6 +46,6 @@ def select(graph: StageGraph, names: Iterable[str]) -> set[str]:
             )
         chosen.update(found)
     for h, stage in graph.stages.items():  # dependency order: parents are settled before children
-        if any(p in chosen for p in stage.parents):
+        if any(p in chosen for p in stage.parents) or (stage.kind != "tokenize" and graph.data_of(h) & chosen):
             chosen.add(h)
     return chosen

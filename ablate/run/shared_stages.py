@@ -1,6 +1,6 @@
-"""Shared stages (teacher, importance, prune, the teacher's benchmarks) as Ray tasks in dependency order, each claimed before it
-is launched (ablate.track.leases), so a stage another live submission runs is waited for instead of run
-twice. The executor mixes this in."""
+"""Shared stages (tokenize, teacher, importance, prune, the teacher's benchmarks) as Ray tasks in
+dependency order, each claimed before it is launched (ablate.track.leases), so a stage another live
+submission runs is waited for instead of run twice. The executor mixes this in."""
 
 from __future__ import annotations
 
@@ -20,11 +20,11 @@ if TYPE_CHECKING:
     from ablate.track.db import Records
     from ablate.track.leases import Leases
 
-SHARED_KINDS = ("teacher", "importance", "prune")
+SHARED_KINDS = ("tokenize", "teacher", "importance", "prune")
 
 
 def is_shared(stage: Stage) -> bool:
-    """Stages every trial of a teacher shares: teacher, importance, prune, and the teacher's benchmarks
+    """Stages every trial of a teacher shares: tokenize, teacher, importance, prune, and the teacher's benchmarks
     (its reference row); a student's benchmarks run in its trial, on the model its eval loaded."""
     return stage.kind in SHARED_KINDS or (stage.kind == "benchmark" and stage.config["model"] == "teacher")
 
@@ -55,7 +55,9 @@ class SharedStages:
         def progress(self, event: str, data: dict[str, Any]) -> None: ...
 
     def run_shared_stages(self) -> dict[str, str]:
-        """Teacher, importance and prune stages as Ray tasks in dependency order; returns failures.
+        """Tokenize, teacher, importance and prune stages as Ray tasks in dependency order; returns
+        failures. The tokenize stages of a stage's data go before it (StageGraph.data_of), so no two
+        stages tokenize one source at once and a source that cannot be read fails what reads it.
 
         Each stage is claimed before it is launched (ablate.track.leases); one that another live
         submission runs is waited for (its record polled) and then counted as reused, and its
@@ -72,13 +74,15 @@ class SharedStages:
         waited: set[str] = set()  # stages found held by another submission
         while unresolved:
             for stage in [s for s in unresolved.values() if s.hash not in refs]:
-                parent_failed = [p for p in stage.parents if p in failures]
+                data = self.graph.data_of(stage.hash) if stage.kind != "tokenize" else set()
+                parent_failed = [p for p in (*sorted(data), *stage.parents) if p in failures]
                 if parent_failed:
                     del unresolved[stage.hash]
-                    self._stage_failed(
-                        stage, f"not run: its parent stage {parent_failed[0]} failed", failures
-                    )
+                    what = "the tokenize stage of its data" if parent_failed[0] in data else "its parent stage"
+                    self._stage_failed(stage, f"not run: {what} {parent_failed[0]} failed", failures)
                     continue
+                if any(h in unresolved for h in data):
+                    continue  # its data is being tokenized: launched once the shards are there
                 if any(p not in refs and not self._done(p) for p in stage.parents):
                     continue  # a parent another submission runs: launched once it is completed
                 claim = self.leases.claim_stage(stage.hash, take_failed=stage.hash not in waited)

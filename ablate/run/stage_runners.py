@@ -6,6 +6,7 @@ engine steps they are made of (splits, importance, evaluation) also serve the si
 (`ablate prune`, `eval`, `distill`, `correct`). Each runner writes its artifact through the store
 (atomic) and returns a small dict of facts for the records. Layout of artifacts:
 
+    tokenize    tokenize.json (where the source's token shards are in the ablate cache, tokens, documents)
     teacher     teacher.json (model ref, corrected?) and, when corrected, model/ (HF checkpoint)
     importance  importance scores (whatever ablate.prune.importance saves) + importance.json
     prune       model/ (HF checkpoint of the pruned student) + prune.json
@@ -52,6 +53,8 @@ class StageContext:
     parallel: Parallel = field(default_factory=Parallel)
     device: str | None = None
     work_token: str | None = None
+    cpus: int = 1
+    """CPUs the stage holds: a tokenize stage encodes with that many processes."""
     models: dict[str, Any] = field(default_factory=dict)
     """(model, tokenizer) already loaded in this process, by the hash of the stage that made them: the
     trial's eval and benchmark stages share one load of its student and teacher."""
@@ -199,6 +202,48 @@ def publish(
         if work is not None:
             shutil.rmtree(work, ignore_errors=True)
     parallel.barrier()
+
+
+def run_tokenize(stage: Stage, ctx: StageContext) -> dict[str, Any]:
+    """Tokenize one data source with the teacher's tokenizer into the ablate cache's shards (a killed run
+    resumes after its last finished shard; shards another run made are found, not remade). The artifact
+    records where they are and what they hold; every stage reading the data opens them by content."""
+    from ablate.data.prepare import tokenize_all
+    from ablate.data.shards import read_index
+    from ablate.data.sources import Source, resolve_path
+    from ablate.models.registry import load_tokenizer
+
+    config = stage.config
+    tokenizer = load_tokenizer(resolve_ref(config["tokenizer"], ctx.base_dir))
+    source = Source(resolve_path(config["source"], ctx.base_dir), 1.0, config["text_field"])
+    started = time.perf_counter()
+    (folder,) = tokenize_all(tokenizer, [source], int(config["seq_len"]), workers=max(1, ctx.cpus))
+    index = read_index(folder) or {}
+    facts = {
+        "source": source.path,
+        "shards_folder": str(folder),
+        "source_fingerprint": index.get("source_fingerprint"),
+        "tokens": index.get("total_tokens"),
+        "documents": index.get("documents"),
+        "shards": len(index.get("shards", [])),
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+    with ctx.store.write(stage.hash) as out:
+        (out / "tokenize.json").write_text(json.dumps(facts, indent=1))
+    return facts
+
+
+def forget_shards(store: ArtifactStore, tokenize_hash: str) -> None:
+    """Delete the cached shards a tokenize artifact points at (for --recompute), never a folder of shards
+    the spec names itself: only folders inside the ablate cache's shard root go."""
+    from ablate.data.prepare import shards_root
+
+    if not store.exists(tokenize_hash):
+        return
+    with store.open(tokenize_hash, "tokenize.json", "r") as f:
+        folder = Path(json.load(f)["shards_folder"])
+    if folder.parent.resolve() == shards_root().resolve():
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def run_teacher(stage: Stage, ctx: StageContext) -> dict[str, Any]:
@@ -365,6 +410,7 @@ def run_benchmark(stage: Stage, ctx: StageContext) -> dict[str, Any]:
 
 WORKER_STAGES = ("teacher", "distill")  # the stages that train, and so can run on several workers
 RUNNERS: dict[str, Callable[[Stage, StageContext], dict[str, Any]]] = {
+    "tokenize": run_tokenize,
     "teacher": run_teacher,
     "importance": run_importance,
     "prune": run_prune,

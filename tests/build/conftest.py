@@ -21,7 +21,7 @@ from ablate.spec.validate import LoadedSpec, load_spec
 from ablate.track.db import Records, connect
 
 SPECS = Path(__file__).parents[2] / "specs"
-TRIAL_KINDS = ("teacher", "importance", "prune", "distill", "eval")
+TRIAL_KINDS = ("tokenize:0", "teacher", "importance", "prune", "distill", "eval")
 
 
 @dataclass

@@ -118,7 +118,7 @@ def test_build_exports_a_model_plain_transformers_loads_and_generates(tiny, tmp_
 def test_building_twice_reuses_every_stage(tiny, tmp_path, monkeypatch):
     out = tmp_path / "build"
     first = _build(tiny, tmp_path, out=out)
-    assert {s["kind"] for s in first.stages} == {"teacher", "importance", "prune", "distill", "eval"}
+    assert {s["kind"] for s in first.stages} == {"tokenize", "teacher", "importance", "prune", "distill", "eval"}
     before = (out / MANIFEST).read_text()
 
     def refuse(*args, **kwargs):
@@ -127,7 +127,7 @@ def test_building_twice_reuses_every_stage(tiny, tmp_path, monkeypatch):
     monkeypatch.setattr(stage_runners, "RUNNERS", {k: refuse for k in stage_runners.RUNNERS})
     monkeypatch.setattr("ablate.build.export.export_model", refuse)
     second = _build(tiny, tmp_path, out=out)
-    assert second.stages_run == 0 and second.stages_reused == 5
+    assert second.stages_run == 0 and second.stages_reused == 6
     assert second.export_reused and second.recipe_id == first.recipe_id
     assert (out / MANIFEST).read_text() == before
     assert second.metrics == first.metrics and second.params == first.params
@@ -285,6 +285,7 @@ def test_build_leases_and_records_its_stages_like_a_submission(tiny, tmp_path):
     assert any("being run by another submission" in line and final.hash in line for line in said)
     actions = {s["hash"]: s["action"] for s in result.stages}
     assert [(s["kind"], s["action"]) for s in result.stages] == [
+        ("tokenize", "reused"),
         ("teacher", "reused"),
         ("importance", "reused"),
         ("prune", "reused"),

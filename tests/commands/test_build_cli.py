@@ -32,7 +32,7 @@ def test_build_json_then_again_reuses(tmp_path):
     first = CliRunner().invoke(main, args)
     assert first.exit_code == 0, first.output
     data = json.loads(first.stdout)
-    assert data["experiment"] == "cli" and data["stages_run"] == 2 and data["stages_reused"] == 3
+    assert data["experiment"] == "cli" and data["stages_run"] == 2 and data["stages_reused"] == 4
     assert Path(data["model_dir"], "model.safetensors").is_file()
     assert data["params"]["student"] == data["params"]["planned"]
     assert data["report"].endswith("r/cli/build.md")
@@ -69,6 +69,6 @@ def test_dry_run_of_the_8b_recipe_on_the_command_line(tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert data["dry_run"] is True and data["params"]["student"] == 8_414_105_600
-    assert [s["action"] for s in data["stages"]] == ["would run"] * 5
+    assert [s["action"] for s in data["stages"]] == ["would run"] * 6  # tokenize, teacher .. eval
     assert (tmp_path / "mn8b" / "model" / "config.json").is_file()
     assert (tmp_path / "mn8b" / "trtllm" / "commands.sh").is_file()

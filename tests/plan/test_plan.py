@@ -57,6 +57,7 @@ def test_llama_31_minitron_4b_width_and_depth():
 def test_quickstart_shares_stages_and_hits_90m():
     plan = plan_json("quickstart.yaml")
     assert plan["stages"]["run"] == {
+        "tokenize": 1,  # one source, shared by every trial
         "teacher": 1,
         "importance": 1,
         "prune": 2,

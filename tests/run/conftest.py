@@ -36,7 +36,7 @@ SQLITE_MLFLOW = "sqlite:///.ablate/mlflow.db"
 # ------------------------------------------------------------------------------------------- workspaces
 def make_workspace(folder: Path, *, db_url: str | None = None, artifacts_from: Path | None = None) -> Path:
     """`folder` with specs/tiny.yaml and tests/run/specs/*.yaml; `db_url` replaces tracking.db;
-    `artifacts_from` copies another workspace's teacher, importance and prune artifacts."""
+    `artifacts_from` copies another workspace's tokenize, teacher, importance and prune artifacts."""
     folder.mkdir(parents=True, exist_ok=True)
     tiny = (SPECS / "tiny.yaml").read_text()
     if db_url is not None:
@@ -49,7 +49,7 @@ def make_workspace(folder: Path, *, db_url: str | None = None, artifacts_from: P
         src, dst = artifacts_from / ".ablate" / "artifacts", folder / ".ablate" / "artifacts"
         dst.mkdir(parents=True, exist_ok=True)
         for artifact in src.iterdir():
-            if artifact.name.split("-")[0] in ("teacher", "importance", "prune"):
+            if artifact.name.split("-")[0] in ("tokenize", "teacher", "importance", "prune"):
                 shutil.copytree(artifact, dst / artifact.name)
     return folder
 

@@ -107,7 +107,10 @@ def test_recompute_names_kinds_hashes_and_prefixes_and_takes_what_was_made_from_
     prune = next(h for h, k in kinds.items() if k == "prune")
     below = recompute.select(graph, [prune])
     assert prune in below and {kinds[h] for h in below} == {"prune", "distill", "eval"}
-    assert recompute.select(graph, ["teacher"]) == set(graph.stages)
+    tokenize = {h for h, k in kinds.items() if k == "tokenize"}
+    assert len(tokenize) == 1
+    assert recompute.select(graph, ["teacher"]) == set(graph.stages) - tokenize  # not made from the teacher
+    assert recompute.select(graph, ["tokenize"]) == set(graph.stages)  # every stage reads the data
     assert recompute.select(graph, []) == set()
     with pytest.raises(RunError, match="not a stage of this spec; give a stage kind"):
         recompute.select(graph, ["distilled"])

@@ -25,7 +25,7 @@ from tests.run.conftest import (
 
 pytestmark = pytest.mark.slow
 
-TINY_STAGES = {"teacher": 1, "importance": 1, "prune": 2, "distill": 4, "eval": 4}
+TINY_STAGES = {"tokenize": 1, "teacher": 1, "importance": 1, "prune": 2, "distill": 4, "eval": 4}
 FINAL = {"lm_loss", "perplexity", "kl_to_teacher", "top1_agreement"}
 
 
@@ -120,7 +120,7 @@ def test_diverging_trial_is_recorded_failed(tiny_run):
     assert not out["ok"]
     assert out["stages"]["run"] == {"distill": 1, "eval": 1}
     assert out["stages"]["failed"] == {"distill": 1}
-    assert out["stages"]["reused"] == {"teacher": 1, "importance": 1, "prune": 1}
+    assert out["stages"]["reused"] == {"tokenize": 1, "teacher": 1, "importance": 1, "prune": 1}
     by_lr = {float(t["overrides"]["distill.lr"]): t for t in out["trials"]}
     good, bad = by_lr[2e-3], by_lr[1e12]
     assert good["status"] == "completed" and good["metrics"]["perplexity"] > 0

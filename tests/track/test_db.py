@@ -87,7 +87,7 @@ def test_connect_migrates_once_and_schema_matches_models(db_url):
     try:
         assert r1.migrated and not r2.migrated
         with r1.engine.connect() as conn:
-            assert conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all() == ["0003"]
+            assert conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all() == ["0004"]
             diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
         assert diff == [], f"models and migrations disagree: {diff}"
     finally:
@@ -109,6 +109,7 @@ def test_migrations_ship_inside_the_package():
         "versions/0001_initial_schema.py",
         "versions/0002_leases.py",
         "versions/0003_benchmarks.py",
+        "versions/0004_tokenize_stage.py",
     ]:
         assert (d / rel).is_file(), rel
     assert importlib.resources.files("ablate.track.migrations").joinpath("env.py").is_file()
@@ -116,7 +117,7 @@ def test_migrations_ship_inside_the_package():
 
     from ablate.track.engine import _alembic_config
 
-    assert ScriptDirectory.from_config(_alembic_config()).get_current_head() == "0003"
+    assert ScriptDirectory.from_config(_alembic_config()).get_current_head() == "0004"
 
 
 def test_database_newer_than_code_is_refused(records, db_url):
@@ -343,5 +344,6 @@ def test_upgrade_from_0002_keeps_every_link_between_trials_and_stages(tmp_path):
         assert [s.kind for s in records.trial_stages(1)] == ["teacher", "importance", "prune", "distill", "eval"]
         assert len(records.stages("e")) == 5
         records.upsert_stage("benchmark-x", "benchmark", {"model": "teacher"}, ["teacher-1"])
+        records.upsert_stage("tokenize-x", "tokenize", {"source": "builtin:pydoc"}, [])  # kind added by 0004
         with records.engine.connect() as conn:
             assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
