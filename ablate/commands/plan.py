@@ -18,6 +18,8 @@ from ablate.secrets import redact, redact_text
 from ablate.spec.units import format_tokens
 from ablate.spec.validate import LoadedSpec, load_spec
 
+SHOWN_CANDIDATES = 10  # `plan --json` lists them all
+
 
 def wide_console(stderr: bool = False) -> Console:
     """Tables of trials are wide: when output goes to a file or pipe, do not squeeze them into 80 columns."""
@@ -80,7 +82,13 @@ def plan_dict(loaded: LoadedSpec, mfu: float, gpu: str = "h100-80gb") -> dict:
 
     est = estimate(loaded.teacher_config, loaded.trials, mfu=mfu, gpu=gpu)
     data = data_plan(loaded)
-    return {
+    search = None
+    if loaded.search is not None:
+        from ablate.search.phases import search_phases
+
+        search = search_phases(loaded.spec, loaded.search, est.teacher.params, est.gpu_hours)
+    total_flops = est.total_flops + (search["total_flops"] if search else 0.0)
+    plan = {
         "name": loaded.spec.name,
         "spec": str(loaded.path),
         "assumption": {
@@ -102,9 +110,12 @@ def plan_dict(loaded: LoadedSpec, mfu: float, gpu: str = "h100-80gb") -> dict:
         },
         "targets": est.to_dict()["targets"],
         "importance_flops": est.importance_flops,
-        "total_flops": est.total_flops,
-        "total_gpu_hours": est.gpu_hours(est.total_flops),
+        "total_flops": total_flops,
+        "total_gpu_hours": est.gpu_hours(total_flops),
     }
+    if search is not None:  # a spec without search plans exactly as before
+        plan["search"] = search
+    return plan
 
 
 def _fmt_params(n: int) -> str:
@@ -187,6 +198,8 @@ def print_plan(plan: dict, console: Console) -> None:
     )
     console.print(stages)
     console.print(data_table(plan["data"]))
+    if "search" in plan:
+        print_search(plan["search"], console)
     for warning in plan["warnings"]:
         console.print(f"[yellow]warning:[/yellow] {warning}")
     a = plan["assumption"]
@@ -194,6 +207,50 @@ def print_plan(plan: dict, console: Console) -> None:
         f"total compute: {plan['total_flops']:.3g} FLOPs = {plan['total_gpu_hours']:,.3g} GPU-hours "
         f"at MFU {a['mfu']} of {a['peak_flops'] / 1e12:.0f} TFLOP/s ({a['gpu']})"
     )
+
+
+def print_search(search: dict, console: Console) -> None:
+    """The search: its window, the space per axis, the candidates (largest few) and each phase's compute."""
+    budget = search["budget"]
+    memory = (
+        f" and <= {budget['memory_gib']:g} GiB (bf16 weights + KV cache at seq_len {budget['seq_len']} x "
+        f"batch {budget['batch']})"
+        if budget["memory_gib"] is not None
+        else ""
+    )
+    console.print(
+        f"[bold]search[/bold]: {search['count']} candidates with {_fmt_params(budget['lower_params'])} to "
+        f"{_fmt_params(budget['params'])} parameters{memory}, of {search['space_size']:,} shapes "
+        f"({search['under_budget']} at or under the budget); top {search['top_k']} by {search['score_metric']} "
+        f"retrained, winner by {search['select_metric']} (enumerated in {search['seconds']:.2f} s)"
+    )
+    for axis, info in search["axes"].items():
+        console.print(f"  {axis}: {', '.join(map(str, info['values']))}  [dim]({info['rule']})[/dim]")
+    shown = search["candidates"][:SHOWN_CANDIDATES]
+    table = Table(title=f"candidates (largest {len(shown)} of {search['count']})")
+    for col in ("candidate", "params", "of budget"):
+        table.add_column(col, justify="left" if col == "candidate" else "right")
+    for c in shown:
+        table.add_row(
+            c["name"],
+            f"{_fmt_params(c['params'])} ({c['params']:,})",
+            f"{c['params'] / budget['params']:.1%}",
+        )
+    console.print(table)
+    phases = Table(title="search phases")
+    for col in ("phase", "runs", "tokens/run", "FLOPs", "GPU-h", "what"):
+        phases.add_column(col, justify="left" if col in ("phase", "what") else "right")
+    for p in search["phases"]:
+        unknown = p["flops"] is None
+        phases.add_row(
+            p["phase"],
+            str(p["runs"]),
+            format_tokens(p["tokens_per_run"]),
+            "not estimated" if unknown else f"{p['flops']:.3g}",
+            "-" if unknown else f"{p['gpu_hours']:,.3g}",
+            p["note"],
+        )
+    console.print(phases)
 
 
 def data_table(data: dict) -> Table:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 GIB = 1024**3
 # Memory a program can allocate on each card (nvidia-smi totals), in bytes.
@@ -250,3 +251,13 @@ def advice(m: MemoryEstimate) -> str:
     if m.logit_chunk is None:
         fix += "; distill.logit_chunk (auto) makes the logits a chunk at a time"
     return fix
+
+
+INFERENCE_BYTES = 2  # bf16 weights and KV cache
+
+
+def inference_bytes(params: Any, layers: Any, kv_heads: int, head_dim: int, seq_len: int, batch: int) -> Any:
+    """Memory to serve a model: bf16 weights plus the KV cache (K and V of every layer for seq_len x batch
+    tokens), as Model Optimizer's `memory_mb` constraint counts it. Works elementwise on numpy arrays."""
+    kv_cache = 2 * INFERENCE_BYTES * layers * kv_heads * head_dim * seq_len * batch
+    return INFERENCE_BYTES * params + kv_cache

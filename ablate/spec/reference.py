@@ -18,7 +18,7 @@ from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
 from ablate.spec.schema import Spec
-from ablate.spec.units import parse_tokens
+from ablate.spec.units import parse_params, parse_tokens
 
 HEADER = """\
 # Spec reference
@@ -90,6 +90,8 @@ def _limits(info: FieldInfo) -> str:
             parts.append("finite")
         if getattr(meta, "func", None) is parse_tokens:
             parts.append("token count (20k, 1.8B)")
+        if getattr(meta, "func", None) is parse_params:
+            parts.append("parameter count (89M, 8B)")
     return ", ".join(dict.fromkeys(parts))
 
 

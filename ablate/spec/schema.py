@@ -241,7 +241,8 @@ class Evaluation(Strict):
         description="lm-eval task, group or tag names, or folders of task YAMLs (pydoc_cloze ships with ablate)",
     )
     limit: float | None = Field(
-        None, description="per task: a count of documents (1, 2, ...), or a fraction below 1 of them; None: all"
+        None,
+        description="per task: a count of documents (1, 2, ...), or a fraction below 1 of them; None: all",
     )
     num_fewshot: Count | None = Field(None, description="None: each task's own default")
     batch_size: PositiveInt = 8
@@ -348,6 +349,9 @@ class ReportSettings(Strict):
     )
 
 
+from ablate.spec.search import Search  # noqa: E402  (its retraining overrides are Distill's fields)
+
+
 class Spec(Strict):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$", max_length=64)
     description: str = ""
@@ -363,6 +367,9 @@ class Spec(Strict):
     eval: Evaluation = Field(default_factory=Evaluation)
     build: Build = Field(default_factory=Build)
     report: ReportSettings = Field(default_factory=ReportSettings)
+    search: Search | None = Field(
+        None, description="search the shapes that meet a parameter budget (docs/search.md); None: no search"
+    )
 
     @model_validator(mode="after")
     def _batch_divides_over_workers(self) -> Spec:

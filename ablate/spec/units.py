@@ -1,4 +1,4 @@
-"""Token counts written the way people say them: 20k, 1.8B, 380B, or a plain integer."""
+"""Token and parameter counts written the way people say them: 20k, 1.8B, 380B, or a plain integer."""
 
 from __future__ import annotations
 
@@ -25,31 +25,41 @@ TOO_LARGE = f"expected at most {MAX_TOKENS // 10**12}T = 10^{len(str(MAX_TOKENS)
 
 def parse_tokens(value: object) -> int:
     """Parse a token count; raise ValueError with a message naming the value and the accepted forms."""
+    return _parse_count(value, "token", EXPECTED, TOO_LARGE)
+
+
+def parse_params(value: object) -> int:
+    """Parse a parameter count (89M, 8B, 8.41B): the same forms and bounds as a token count."""
+    expected = "a positive whole number of parameters, optionally with a k, M, B or T suffix (e.g. 89M, 8B)"
+    return _parse_count(value, "parameter", expected, TOO_LARGE.replace("tokens", "parameters"))
+
+
+def _parse_count(value: object, noun: str, expected: str, too_large: str) -> int:
     if isinstance(value, bool):
-        raise ValueError(f"not a token count (got {value!r}; expected {EXPECTED})")
+        raise ValueError(f"not a {noun} count (got {value!r}; expected {expected})")
     if isinstance(value, int):
         number = value
     elif isinstance(value, float):
         if not math.isfinite(value):
-            raise ValueError(f"not a finite number of tokens (got {value!r}; expected {EXPECTED})")
+            raise ValueError(f"not a finite number of {noun}s (got {value!r}; expected {expected})")
         if value > MAX_TOKENS:
-            raise ValueError(f"token count too large (got {value!r}; {TOO_LARGE})")
+            raise ValueError(f"{noun} count too large (got {value!r}; {too_large})")
         if not value.is_integer():
-            raise ValueError(f"not a whole number of tokens (got {value!r}; expected {EXPECTED})")
+            raise ValueError(f"not a whole number of {noun}s (got {value!r}; expected {expected})")
         number = int(value)
     elif isinstance(value, str):
         if len(value) > MAX_TOKEN_TEXT:
             raise ValueError(
-                f"not a token count (got {len(value)} characters; expected {EXPECTED}, at most {MAX_TOKEN_TEXT} characters)"
+                f"not a {noun} count (got {len(value)} characters; expected {expected}, at most {MAX_TOKEN_TEXT} characters)"
             )
         if value.strip().startswith("-"):
-            raise ValueError(f"token count must be positive (got {value!r}; expected {EXPECTED})")
+            raise ValueError(f"{noun} count must be positive (got {value!r}; expected {expected})")
         match = _PATTERN.match(value)
         if not match:
-            raise ValueError(f"not a token count (got {value!r}; expected {EXPECTED})")
+            raise ValueError(f"not a {noun} count (got {value!r}; expected {expected})")
         mantissa, exponent, suffix = match.groups()
         if suffix not in SUFFIXES:
-            raise ValueError(f"unknown unit '{suffix}' in {value!r} (expected {EXPECTED})")
+            raise ValueError(f"unknown unit '{suffix}' in {value!r} (expected {expected})")
         # Exact decimal arithmetic: 1.8B must be 1800000000, not 1799999999.9999998.
         whole, _, frac = mantissa.partition(".")
         scaled = int(whole or "0") * 10 ** len(frac) + int(frac or "0")
@@ -57,21 +67,21 @@ def parse_tokens(value: object) -> int:
         power = int(exponent or "0") - len(frac)
         # Refuse by size before computing: 10**999999999 would take minutes and gigabytes.
         if numerator and len(str(numerator)) + power > len(str(MAX_TOKENS)):
-            raise ValueError(f"token count too large (got {value!r}; {TOO_LARGE})")
+            raise ValueError(f"{noun} count too large (got {value!r}; {too_large})")
         if power >= 0:
             number = numerator * 10**power
-        elif numerator and -power > len(str(numerator)):  # 1e-999999: less than one token
-            raise ValueError(f"{value!r} is not a whole number of tokens (expected {EXPECTED})")
+        elif numerator and -power > len(str(numerator)):  # 1e-999999: less than one unit
+            raise ValueError(f"{value!r} is not a whole number of {noun}s (expected {expected})")
         else:
             if numerator % 10 ** (-power):
-                raise ValueError(f"{value!r} is not a whole number of tokens (expected {EXPECTED})")
+                raise ValueError(f"{value!r} is not a whole number of {noun}s (expected {expected})")
             number = numerator // 10 ** (-power)
     else:
-        raise ValueError(f"not a token count (got {value!r}; expected {EXPECTED})")
+        raise ValueError(f"not a {noun} count (got {value!r}; expected {expected})")
     if number <= 0:
-        raise ValueError(f"token count must be positive (got {value!r}; expected {EXPECTED})")
+        raise ValueError(f"{noun} count must be positive (got {value!r}; expected {expected})")
     if number > MAX_TOKENS:
-        raise ValueError(f"token count too large (got {value!r}; {TOO_LARGE})")
+        raise ValueError(f"{noun} count too large (got {value!r}; {too_large})")
     return number
 
 

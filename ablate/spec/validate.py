@@ -34,6 +34,8 @@ from ablate.spec.sweep import (
 if TYPE_CHECKING:  # transformers and torch load only once a spec parses (a bad file fails fast)
     from transformers import PretrainedConfig
 
+    from ablate.search.enumerate import Enumeration
+
 TEACHER_DIMS = (
     "num_hidden_layers",
     "hidden_size",
@@ -57,6 +59,7 @@ class LoadedSpec:
     source: SourceMap
     teacher_config: PretrainedConfig
     trials: list[Trial]
+    search: Enumeration | None = None  # the candidates of spec.search, enumerated once here
 
 
 def load_spec(path: str | Path) -> LoadedSpec:
@@ -67,10 +70,16 @@ def load_spec(path: str | Path) -> LoadedSpec:
         raise SpecError(_shown(problems, path))
     spec, problems = _validate_schema(raw, source)
     teacher_config = None
+    search = None
     if spec is not None:
         teacher_config, teacher_problems = _check_teacher(spec, path, source)
         problems += teacher_problems
         problems += _check_benchmarks(spec, path, source)
+        if spec.search is not None and teacher_config is not None:
+            from ablate.search.check import check_search
+
+            search, search_problems = check_search(spec, teacher_config)
+            problems += [_problem(source, where, message) for where, message in search_problems]
     problems += _check_sweep(raw, spec, source)
     if problems:
         raise SpecError(_shown(_unique(problems), path))
@@ -88,7 +97,7 @@ def load_spec(path: str | Path) -> LoadedSpec:
     trials = expand(raw, spec, invalid)
     if problems:
         raise SpecError(_shown(_unique(problems), path))
-    return LoadedSpec(path, raw, spec, source, teacher_config, trials)
+    return LoadedSpec(path, raw, spec, source, teacher_config, trials, search)
 
 
 def resolve_relative(spec_path: Path, value: str) -> str:
@@ -292,13 +301,15 @@ def _check_grid(
     paths: list[str] | None = None
     for axis, values in grid.items():
         where = (*prefix, axis)
-        if axis.split(".")[0] == "sweep":
+        if axis.split(".")[0] in ("sweep", "search"):
+            section = axis.split(".")[0]
+            why = "a trial has no sweep of its own" if section == "sweep" else "the search runs once per spec"
             problems.append(
                 _problem(
                     source,
                     where,
-                    f"sweep path '{shorten(axis)}' cannot be swept (a trial has no sweep of its own; "
-                    "expected a path outside sweep, such as distill.loss)",
+                    f"{section} path '{shorten(axis)}' cannot be swept ({why}; "
+                    f"expected a path outside {section}, such as distill.loss)",
                 )
             )
             continue
