@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import json
 import logging
 import sys
 
@@ -52,13 +53,44 @@ class AblateGroup(click.Group):
             formatter.write_dl(rows)
 
     def invoke(self, ctx: click.Context):
+        as_json = _wants_json(ctx)
+        debug = bool(ctx.obj and ctx.obj.get("debug"))
         try:
             return super().invoke(ctx)
+        except (click.exceptions.Exit, click.Abort):
+            raise
         except AblateError as exc:
-            if ctx.obj and ctx.obj.get("debug"):
+            if debug:
                 raise
-            click.echo(f"error: {redact_text(str(exc))}", err=True)
-            sys.exit(2)
+            fail(str(exc), 2, as_json)
+        except click.ClickException as exc:  # a bad option or argument: click's own message and exit 2
+            if not as_json:
+                raise
+            fail(exc.format_message(), exc.exit_code, as_json)
+        except Exception as exc:  # a bug or a crash: under --json still one JSON object on stdout
+            if debug or not as_json:
+                raise
+            fail(f"{type(exc).__name__}: {exc} (run with --debug for the traceback)", 1, as_json)
+
+
+def _wants_json(ctx: click.Context) -> bool:
+    """Whether the command line asks for --json (read before the command parses it, so that an error
+    while parsing it is JSON too)."""
+    protected = ctx._protected_args if hasattr(ctx, "_protected_args") else ctx.protected_args  # click < 8.2
+    args = [*protected, *ctx.args]
+    return "--json" in args[: args.index("--")] if "--" in args else "--json" in args
+
+
+def fail(message: str, code: int, as_json: bool, **extra: object) -> None:
+    """End the command with `message` on stderr and exit `code`; under --json stdout also gets one JSON
+    object {"ok": false, "error": ..., "exit_code": ...} (plus `extra`), so a script always parses."""
+    message = redact_text(message)
+    if as_json:
+        click.echo(
+            json.dumps({"ok": False, "error": message, "exit_code": code, **extra}, indent=2, default=str)
+        )
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
 
 
 @click.group(cls=AblateGroup)

@@ -37,3 +37,23 @@ def test_help_and_status_import_neither_torch_nor_transformers():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def _leaves(command: click.Command, name: str) -> dict[str, click.Command]:
+    if isinstance(command, click.Group):
+        return {
+            f"{name} {sub}": leaf
+            for sub, c in command.commands.items()
+            for sub, leaf in _leaves(c, sub).items()
+        }
+    return {name: command}
+
+
+def test_every_command_takes_json_and_long_ones_take_quiet():
+    commands: dict[str, click.Command] = {}
+    for name in COMMANDS:
+        commands |= _leaves(main.get_command(click.Context(main), name), name)
+    options = {name: {o for p in c.params for o in p.opts} for name, c in commands.items()}
+    assert [name for name, opts in options.items() if "--json" not in opts] == []
+    long_running = ("submit", "build", "prune", "eval", "distill", "correct")
+    assert [name for name in long_running if "--quiet" not in options[name]] == []

@@ -23,9 +23,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from huggingface_hub import ModelCard
 from transformers import GenerationConfig, PretrainedConfig
 
-from ablate.build.card_meta import Benchmarks, benchmark_table, front_matter
+from ablate.build.card_meta import Benchmarks, benchmark_table, card_data, hub_datasets, teacher_license
+from ablate.build.portable import make_portable
 from ablate.build.recipe import BuildError, Recipe
 from ablate.models.arch import shape_of
 from ablate.secrets import redact, redact_text
@@ -179,6 +181,7 @@ def export_model(source_dir: Path, target: Path, dtype: str = "auto", origin: st
     target.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(target, safe_serialization=True)
     tokenizer.save_pretrained(target)
+    make_portable(target)  # the same model under every transformers the package allows
     params = sum(p.numel() for p in model.parameters())
     weights = sum(p.stat().st_size for p in target.glob("*.safetensors"))
     return {
@@ -198,6 +201,7 @@ def write_config_only(config: PretrainedConfig, target: Path, dtype: str = "bflo
     ]
     config.save_pretrained(target)
     generation_config(config).save_pretrained(target)
+    make_portable(target)
 
 
 # --- the model card --------------------------------------------------------------------------------
@@ -290,9 +294,17 @@ def model_card(
     correction = resolved["teacher"].get("correction")
     own = dict(benchmarks or []).get("this model") if not dry_run else None
     model_name = f"{recipe.source.name}-{trial.target}"
-    front = ["---", front_matter(model_name, teacher_ref, own).rstrip(), "---", ""]
+    metadata = card_data(
+        model_name,
+        teacher_ref,
+        own,
+        license=teacher_license(teacher_ref, teacher_source),
+        datasets=hub_datasets(data),
+        heldout={k: v for k, v in eval_rows[-1].items() if isinstance(v, float)} if eval_rows else None,
+        corpus=_corpus_name(data),
+    )
     ratio = params.get("student", 0) / params["teacher"] if params.get("teacher") else 0
-    lines = front + [f"# {recipe.source.name}: {trial.target}", ""]
+    lines = [f"# {recipe.source.name}: {trial.target}", ""]
     if dry_run:
         lines += [
             "> **Dry run.** This card and config.json describe the model `ablate build` will make; no weights "
@@ -302,8 +314,8 @@ def model_card(
     lines += [
         f"This model has {_fmt_params(params.get('student'))} parameters: it was pruned from **{teacher_ref}** "
         f"({_fmt_params(params.get('teacher'))}, {ratio:.1%} of its parameters kept) and retrained by "
-        f"{_loss_words(d['loss'])} on {format_tokens(recipe.tokens)} tokens, following the Minitron recipe "
-        "(structured pruning with activation-based importance, then knowledge distillation).",
+        f"{_loss_words(d['loss'])} on {format_tokens(recipe.tokens)} tokens. "
+        + _recipe_words(d["loss"], imp["width"]["method"]),
         "",
         f"Made by `ablate build` from experiment `{recipe.source.name}`, trial `{trial.key}` "
         f"({recipe.chosen_by}).",
@@ -340,8 +352,11 @@ def model_card(
         )
         + f"; depth by {imp['depth']['method']}; {cal['samples']} calibration sequences of {data['seq_len']} tokens "
         f"(batch {cal['batch_size']}), one shot.",
-        f"- **Distillation**: loss `{d['loss']}`"
-        + (f", temperature {d['temperature']:g}" if d["loss"] != "ce" and d["loss"] != "scratch" else "")
+        (
+            f"- **Distillation**: loss `{d['loss']}`, temperature {d['temperature']:g}"
+            if _distilled(d["loss"])
+            else f"- **Retraining** (no teacher, no distillation): loss `{d['loss']}`, {_loss_words(d['loss'])}"
+        )
         + f"; peak LR {d['lr']:g}, min LR {d['min_lr']:g}, {d['warmup_steps']} warm-up steps, {d['schedule']} "
         f"schedule; global batch {d['global_batch']} (micro-batch {d['micro_batch']}) x {data['seq_len']} tokens; "
         f"seed {trial.seed}.",
@@ -401,7 +416,34 @@ def model_card(
         "```",
         "",
     ]
-    return "\n".join(lines)
+    # ModelCard parses the front matter back (as the hub will) and writes it as huggingface_hub does
+    return str(ModelCard("---\n" + metadata.to_yaml() + "\n---\n\n" + "\n".join(lines)))
+
+
+def _corpus_name(data: Mapping[str, Any]) -> str:
+    if data.get("corpus"):
+        return str(data["corpus"])
+    return " + ".join(str(s["path"]) for s in data.get("sources") or [])
+
+
+def _distilled(loss: str) -> bool:
+    return loss not in ("ce", "scratch")
+
+
+def _recipe_words(loss: str, width_method: str) -> str:
+    """How the recipe relates to Minitron's: its pruning, and its distillation or the baseline in its place."""
+    pruning = f"structured pruning with {width_method} importance"
+    if _distilled(loss):
+        return f"It follows the Minitron recipe: {pruning}, then knowledge distillation from the teacher."
+    if loss == "scratch":
+        return (
+            f"It is a baseline of the Minitron recipe: the pruned shape ({pruning}) trained from a random "
+            "initialisation, without the teacher's weights or knowledge distillation."
+        )
+    return (
+        f"It is a baseline of the Minitron recipe: {pruning}, then plain training on the data in place of "
+        "knowledge distillation (no teacher in the loss)."
+    )
 
 
 def _loss_words(loss: str) -> str:

@@ -90,7 +90,7 @@ def build(
     dry_run: bool = False,
     dtype: str = "auto",
     formats: Sequence[str] | None = None,
-    throughput: bool = True,
+    throughput: bool | None = None,
     device: str | None = None,
     batch_sizes: Sequence[int] | None = None,
     lengths: Sequence[tuple[int, int]] | None = None,
@@ -98,6 +98,9 @@ def build(
     say: Say = _quiet,
     on_step: Callable[[dict[str, Any]], None] | None = None,
 ) -> BuildResult:
+    """Build `source`'s recipe into `out` (see the module docstring). `throughput` None measures the
+    generation throughput only on a GPU: on a CPU the figures say nothing (a shared CPU makes them noise)
+    and the teacher's and student's grid takes minutes; True measures it anywhere."""
     started = time.perf_counter()
     recipe = resolve(source, trial, tokens, dry_run=dry_run)
     if formats:
@@ -341,8 +344,28 @@ def _real_build(
     else:
         _export(recipe, store, out_dir, final_model_dir, result, dtype, say)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if throughput:
-        _throughput(recipe, store, out_dir, final_model_dir, result, device, batch_sizes, lengths, say)
+    auto = throughput is None
+    if auto:
+        throughput = torch.device(device).type != "cpu"
+        if not throughput:
+            say(
+                "generation throughput not measured on the CPU (a shared CPU's figures are noise and the "
+                "teacher's and student's grid takes minutes): pass --throughput to measure it anyway"
+            )
+    engines = any(f.startswith("trtllm-") for f in recipe.formats)  # measured with their own backend
+    if throughput or (auto and engines):
+        _throughput(
+            recipe,
+            store,
+            out_dir,
+            final_model_dir,
+            result,
+            device,
+            batch_sizes,
+            lengths,
+            say,
+            bool(throughput),
+        )
     if records is not None:
         records.log_event(
             f"build {recipe.id} of trial {recipe.trial.key} into {result.out}: {result.stages_run} stage(s) run, "
@@ -420,8 +443,19 @@ def _export(
 
 
 def _throughput(
-    recipe, store, out_dir: Path, model_dir: Path, result: BuildResult, device, batch_sizes, lengths, say: Say
+    recipe,
+    store,
+    out_dir: Path,
+    model_dir: Path,
+    result: BuildResult,
+    device,
+    batch_sizes,
+    lengths,
+    say: Say,
+    torch_backend: bool = True,
 ):
+    """The throughput tables: transformers' (`torch_backend`; kept from an earlier build on the same
+    device and grid) and TensorRT-LLM's where build.formats asks for engines."""
     from ablate.build import throughput as tp
 
     path = out_dir / THROUGHPUT
@@ -435,7 +469,7 @@ def _throughput(
     if saved.get("grid") == grid and saved.get("tables"):
         tables = saved["tables"]
         say(f"throughput on {grid['device']} reused from {path}")
-    else:
+    elif torch_backend:
         from transformers import AutoModelForCausalLM
 
         from ablate.run.stage_runners import load_teacher
@@ -447,7 +481,14 @@ def _throughput(
             return load_teacher(store, recipe.stages["teacher"].hash)[0]
 
         say(f"measuring generation throughput with transformers on {grid['device']}")
-        table = tp.measure({"student": student, "teacher": teacher}, device, batch_sizes, lengths)
+
+        def row_done(row: tp.ThroughputRow) -> None:
+            what = f"{row.model} {row.precision} batch {row.batch_size}, {row.input_len}:{row.output_len}"
+            say(f"throughput {what}: " + (row.skipped or f"{row.tokens_per_s:,.1f} tok/s"))
+
+        table = tp.measure(
+            {"student": student, "teacher": teacher}, device, batch_sizes, lengths, on_row=row_done
+        )
         tables.append(table.to_dict())
     trt = _trtllm(recipe, out_dir, model_dir, saved, say, batch_sizes, lengths)
     if trt.get("table"):

@@ -37,6 +37,10 @@ CPU_BATCH_SIZES = (1, 4)
 CPU_LENGTHS = ((32, 32),)
 GPU_BATCH_SIZES = (1, 8, 32)
 GPU_LENGTHS = ((128, 128), (512, 128))
+CPU_WARNING = (
+    "CPU figures are indicative only: on a shared or busy CPU they move by tens of percent between runs; "
+    "compare models by their GPU rows"
+)
 
 
 @dataclass
@@ -367,6 +371,7 @@ def measure(
     table = ThroughputTable(device_name(device), "torch")
     if device.type == "cpu":
         table.notes.append("CPU: float32 only (BF16 and FP8 are measured on a CUDA GPU)")
+        table.notes.append(CPU_WARNING)
     elif "fp8" not in supported:
         table.notes.append("this GPU has no FP8 tensor cores (compute capability < 8.9): BF16 only")
     for label, factory in models.items():

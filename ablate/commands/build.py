@@ -7,9 +7,9 @@ from typing import Any
 
 import click
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from ablate.commands import out_folder_option
+from ablate.commands.progress import StepProgress, quiet_option
 from ablate.secrets import redact, redact_text
 
 
@@ -31,31 +31,6 @@ def _lengths(text: str | None) -> tuple[tuple[int, int], ...] | None:
         return parse_lengths(text)
     except ValueError as exc:
         raise click.BadParameter(f"expected INPUT:OUTPUT pairs separated by commas (got {text!r})") from exc
-
-
-class _StepBar:
-    """One rich bar for an in-process distillation (the final run at build.tokens)."""
-
-    def __init__(self, console: Console):
-        self.bars = Progress(
-            TextColumn("distill"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[loss]}"),
-            TimeElapsedColumn(), console=console, transient=True,
-        )  # fmt: skip
-        self.task: Any = None
-
-    def __call__(self, metrics: dict[str, Any]) -> None:
-        if self.task is None:
-            self.bars.start()
-            self.task = self.bars.add_task("distill", total=metrics.get("steps"), loss="")
-        loss = metrics.get("loss")
-        self.bars.update(
-            self.task, completed=metrics.get("step", 0), total=metrics.get("steps"),
-            loss=f"loss {loss:.3f}" if isinstance(loss, float) else "",
-        )  # fmt: skip
-
-    def close(self) -> None:
-        if self.task is not None:
-            self.bars.stop()
 
 
 @click.command("build")
@@ -84,7 +59,9 @@ class _StepBar:
     "--formats", default=None, help="Comma list of hf, trtllm-bf16, trtllm-fp8 (default: build.formats)."
 )
 @click.option(
-    "--throughput/--no-throughput", default=True, show_default=True, help="Measure generation throughput."
+    "--throughput/--no-throughput",
+    default=None,
+    help="Measure generation throughput (default: on a GPU only; CPU figures are noise on a shared CPU).",
 )
 @click.option(
     "--device", default=None, help="Device for the throughput table (default: cuda if available, else cpu)."
@@ -93,9 +70,11 @@ class _StepBar:
 @click.option("--lengths", default=None, help="Throughput INPUT:OUTPUT lengths, e.g. 128:128,512:128.")
 @click.option("--reports", default="reports", show_default=True, type=click.Path(file_okay=False),
               help="Where reports/<experiment>/build.md goes.")  # fmt: skip
+@quiet_option
 def build_command(
     name_or_spec: str,
     as_json: bool,
+    quiet: bool,
     db: str | None,
     artifacts: str | None,
     formats: str | None,
@@ -108,8 +87,11 @@ def build_command(
 
     Resolves the best trial (or --trial KEY), reuses every stage already in the artifact store, runs the
     final distillation at build.tokens when that exceeds the trial's budget, and writes a self-contained
-    Hugging Face folder with a model card, the generation-throughput table, TensorRT-LLM engines (or the
-    exact commands when TensorRT-LLM is not installed) and reports/<experiment>/build.md.
+    Hugging Face folder (OUT/model: weights, tokenizer, model card), TensorRT-LLM engines (or the exact
+    commands when TensorRT-LLM is not installed) and reports/<experiment>/build.md. On a GPU (or with
+    --throughput) it measures generation throughput into OUT/throughput.json and the report.
+
+    Progress (each stage, step of steps, loss, tokens/s, ETA) goes to stderr; --quiet or --json hide it.
     """
     from transformers.utils import logging as hf_logging
 
@@ -118,8 +100,13 @@ def build_command(
 
     hf_logging.disable_progress_bar()  # per-file load/save bars of tiny folders: noise next to ours
     console = Console(stderr=True, soft_wrap=True)
-    say = (lambda m: None) if as_json else (lambda m: console.print(redact_text(m), highlight=False))
-    bar = None if as_json else _StepBar(console)
+    quiet = quiet or as_json
+    say = (
+        (lambda m: None)
+        if quiet
+        else (lambda m: console.print(redact_text(m), highlight=False, markup=False))
+    )
+    bar = StepProgress(console, enabled=not quiet)
     wanted_formats = [f.strip() for f in formats.split(",")] if formats else None
     allowed = {"hf", "trtllm-bf16", "trtllm-fp8"}
     if wanted_formats and set(wanted_formats) - allowed:
@@ -137,8 +124,7 @@ def build_command(
             **settings,
         )
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()
     if as_json:
         click.echo(json.dumps(redact(result.to_dict()), indent=2, default=str))
         return

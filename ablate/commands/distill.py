@@ -21,6 +21,7 @@ from typing import Any
 
 import click
 
+from ablate.commands.progress import StepProgress, quiet_option
 from ablate.distill.config import TrainConfig
 from ablate.errors import DataError, TrainError
 from ablate.fsutil import staged_dir
@@ -73,38 +74,6 @@ def _save_model(model, tokenizer, out: Path, extra_files: dict[str, Path] | None
         for name, src in (extra_files or {}).items():
             shutil.copyfile(src, tmp / name)
     return out
-
-
-class _Progress:
-    """A rich progress bar on stderr for the training steps (nothing with --json)."""
-
-    def __init__(self, enabled: bool, total: int, what: str):
-        self.bar = None
-        if enabled:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-            self.bar = Progress(
-                TextColumn(f"{what}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("loss {task.fields[loss]}"),
-                TimeRemainingColumn(),
-                transient=True,
-            )
-            self.task = self.bar.add_task(what, total=total, loss="-")
-
-    def __enter__(self):
-        if self.bar is not None:
-            self.bar.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        if self.bar is not None:
-            self.bar.__exit__(*exc)
-
-    def step(self, metrics: dict[str, Any]) -> None:
-        if self.bar is not None:
-            self.bar.update(self.task, completed=metrics["step"], loss=f"{metrics['loss']:.4f}")
 
 
 def _number(x: float) -> str:
@@ -174,8 +143,9 @@ _TRAIN_OPTIONS = [
     click.option("--device", default=None, help="cpu, cuda, cuda:N (default: cuda when visible)."),
     click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Run directory."),
     click.option("--json", "as_json", is_flag=True, help="Machine-readable output."),
+    quiet_option,
 ]
-_COMMAND_OPTIONS = ("corpus", "eval_tokens", "eval_batch_size", "device", "out_dir", "as_json")
+_COMMAND_OPTIONS = ("corpus", "eval_tokens", "eval_batch_size", "device", "out_dir", "as_json", "quiet")
 
 
 def _train_options(f):
@@ -207,6 +177,7 @@ def _run(
     device: str,
     out: Path,
     as_json: bool,
+    quiet: bool = False,
 ) -> dict[str, Any]:
     """Shared body of `distill` and `correct`: load, evaluate, train (resuming), save, evaluate."""
     from ablate.models.registry import load_config
@@ -240,8 +211,10 @@ def _run(
         before = eval_metrics(model, splits.eval, eval_batch_size, teacher)
         _write_json(before_path, before)
 
-    with _Progress(not as_json, config.steps, kind) as progress:
-        result = train(model, teacher, splits.train, config, out / "train", on_step=progress.step)
+    from rich.console import Console
+
+    with StepProgress(Console(stderr=True), kind, enabled=not (as_json or quiet)) as progress:
+        result = train(model, teacher, splits.train, config, out / "train", on_step=progress)
     model.eval()
     extra = {}
     if Path(model_ref).is_dir() and (Path(model_ref) / "ablate-prune.json").is_file():
@@ -296,7 +269,7 @@ def _execute(
     info = _run(
         kind=kind, model_ref=model_ref, teacher_ref=teacher_ref, config=config, corpus=options["corpus"],
         eval_count=eval_count, eval_batch_size=options["eval_batch_size"], device=_device(options["device"]),
-        out=out, as_json=options["as_json"],
+        out=out, as_json=options["as_json"], quiet=options["quiet"],
     )  # fmt: skip
     info.update(extra)
     _write_json(out / f"{kind}.json", info)

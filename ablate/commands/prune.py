@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from ablate.commands import out_folder_option
+from ablate.commands.progress import each, quiet_option
 from ablate.errors import DataError, PruneError
 from ablate.models.arch import AXES, check_target, count_parameters, shape_of
 from ablate.spec.units import parse_tokens
@@ -48,16 +49,10 @@ def _tokens(value: str, what: str) -> int:
 
 
 def _progress(items, description: str, enabled: bool):
-    """A rich progress bar on stderr over a list (only for humans at a terminal)."""
-    import sys
-
+    """The batches of a long loop with its progress on stderr (a bar, or a line every few seconds)."""
     from rich.console import Console
-    from rich.progress import track
 
-    items = list(items)
-    if not enabled or not sys.stderr.isatty():
-        return items
-    return track(items, description=description, console=Console(stderr=True), transient=True)
+    return each(items, description, Console(stderr=True), enabled)
 
 
 def _quiet_transformers() -> None:
@@ -110,6 +105,7 @@ def _quiet_transformers() -> None:
 )
 @click.option("--force", is_flag=True, help="Replace a non-empty --out.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@quiet_option
 def prune_command(
     model_ref: str,
     target_text: str,
@@ -128,6 +124,7 @@ def prune_command(
     scores_path: str | None,
     force: bool,
     as_json: bool,
+    quiet: bool,
 ) -> None:
     """Score every head, neuron, channel and layer of a model and trim it to --target."""
     from ablate.models.registry import load_config
@@ -176,7 +173,10 @@ def prune_command(
             else [],
         }
         scores = score_importance(
-            model, tokenizer, settings, view=lambda items: _progress(items, "importance", not as_json)
+            model,
+            tokenizer,
+            settings,
+            view=lambda items: _progress(items, "importance", not (as_json or quiet)),
         )
     timings["importance_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
@@ -234,6 +234,7 @@ def prune_command(
     "--num-fewshot", type=click.IntRange(min=0), help="Few-shot examples (default: each task's own)."
 )
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@quiet_option
 def eval_command(
     model_ref: str,
     teacher_ref: str | None,
@@ -245,6 +246,7 @@ def eval_command(
     limit_text: str | None,
     num_fewshot: int | None,
     as_json: bool,
+    quiet: bool,
 ) -> None:
     """Held-out LM loss and perplexity of a model (and KL / top-1 agreement with a teacher), and its
     lm-eval benchmarks with --tasks."""
@@ -270,7 +272,7 @@ def eval_command(
                 f"'{model_ref}' and teacher '{teacher_ref}' use different tokenizers; KL needs the same vocabulary"
             )
     splits = splits_for(data_config(corpus, seq_len, eval_count), tokenizer)
-    view = lambda items: _progress(items, "evaluating", not as_json)  # noqa: E731
+    view = lambda items: _progress(items, "evaluating", not (as_json or quiet))  # noqa: E731
     metrics = eval_metrics(model, splits.eval, batch_size, teacher, view)
     result = {"model": model_ref, "teacher": teacher_ref, "corpus": corpus, "seq_len": seq_len, **metrics}
     if benchmarks is not None:

@@ -244,8 +244,20 @@ def ui_target(records: Any | None, name: str | None) -> dict[str, Any]:
     envvar="ABLATE_TRACKING_URI",
     help="Serve this MLflow store instead of the spec's tracking.mlflow (or $ABLATE_TRACKING_URI).",
 )
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print {url, what, server} as one JSON line (then serve as usual).",
+)
 def ui_command(
-    name: str | None, db: str, port: int, host: str, allow_remote: bool, tracking_uri: str | None
+    name: str | None,
+    db: str,
+    port: int,
+    host: str,
+    allow_remote: bool,
+    tracking_uri: str | None,
+    as_json: bool = False,
 ) -> None:
     """Start the MLflow UI on NAME's tracking store and print the URL of the run-comparison view with
     NAME's trials selected (without NAME: the only experiment in the records, else the experiment list).
@@ -282,7 +294,10 @@ def ui_command(
         url = f"{base}/#/experiments"
         what = "the experiment list"
     if remote:
-        click.echo(f"tracking.mlflow is an MLflow server; open {what}:\n{url}")
+        if as_json:
+            click.echo(json.dumps({"url": url, "what": what, "server": None}))
+        else:
+            click.echo(f"tracking.mlflow is an MLflow server; open {what}:\n{url}")
         return
     exposed = not _is_loopback(host)
     if exposed and not allow_remote:
@@ -325,9 +340,12 @@ def ui_command(
             f"{show_host}:{port} can read and change every run in {redact_url(server_uri)}",
             err=True,
         )
-    click.echo(f"MLflow UI on {redact_url(server_uri)} at {base} (Ctrl-C stops it)")
-    click.echo(f"{what}:")
-    click.echo(url, nl=True)
+    if as_json:
+        click.echo(json.dumps({"url": url, "what": what, "server": base, "store": redact_url(server_uri)}))
+    else:
+        click.echo(f"MLflow UI on {redact_url(server_uri)} at {base} (Ctrl-C stops it)")
+        click.echo(f"{what}:")
+        click.echo(url, nl=True)
     sys.stdout.flush()
     proc = subprocess.Popen(cmd, env=env)
 

@@ -10,31 +10,25 @@ from typing import Any
 
 import click
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from ablate.commands import db_option
-from ablate.errors import RunError
+from ablate.commands.progress import LINE_S, Throttle, bars, live, quiet_option, step_text
+from ablate.errors import AblateError, RunError
 from ablate.secrets import redact, redact_text, redact_url
 
 
 class LiveProgress:
     """Live progress for humans on stderr: one line per stage and trial outcome, an overall trial bar, and
-    one bar per running trial (removed when it ends). Without a terminal (CI logs, pipes) rich draws no
-    bars and only the lines remain."""
+    one bar per running trial (step of steps, loss, tokens/s, ETA; removed when it ends). Without a
+    terminal (CI logs, pipes) rich draws no bars: each running trial then gets a line every LINE_S
+    seconds instead, so a log never goes silent while trials train."""
 
-    def __init__(self, console: Console, trials: int):
+    def __init__(self, console: Console, trials: int, every: float = LINE_S):
         self.console = console
-        self.bars = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(bar_width=30),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[info]}"),
-            TimeElapsedColumn(),
-            console=console,
-            transient=True,
-            refresh_per_second=4,
-        )
+        self.bars = bars(console)
+        self.live = live(console)
+        self.throttle = Throttle(every)
         self.total = trials
         self.overall = None
         self.tasks: dict[str, Any] = {}
@@ -58,6 +52,7 @@ class LiveProgress:
         self.bars.update(self.overall, completed=self.done + self.failed, info=info)
 
     def _end(self, key: str) -> float | None:
+        self.throttle.forget(key)
         task = self.tasks.pop(key, None)
         if task is not None:
             self.bars.remove_task(task)
@@ -82,9 +77,14 @@ class LiveProgress:
             self.started[key] = time.monotonic()
             self.tasks[key] = self.bars.add_task(f"trial {key}", total=None, info="starting")
         elif event == "trial_step" and key in self.tasks:
-            loss = data.get("loss")
-            info = f"loss {loss:.4g}" if isinstance(loss, (int, float)) else ""
+            info = step_text(data, with_step=False)
             self.bars.update(self.tasks[key], completed=data["step"], total=data.get("steps"), info=info)
+            steps = data.get("steps")
+            if not self.live and self.throttle(key, last=bool(steps) and data["step"] >= steps):
+                self._line(f"[dim]trial[/dim]      {key} distill {step_text(data)}")
+        elif event == "trial_stage" and key in self.tasks:
+            self.bars.update(self.tasks[key], info=f"{data['stage']}")
+            self._line(f"[dim]trial[/dim]      {key} {data['stage']}")
         elif event == "trial_done":
             took = self._end(key)
             self.done += 1
@@ -157,7 +157,10 @@ def _counts(counts: dict[str, int]) -> str:
     "prefix, as a failed verification names it. Repeatable.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def submit_command(spec_path: str, address: str | None, recompute: tuple[str, ...], as_json: bool) -> None:
+@quiet_option
+def submit_command(
+    spec_path: str, address: str | None, recompute: tuple[str, ...], as_json: bool, quiet: bool
+) -> None:
     """Run SPEC: shared stages once, trials on Ray; resumes and never redoes finished work.
 
     Finished work is reused only when its artifact's checksums verify; a damaged artifact stops the
@@ -166,6 +169,9 @@ def submit_command(spec_path: str, address: str | None, recompute: tuple[str, ..
     Exit 0 when every trial completed, 1 when any stage or trial failed, 2 for a bad spec, a damaged
     artifact or a submission that could not start. With --json, stdout holds one result object either
     way. Submitting the same spec twice at once is safe: the second waits for the work the first holds.
+
+    Progress goes to stderr: each stage, and each running trial's step of steps, loss, tokens/s and ETA
+    (a bar on a terminal, a line every few seconds in a log); --quiet or --json hide it.
     """
     from ablate.commands.plan import _load_or_exit
     from ablate.run.executor import submit
@@ -175,13 +181,20 @@ def submit_command(spec_path: str, address: str | None, recompute: tuple[str, ..
     if as_json:
         try:
             result = submit(loaded, address, recompute_stages=recompute)
-        except Exception as exc:  # stdout still holds one result object; the error goes on as usual
-            click.echo(json.dumps(redact(_failure(loaded.spec.name, exc)), indent=2))
-            raise
+        except Exception as exc:  # stdout still holds one result object, with what stopped it
+            if click.get_current_context().find_root().obj.get("debug"):
+                raise
+            from ablate.cli import fail
+
+            fail(_failure(exc), 2 if isinstance(exc, AblateError) else 1, True, experiment=loaded.spec.name,
+                 trials=[])  # fmt: skip
         click.echo(json.dumps(redact(result.to_dict()), indent=2, default=str))
     else:
-        with LiveProgress(console, len(loaded.trials)) as progress:
-            result = submit(loaded, address, progress, recompute)
+        if quiet:
+            result = submit(loaded, address, None, recompute)
+        else:
+            with LiveProgress(console, len(loaded.trials)) as progress:
+                result = submit(loaded, address, progress, recompute)
         out = _console()
         print_trials(result.trials, out, f"{result.experiment}: {len(result.trials)} trials")
         out.print(
@@ -209,11 +222,13 @@ def _details_line(experiment: str, db: str) -> str:
     )
 
 
-def _failure(experiment: str, exc: BaseException) -> dict[str, Any]:
-    """What `submit --json` prints when the submission stopped before it had a result."""
+def _failure(exc: BaseException) -> str:
+    """Why a submission stopped before it had a result: the user's message, or a crash as one line."""
+    if isinstance(exc, AblateError):
+        return str(exc)
     from ablate.run.ray_workers import error_line
 
-    return {"experiment": experiment, "ok": False, "error": error_line(exc), "trials": []}
+    return error_line(exc)
 
 
 def _records(db: str):
@@ -229,6 +244,42 @@ def _records(db: str):
                 "or pass the spec's tracking.db with --db"
             )
     return connect(db)
+
+
+def running_progress(records, experiment: str) -> dict[str, dict[str, Any]]:
+    """Where each running trial stands, from what the submission has recorded so far (its per-step
+    metrics are flushed every few seconds): stage, step of steps, loss, tokens/s and ETA."""
+    from ablate.commands.progress import eta_s
+    from ablate.spec import budget
+
+    out: dict[str, dict[str, Any]] = {}
+    for info in records.trials(experiment, status="running"):
+        latest = {
+            name: records.metric_series(info.id, name)[-1:] for name in ("loss", "tokens", "tokens_per_s")
+        }
+        if not latest["loss"]:
+            out[info.key] = {"stage": "starting"}
+            continue
+        step = latest["loss"][0][0]
+        progress: dict[str, Any] = {"stage": "distill", "step": step, "loss": latest["loss"][0][1]}
+        for name in ("tokens", "tokens_per_s"):
+            if latest[name] and latest[name][0][0] == step:
+                progress[name] = latest[name][0][1]
+        config = info.config or {}
+        try:
+            d = config["distill"]
+            progress["steps"] = budget.steps(
+                int(d["tokens"]), int(d["global_batch"]), int(config["data"]["seq_len"])
+            )
+        except (KeyError, TypeError, ValueError):
+            pass
+        if progress.get("steps") and step >= progress["steps"]:
+            progress["stage"] = "evaluating"
+        eta = eta_s(progress)
+        if eta is not None:
+            progress["eta_s"] = round(eta, 1)
+        out[info.key] = progress
+    return out
 
 
 @click.command("status")
@@ -265,6 +316,10 @@ def status_command(name: str | None, db: str, as_json: bool) -> None:
         for t in summary.trials
     ]
     problems = [e for e in records.events(name, min_level="warning", limit=10)]
+    progress = running_progress(records, name)
+    for t in trials:
+        if t["key"] in progress:
+            t["progress"] = progress[t["key"]]
     trials = redact(trials)  # records written before redaction existed may hold a password
     if as_json:
         click.echo(
@@ -290,6 +345,10 @@ def status_command(name: str | None, db: str, as_json: bool) -> None:
     for t in trials:
         if t["error"]:
             console.print(f"[red]{t['key']}[/red] {t['status']}: {t['error']}", highlight=False)
+    for t in trials:
+        p = t.get("progress")
+        if p:
+            console.print(f"{t['key']} running: {p['stage']} {step_text(p)}".rstrip(), highlight=False)
     if problems:
         console.print("recent warnings and errors:")
         for e in problems:
@@ -303,7 +362,27 @@ def status_command(name: str | None, db: str, as_json: bool) -> None:
 @click.command("cancel")
 @click.argument("name")
 @db_option
-def cancel_command(name: str, db: str) -> None:
-    """Ask a running submission of NAME to stop its trials (recorded results are kept)."""
-    _records(db).request_cancel(name)
-    click.echo(f"cancel requested for '{name}'; running trials stop within a few seconds")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def cancel_command(name: str, db: str, as_json: bool) -> None:
+    """Ask a running submission of NAME to stop its trials (recorded results are kept).
+
+    Exit 2 when nothing of NAME is running (no live submission holds its trials or stages)."""
+    from ablate.track.leases import Leases
+
+    records = _records(db)
+    experiment = records.experiment_summary(name)  # an unknown NAME: exit 2, naming the known ones
+    holders = Leases(records).live_holders(experiment.experiment.id)
+    if not holders:
+        counts = ", ".join(f"{k} {v}" for k, v in experiment.counts.items() if v) or "no trials"
+        raise RunError(
+            f"nothing to cancel: no submission of '{name}' is running (its trials: {counts}); "
+            f"`ablate status {name}` shows where it stands"
+        )
+    records.request_cancel(name)
+    if as_json:
+        click.echo(json.dumps({"experiment": name, "cancel_requested": True, "submissions": len(holders)}))
+        return
+    click.echo(
+        f"cancel requested for '{name}' ({len(holders)} live submission(s)); its running trials stop within a "
+        "few seconds"
+    )

@@ -59,13 +59,27 @@ def run_in_process(
     models: dict[str, Any] = {}  # loaded once: the final eval's student and teacher serve the benchmarks
     try:
         for stage in stages:
-            ctx = StageContext(store, parents_of(stage), base_dir, on_step, models=models)
+            ctx = StageContext(store, parents_of(stage), base_dir, _tagged(on_step, stage), models=models)
             action = _reuse_or_run(stage, ctx, records, leases, experiment, spec_word, say)
             done.append({"kind": stage.kind, "hash": stage.hash, "action": action})
     finally:
         if leases is not None:
             leases.release_all()  # a stage left running (interrupted) goes back to pending
     return done
+
+
+def _tagged(on_step: StepCallback | None, stage: Stage) -> StepCallback | None:
+    """`on_step` with the stage's kind in its metrics (`stage`): the caller's progress names it."""
+    if on_step is None:
+        return None
+    return lambda metrics: on_step({**metrics, "stage": stage.kind})
+
+
+def _run(stage: Stage, ctx: StageContext, say: Callable[[str], None]) -> None:
+    say(f"running {stage.kind} stage {stage.hash}")
+    started = time.monotonic()
+    run_stage(stage, ctx)
+    say(f"{stage.kind} stage {stage.hash} done in {time.monotonic() - started:.1f}s")
 
 
 def _present(store: ArtifactStore, stage: Stage, spec_word: str) -> bool:
@@ -96,14 +110,12 @@ def _reuse_or_run(
             records.mark_stage_completed(stage.hash, store.path_for(stage.hash))
         return "reused"
     if records is None or leases is None:
-        say(f"running {stage.kind} stage {stage.hash}")
-        run_stage(stage, ctx)
+        _run(stage, ctx, say)
         return "run"
     if _claim(stage, store, records, leases, spec_word, say) == "reused":
         return "reused"
-    say(f"running {stage.kind} stage {stage.hash}")
     try:
-        run_stage(stage, ctx)
+        _run(stage, ctx, say)
     except Exception as exc:
         record_failure(records, stage, error_line(exc), experiment)
         raise

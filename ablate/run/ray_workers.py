@@ -116,6 +116,7 @@ def _worker_place(resources: dict[str, Any]) -> tuple[Parallel, str | None]:
 # ---------------------------------------------------------------------------------------------------- trials
 # Keys of what a trial reports through tune.report (read by the executor's RecordingCallback).
 PHASE_START, PHASE_STEP, PHASE_DONE, PHASE_FAILED = "start", "distill", "done", "failed"
+PHASE_STAGE = "stage"  # the trial moved on to its next (step-less) stages: `stage` says which
 _BOOKKEEPING = ("step", "steps")
 
 
@@ -161,7 +162,8 @@ def tune_trial(config: dict[str, Any], payloads: dict[str, dict[str, Any]]) -> N
     several workers (strategy ddp or fsdp in its payload) runs them on Ray Train (`train_on_workers`).
 
     Reports, in order: `phase=start` (node, host, pid, time), one `phase=distill` per optimizer step
-    (`step`, `steps`, `loss` at the top for schedulers, every numeric value under `m`), then
+    (`step`, `steps`, `loss` at the top for schedulers, every numeric value under `m`), one
+    `phase=stage` when it moves on to its eval and benchmarks (`stage`: what, for the progress), then
     `phase=done` (`final`: eval metrics, `facts`: steps, tokens, resumed_from_step) or `phase=failed`
     (`error`: one line, `stage`: its kind). A deterministic failure (an AblateError: divergence, a bad
     model, bad data) is reported and the function returns, so Ray Tune neither retries it nor tears
@@ -255,6 +257,9 @@ def trial_body(
         if facts.get("reused"):  # published by an earlier attempt: the driver records its curves
             facts = read_distill_facts(store, distill.hash)
         kind = "eval"
+        benchmarks = len(trial_kinds(stages)) - 2
+        more = f" and {benchmarks} benchmark(s)" if benchmarks else ""
+        report({"phase": PHASE_STAGE, "stage": f"evaluating{more}"})  # every rank: a barrier on Ray Train
         metrics: dict[str, float] = {}
         if parallel.is_main:  # the published student is a plain model: one process evaluates it
             ctx = StageContext(store, {"distill": distill, "teacher": teacher}, base_dir)

@@ -66,10 +66,14 @@ class RecordingCallback(_DriverOnly, Callback):
             step = self.last_step[key] = int(result["step"])
             rows = self.buffer.setdefault(key, [])
             rows.extend((name, step, value) for name, value in (result.get("m") or {}).items())
+            m = result.get("m") or {}
             self.sink.progress(
                 "trial_step",
-                {"key": key, "step": step, "steps": result.get("steps"), "loss": result.get("loss")},
-            )
+                {"key": key, "step": step, "steps": result.get("steps"), "loss": result.get("loss"),
+                 "tokens": m.get("tokens"), "tokens_per_s": m.get("tokens_per_s")},
+            )  # fmt: skip
+        elif phase == ray_workers.PHASE_STAGE:
+            self.sink.progress("trial_stage", {"key": key, "stage": result.get("stage")})
         elif phase == ray_workers.PHASE_START:
             self.sink.trial_began_work(key, result)
         elif phase in (ray_workers.PHASE_DONE, ray_workers.PHASE_FAILED):

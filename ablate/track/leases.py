@@ -163,6 +163,26 @@ class Leases:
             ).all()
         return any(holder_alive(o, u) for o, u in rows)
 
+    def live_holders(self, experiment_id: int) -> list[str]:
+        """The live submissions (or builds) working on the experiment now: the holders of its unfinished
+        trials and of its running stages (what `ablate cancel` can stop)."""
+        with self.records._read() as s:
+            trial_ids = select(Trial.id).where(Trial.experiment_id == experiment_id)
+            stage_ids = select(TrialStage.stage_id).where(TrialStage.trial_id.in_(trial_ids))
+            rows = s.execute(
+                select(Trial.lease_owner, Trial.lease_until).where(
+                    Trial.experiment_id == experiment_id,
+                    Trial.lease_owner.is_not(None),
+                    Trial.status.not_in(("completed", "failed", "cancelled")),
+                )
+            ).all()
+            rows += s.execute(
+                select(Stage.lease_owner, Stage.lease_until).where(
+                    Stage.status == "running", Stage.lease_owner.is_not(None), Stage.id.in_(stage_ids)
+                )
+            ).all()
+        return sorted({o for o, u in rows if holder_alive(o, u)})
+
     # ------------------------------------------------------------------ recovery, renewal, release
     def recover_interrupted(self, experiment_id: int) -> dict[str, int]:
         """The experiment's trials and stages marked running whose holder is dead go back to pending

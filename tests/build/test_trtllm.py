@@ -137,7 +137,7 @@ def test_engines_through_the_llm_api(fake_trtllm, tmp_path):
 def test_build_runs_engines_when_tensorrt_llm_is_there(fake_trtllm, tiny, tmp_path):
     result = pipeline.build(
         open_source(str(tiny.spec_path)), out=tmp_path / "b", tokens="2k", formats=["hf", "trtllm-fp8"],
-        batch_sizes=(1,), lengths=((8, 4),), reports_dir=tmp_path / "reports",
+        batch_sizes=(1,), lengths=((8, 4),), reports_dir=tmp_path / "reports", throughput=True,
     )  # fmt: skip
     assert [m["quant_config"] is not None for m in fake_trtllm.made] == [True, True]  # student, teacher
     assert fake_trtllm.made[1]["model"].endswith("trtllm/teacher-hf")  # the built-in teacher, materialised

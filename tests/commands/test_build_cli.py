@@ -36,15 +36,31 @@ def test_build_json_then_again_reuses(tmp_path):
     assert Path(data["model_dir"], "model.safetensors").is_file()
     assert data["params"]["student"] == data["params"]["planned"]
     assert data["report"].endswith("r/cli/build.md")
+    assert data["throughput"] == []  # not on a CPU unless asked (--throughput)
     again = json.loads(CliRunner().invoke(main, args).stdout)
     assert again["stages_run"] == 0 and again["export_reused"] is True
     # by name, in human form
     human = CliRunner().invoke(
         main, ["build", "cli", "--db", f"sqlite:///{tmp_path}/ablate.db", "--artifacts", str(tmp_path / "artifacts"),
-               "--out", str(tmp_path / "out"), "--reports", str(tmp_path / "r"), "--no-throughput"],
+               "--out", str(tmp_path / "out"), "--reports", str(tmp_path / "r")],
     )  # fmt: skip
     assert human.exit_code == 0, human.output
     assert "built cli trial" in human.output and "stages: 0 run, 5 reused, export reused" in human.output
+    assert "generation throughput not measured on the CPU" in human.stderr
+
+
+def test_build_progress_names_each_stage_with_its_steps_and_quiet_hides_it(tmp_path):
+    spec = write_spec(tmp_path, name="prog")
+    submit_in_process(spec)
+    args = ["build", str(spec), "--tokens", "3k", "--reports", str(tmp_path / "r"), "--out"]
+    loud = CliRunner().invoke(main, [*args, str(tmp_path / "a")])
+    assert loud.exit_code == 0, loud.output
+    lines = loud.stderr.splitlines()
+    steps = [line for line in lines if line.startswith("distill    step")]
+    assert steps and "step 6/6" in steps[-1] and "tok/s" in steps[-1] and "ETA 0s" in steps[-1]  # 3k / 512
+    assert any(line.startswith("eval stage eval-") and " done in " in line for line in lines)
+    quiet = CliRunner().invoke(main, [*args, str(tmp_path / "b"), "--quiet"])
+    assert quiet.exit_code == 0 and quiet.stderr == "" and "built prog trial" in quiet.stdout
 
 
 def test_bad_input_exits_2_with_a_message(tmp_path):

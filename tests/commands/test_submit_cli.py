@@ -109,13 +109,81 @@ def test_status_without_a_database_does_not_create_one(tmp_path, monkeypatch):
     assert not (tmp_path / ".ablate").exists()
 
 
-def test_cancel_sets_the_flag(db):
+def test_cancel_sets_the_flag_of_a_running_submission(db):
+    """A trial held by a live submission (this process's lease) is something to cancel."""
+    from ablate.track.db import connect
+    from ablate.track.leases import Leases
+
+    with connect(db) as records:
+        running = records.upsert_trial("exp", "k-run", {"distill.lr": 0.002})
+        records.set_trial_status(running.id, "running")
+        leases = Leases(records)
+        assert leases.claim_trial(running.id).state == "claimed"
+        res = CliRunner().invoke(main, ["cancel", "exp", "--db", db])
+        assert res.exit_code == 0 and "cancel requested for 'exp'" in res.output
+        assert records.cancel_requested("exp")
+        res = CliRunner().invoke(main, ["cancel", "exp", "--db", db, "--json"])
+        assert res.exit_code == 0 and json.loads(res.stdout) == {
+            "experiment": "exp",
+            "cancel_requested": True,
+            "submissions": 1,
+        }
+        leases.release_all()
+
+
+def test_cancel_with_nothing_running_says_so_and_exits_2(db):
     from ablate.track.db import connect
 
     res = CliRunner().invoke(main, ["cancel", "exp", "--db", db])
-    assert res.exit_code == 0 and "cancel requested for 'exp'" in res.output
+    assert res.exit_code == 2
+    assert "nothing to cancel: no submission of 'exp' is running" in res.stderr
+    res = CliRunner().invoke(main, ["cancel", "exp", "--db", db, "--json"])
+    out = json.loads(res.stdout)
+    assert res.exit_code == 2 and out["ok"] is False and out["exit_code"] == 2
+    assert "nothing to cancel" in out["error"]
     with connect(db) as records:
-        assert records.cancel_requested("exp")
+        assert not records.cancel_requested("exp")
+
+
+def test_errors_under_json_are_json(db):
+    """A command's own error (unknown experiment) and click's (a bad option value) both print one JSON
+    object on stdout under --json, with exit 2; without --json they stay plain text."""
+    res = CliRunner().invoke(main, ["status", "nope", "--db", db, "--json"])
+    assert res.exit_code == 2
+    assert "no experiment named 'nope'" in json.loads(res.stdout)["error"]
+    res = CliRunner().invoke(main, ["ui", "--port", "0", "--json", "--db", db])
+    assert res.exit_code == 2
+    out = json.loads(res.stdout)
+    assert out["ok"] is False and "--port" in out["error"]
+    res = CliRunner().invoke(main, ["status", "nope", "--db", db])
+    assert res.exit_code == 2 and res.stdout == "" and "error: no experiment named 'nope'" in res.stderr
+
+
+def test_status_shows_a_running_trials_progress(db):
+    """What the submission recorded of a running trial (its per-step metrics) is where status says it is:
+    step of steps (from the trial's budget), loss, tokens/s, ETA."""
+    from ablate.track.db import connect
+
+    config = {"distill": {"tokens": 8000, "global_batch": 8}, "data": {"seq_len": 125}}  # 8 steps of 1000
+    with connect(db) as records:
+        t = records.upsert_trial("exp", "k-run", {"distill.lr": 0.002}, config=config)
+        records.set_trial_status(t.id, "running")
+        rows = [(name, step, value) for step in (1, 2) for name, value in
+                (("loss", 4.0 / step), ("tokens", 1000.0 * step), ("tokens_per_s", 500.0))]  # fmt: skip
+        records.log_metrics(t.id, rows)
+    res = CliRunner().invoke(main, ["status", "exp", "--db", db, "--json"])
+    progress = {t["key"]: t for t in json.loads(res.stdout)["trials"]}["k-run"]["progress"]
+    assert progress == {
+        "stage": "distill",
+        "step": 2,
+        "steps": 8,
+        "loss": 2.0,
+        "tokens": 2000.0,
+        "tokens_per_s": 500.0,
+        "eta_s": 12.0,  # 6 steps x 1000 tokens / 500 tokens/s
+    }
+    res = CliRunner().invoke(main, ["status", "exp", "--db", db])
+    assert "k-run running: distill step 2/8, loss 2, 500 tok/s, ETA 12s" in " ".join(res.output.split())
 
 
 def test_live_progress_lines_without_a_terminal():
