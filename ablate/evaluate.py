@@ -1,4 +1,5 @@
-"""Held-out evaluation: LM loss, perplexity, and (with a teacher) KL to the teacher and top-1 agreement.
+"""Held-out evaluation: LM loss, perplexity, and (with a teacher) KL to the teacher, top-1 agreement and
+the teacher's own LM loss on the same batches (``teacher_lm_loss``).
 
 LM loss is the mean next-token negative log-likelihood over every predicted position of the packed
 eval sequences (seq_len - 1 per sequence); perplexity is exp(lm_loss). KL(teacher || student) and
@@ -57,6 +58,7 @@ def evaluate(
     device = next(model.parameters()).device
     nll = torch.zeros((), dtype=torch.float64)
     kl = torch.zeros((), dtype=torch.float64)
+    teacher_nll = torch.zeros((), dtype=torch.float64)
     agree = 0
     predicted = positions = sequences = 0
     models = [m for m in (model, teacher) if m is not None]
@@ -79,6 +81,7 @@ def evaluate(
                 sequences += batch.shape[0]
                 if teacher is not None:
                     kl += sums["kl"].cpu()
+                    teacher_nll += sums["teacher_nll"].cpu()
                     agree += int(sums["agree"])
                     positions += batch.numel()
                 del hidden, t_hidden
@@ -97,4 +100,5 @@ def evaluate(
     if teacher is not None:
         out["kl_to_teacher"] = float(kl) / positions
         out["top1_agreement"] = agree / positions
+        out["teacher_lm_loss"] = float(teacher_nll) / predicted  # the report's teacher row
     return out

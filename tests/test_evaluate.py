@@ -42,6 +42,7 @@ def test_the_teacher_itself_has_zero_kl_and_full_agreement():
     metrics = evaluate(model, list(IDS.split(2)), teacher=model)
     assert metrics["kl_to_teacher"] == pytest.approx(0.0, abs=1e-6)
     assert metrics["top1_agreement"] == 1.0
+    assert metrics["teacher_lm_loss"] == pytest.approx(metrics["lm_loss"], rel=1e-6)  # report's teacher
 
 
 def test_kl_and_agreement_against_a_hand_computation():

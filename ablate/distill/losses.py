@@ -321,14 +321,16 @@ def chunked_eval_sums(
     chunk: int | str | None = "auto",
 ) -> dict[str, Tensor]:
     """Evaluation sums without the full logits: next-token NLL summed over predicted positions, and
-    with a teacher KL(teacher || student) summed and top-1 agreements counted over every position.
+    with a teacher KL(teacher || student) summed and top-1 agreements counted over every position, and the
+    teacher's own next-token NLL (``teacher_nll``, the teacher row of the report, measured on the same batch).
     Per-position values in float32 (float64 for float64 inputs), sums in float64."""
     h = hidden.reshape(-1, hidden.shape[-1])
     th = None if teacher_hidden is None else teacher_hidden.reshape(-1, teacher_hidden.shape[-1])
     labels = next_token_labels(input_ids).to(head.weight.device)
     predicted = position_weights(input_ids, None, shift=True).to(head.weight.device) > 0
     size = chunk_positions(chunk, head.vocab)
-    out = {k: torch.zeros((), dtype=torch.float64, device=head.weight.device) for k in ("nll", "kl", "agree")}
+    names = ("nll", "kl", "agree", "teacher_nll")
+    out = {k: torch.zeros((), dtype=torch.float64, device=head.weight.device) for k in names}
     for start in range(0, h.shape[0], size):
         end = min(start + size, h.shape[0])
         logits = head(h[start:end])
@@ -340,4 +342,6 @@ def chunked_eval_sums(
             log_pt = F.log_softmax(t_logits.to(_compute_dtype(t_logits)), dim=-1)
             out["kl"] += (log_pt.exp() * (log_pt - log_ps)).sum(-1).sum(dtype=torch.float64)
             out["agree"] += (t_logits.argmax(-1) == logits.argmax(-1)).sum()
+            t_nll = -log_pt.gather(-1, labels[start:end, None]).squeeze(-1)
+            out["teacher_nll"] += t_nll[predicted[start:end]].sum(dtype=torch.float64)
     return out

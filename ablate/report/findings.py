@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from ablate.report.crosscheck import cross_check
 from ablate.report.metrics import metric_info
 from ablate.report.model import CLEAR, FEW, NO_DIFF, Finding, Pair, TrialRow
 from ablate.report.pairing import Axis, axes, settings
@@ -52,19 +53,28 @@ MIN_PAIRS = 3
 SIGN_FLIP_MIN_PAIRS = next(n for n in range(1, 64) if sign_flip_min_p(n) < ALPHA)
 """The fewest pairs with which a distribution-free sign-flip test could call anything at 5% (6)."""
 
-RULES = (
-    f"Pairs are completed trials equal in everything but the compared axis (seeds pair up). "
-    f"Δ = metric(A) − metric(B) per pair; a difference within the metric's margin counts as a tie. "
-    f"From {MIN_PAIRS} pairs on, the interval is the 95% t interval of the mean Δ and the test is a "
-    f"two-sided paired t-test; below {MIN_PAIRS} pairs neither is shown (*{FEW}*). "
-    f"Verdict: *{CLEAR}* when the t-test's p-value, after Holm's adjustment over all the report's "
-    f"comparisons with a test, is below {ALPHA:.0%}; otherwise *{NO_DIFF}*. This keeps the chance of any "
-    f"false clear win in the whole report at {ALPHA:.0%} when the differences are roughly normal. "
-    f"(A test that needs no normality, the sign-flip test, cannot reach p < {ALPHA:g} below "
-    f"{SIGN_FLIP_MIN_PAIRS} pairs: its smallest p-value is 2/2ⁿ, {sign_flip_min_p(3):.2f} at 3 pairs.) "
-    f"Pairs that differ in other settings than the seed are not replicates: the verdict is then about the "
-    f"average effect over those settings. More seeds give more pairs; each finding without a clear win says "
-    f"how many pairs a difference of its size would need."
+RULE_ROWS: tuple[tuple[str, str], ...] = (
+    ("pairs", "completed trials equal in everything but the compared axis (seeds pair up)"),
+    ("Δ", "metric(A) − metric(B) per pair; a difference within the metric's margin counts as a tie"),
+    (f"1 to {MIN_PAIRS - 1} pairs", f"mean Δ only: below {MIN_PAIRS} pairs neither is shown (*{FEW}*)"),
+    (f"{MIN_PAIRS}+ pairs", "95% t interval of the mean Δ; two-sided paired t-test"),
+    (
+        "verdict",
+        f"*{CLEAR}* when the p-value, Holm-adjusted over all the report's comparisons with a test, is below "
+        f"{ALPHA:.0%} (at most {ALPHA:.0%} chance of any false clear win in the report, for roughly normal "
+        f"differences); otherwise *{NO_DIFF}*",
+    ),
+    (
+        "pairs that differ in more than the seed",
+        "not replicates: the verdict is about the average effect over those settings",
+    ),
+)
+"""How a comparison is made, as the rows of the table every report prints."""
+RULES_NOTE = (
+    f"A test that needs no normality, the sign-flip test, cannot reach p < {ALPHA:g} below "
+    f"{SIGN_FLIP_MIN_PAIRS} pairs (its smallest p-value is 2/2ⁿ, {sign_flip_min_p(3):.2f} at 3 pairs). More "
+    "seeds give more pairs; each finding without a clear win says how many pairs a difference of its size "
+    "would need."
 )
 
 
@@ -193,6 +203,7 @@ def findings_for(
         if p.rule is not None:
             f = with_rule(f, p.rule)
             f = other_metric_note(f, trials, compare)
+        f = cross_check(f, trials, compare)
         if p.ranking:
             f = bp9(f, ranking_stability(trials, f.axis, f.a, f.b, metric, info.higher_is_better, f.margin))
         out.append(f)
@@ -226,4 +237,4 @@ def _comparisons(
     return [base, *scoped]
 
 
-__all__ = ["MIN_PAIRS", "RULES", "SIGN_FLIP_MIN_PAIRS", "compare", "decide", "findings_for"]
+__all__ = ["MIN_PAIRS", "RULE_ROWS", "RULES_NOTE", "SIGN_FLIP_MIN_PAIRS", "compare", "decide", "findings_for"]

@@ -17,10 +17,11 @@ from typing import Any
 import yaml
 
 from ablate.report.benchmarks import benchmarks_section
-from ablate.report.findings import MIN_PAIRS, RULES
+from ablate.report.findings import MIN_PAIRS, RULE_ROWS, RULES_NOTE
+from ablate.report.labels import Labels
 from ablate.report.model import AGREES, CLEAR, DISAGREES, Finding, Report, TrialRow, fmt_value
 from ablate.report.plots import FINDING_PREFIX, LOSS_PNG, QUALITY_PNG, finding_file, render_plots
-from ablate.report.practices import MAPPING, PRACTICES, shape_kind
+from ablate.report.practices import MAPPING_ROWS, PRACTICES, shape_kind
 from ablate.secrets import redact_text
 
 __all__ = ["REPORT_MD", "render_markdown", "write_report"]
@@ -192,32 +193,66 @@ def _metric_columns(r: Report) -> list[tuple[str, str]]:
 
 def _trials_section(r: Report) -> list[str]:
     cols = _metric_columns(r)
-    head = ["key", "overrides", "params", "tokens", *[f"{label}" for _, label in cols], "status", "time"]
+    labels = Labels(r.trials)
+    head = [
+        "key",
+        "overrides",
+        "params",
+        "tokens",
+        *[f"{label}" for _, label in cols],
+        "recovered",
+        "status",
+        "time",
+    ]
+    numeric = {"params", "tokens", "recovered", *(label for _, label in cols)}
     lines = [
         "## Trials",
         "",
         f"Metrics are measured on the held-out split after distillation. **{r.metric}** is the primary metric "
         f"({'higher' if r.higher_is_better else 'lower'} is better); the best trial is in bold. "
-        "Keys link to the trial's MLflow run.",
+        "Keys link to the trial's MLflow run. The first rows are what the students are measured against: the "
+        "teacher, and each pruned student before any retraining (one-shot). *recovered* is the share of the "
+        f"gap between a trial's pruned student and its teacher on {r.metric} that retraining closed (1: as "
+        "good as the teacher; 0: no better than pruning alone).",
         "",
         "| " + " | ".join(head) + " |",
-        "|" + "|".join("---" if i < 2 or i >= len(head) - 2 else "---:" for i in range(len(head))) + "|",
+        "|" + "|".join("---:" if h in numeric else "---" for h in head) + "|",
     ]
+    for ref in r.references:
+        cells = [f"*{_cell(ref.label)}*", "", _params(ref.params), "0" if ref.kind == "pruned" else "-"]
+        cells += [_num(ref.metrics.get(c)) for c, _ in cols]
+        cells += ["-", "reference", "-"]
+        lines.append("| " + " | ".join(cells) + " |")
     for t in r.trials:
-        overrides = ", ".join(f"{k}={fmt_value(v)}" for k, v in t.overrides.items())
         key = _link(f"`{t.key}`", r.run_url(t.mlflow_run_id))
         if t.key == r.best_trial.key:
             key = f"**{key}**"
-        cells = [key, _cell(overrides), _params(t.params), _tokens(t.tokens)]
+        cells = [key, _cell(labels.overrides(t)), _params(t.params), _tokens(t.tokens)]
         cells += [_num(t.metrics.get(c)) for c, _ in cols]
-        cells += [t.status, _time(t.duration_s)]
+        rec = r.recovered.get(t.key)
+        cells += ["-" if rec is None else f"{rec:.0%}", t.status, _time(t.duration_s)]
         lines.append("| " + " | ".join(cells) + " |")
+    missing = [ref for ref in r.references if ref.missing]
+    if missing:
+        lines += ["", "Not in the records:", ""]
+        lines += [f"- *{_cell(ref.label)}*: {ref.missing}." for ref in missing]
+    lines += _key_table(labels)
     failed = [t for t in r.trials if t.error]
     if failed:
         lines += ["", "Errors:", ""]
         for t in failed:
             first = (t.error or "").strip().splitlines()[0] if (t.error or "").strip() else ""
             lines.append(f"- `{t.key}` ({t.status}): {_cell(first[:300])}")
+    return lines
+
+
+def _key_table(labels: Labels) -> list[str]:
+    """The short names the trial table and the figures use, and what each stands for."""
+    rows = labels.key_rows()
+    if not rows:
+        return []
+    lines = ["", "Short names in the table and the figures:", "", "| short | stands for |", "|---|---|"]
+    lines += [f"| `{_cell(short)}` | `{_cell(full)}` |" for short, full in rows]
     return lines
 
 
@@ -266,7 +301,7 @@ def _findings_section(r: Report) -> list[str]:
         "## Findings",
         "",
         f"Primary metric **{r.metric}** ({better} is better; differences within {_num(r.margin)} "
-        f"count as ties{' (relative)' if r.metric == 'perplexity' else ''}). {RULES} "
+        f"count as ties{' (relative)' if r.metric == 'perplexity' else ''}). "
         + (
             f"This report makes **{r.family_size}** comparison{'s' if r.family_size != 1 else ''} with a "
             "test; the p column is Holm-adjusted over all of them."
@@ -274,7 +309,17 @@ def _findings_section(r: Report) -> list[str]:
             else f"No comparison of this report has {MIN_PAIRS} pairs yet, so none has a test or a verdict."
         ),
         "",
-        MAPPING,
+        "| how | rule |",
+        "|---|---|",
+        *(f"| {a} | {b} |" for a, b in RULE_ROWS),
+        "",
+        RULES_NOTE,
+        "",
+        "Checks against the papers (*disagrees*: the other side is a clear win; *inconclusive*: anything else):",
+        "",
+        "| comparison | tests | *agrees* when |",
+        "|---|---|---|",
+        *(f"| {a} | {b} | {c} |" for a, b, c in MAPPING_ROWS),
         "",
     ]
     if not r.findings:
@@ -351,6 +396,8 @@ def _finding_block(r: Report, i: int, f: Finding) -> list[str]:
         lines += [f.explanation, ""]
     if f.note and f.note != f.explanation:
         lines += [f.note, ""]
+    if f.extra.get("disagreement"):
+        lines += [f.extra["disagreement"], ""]
     setting_col = bool(f.settings)
     lines += [
         "| pair | A trial | B trial |" + (" setting |" if setting_col else "") + " A | B | Δ |",

@@ -198,6 +198,25 @@ class BestTrial:
         return _jsonable(asdict(self))
 
 
+@dataclass(frozen=True)
+class Reference:
+    """A model the trials are measured against: the teacher, or a pruned student before any retraining."""
+
+    kind: str
+    """'teacher' or 'pruned'."""
+    label: str
+    group: str
+    """Which trials it is the reference of (canonical JSON of what the teacher / the prune stage computed)."""
+    params: int | None
+    metrics: dict[str, float]
+    """Held-out metrics (empty where the records do not hold them; see ``missing``)."""
+    missing: str = ""
+    """What the records lack for this row, in words (empty when nothing is missing)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return _jsonable(asdict(self))
+
+
 @dataclass
 class Report:
     """Everything the report shows, computed from the records (see :func:`build_report`)."""
@@ -235,6 +254,11 @@ class Report:
     at 5%."""
     benchmarks: dict[str, Any] = field(default_factory=dict)
     """lm-eval results: {"teacher": {task: {metric: v, metric_stderr: e}}, "trials": {key: {...}}}."""
+    references: list[Reference] = field(default_factory=list)
+    """The teacher(s) and each pruned student before retraining (:mod:`ablate.report.references`)."""
+    recovered: dict[str, float] = field(default_factory=dict)
+    """trial key -> share of the gap between its pruned student and its teacher that retraining closed on
+    the primary metric (1: as good as the teacher, 0: no better than pruning alone)."""
     """What the experiment cost: stages per kind (against the naive count), summed stage and trial
     times, and each submission's own summary line."""
 
@@ -273,6 +297,8 @@ class Report:
                     "best_trial": self.best_trial.to_dict(),
                     "recipe": self.recipe,
                     "untested_practices": self.untested,
+                    "references": [r.to_dict() for r in self.references],
+                    "recovered": self.recovered,
                     **({"benchmarks": self.benchmarks} if self.benchmarks else {}),
                     "mlflow": {
                         "tracking_uri": _redact(self.tracking_uri),

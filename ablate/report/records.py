@@ -15,6 +15,7 @@ from ablate.report.findings import MIN_PAIRS, findings_for
 from ablate.report.metrics import metric_info
 from ablate.report.model import BestTrial, Report, ReportError, TrialRow, _jsonable, canon, finished
 from ablate.report.practices import PRACTICES
+from ablate.report.references import references_for
 from ablate.spec.load import recorded_mapping
 from ablate.track.urls import DEFAULT_MLFLOW
 
@@ -73,22 +74,25 @@ class _Params:
 
 
 def _series(records: Any, trial_id: int, metric: str) -> dict[str, list[float]]:
+    """Per-step values of one trial: the training objective, tokens, and every held-out ``eval_*`` point
+    (step 0: before the first optimizer step, see :mod:`ablate.report.references`)."""
     rows = records.trial_metrics(trial_id, final=False)
     by: dict[str, dict[int, float]] = {}
     for r in rows:
-        if r.name in ("loss", "tokens", f"eval_{metric}"):
+        if r.name in ("loss", "tokens") or r.name.startswith("eval_"):
             by.setdefault(r.name, {})[int(r.step)] = float(r.value)
-    steps = sorted(by.get("loss", {}) | by.get(f"eval_{metric}", {}))
+    evals = sorted(n for n in by if n.startswith("eval_"))
+    steps = sorted(set(by.get("loss", {})).union(*(by[n] for n in evals)))
     if not steps:
         return {}
     tokens = by.get("tokens", {})
     out = {
         "step": [float(s) for s in steps],
-        "tokens": [tokens.get(s, math.nan) for s in steps],
+        "tokens": [tokens.get(s, 0.0 if s == 0 else math.nan) for s in steps],
         "loss": [by.get("loss", {}).get(s, math.nan) for s in steps],
     }
-    if f"eval_{metric}" in by:
-        out[f"eval_{metric}"] = [by[f"eval_{metric}"].get(s, math.nan) for s in steps]
+    for name in evals:
+        out[name] = [by[name].get(s, math.nan) for s in steps]
     return out
 
 
@@ -268,6 +272,7 @@ def build_report(
         )
 
     info = metric_info(metric, higher, margin)
+    references, recovered = references_for(rows, series, params.teacher(), metric)
     findings = findings_for(
         rows, metric, teacher_layers=params.teacher_layers, higher=info.higher_is_better, margin=margin
     )
@@ -308,6 +313,8 @@ def build_report(
         margin=info.margin,
         family_size=sum(1 for f in findings if f.n >= MIN_PAIRS),
         benchmarks=benchmarks_of(records, {key: i.id for key, i in infos.items()}),
+        references=references,
+        recovered=recovered,
     )
 
 

@@ -49,6 +49,10 @@ LOSSES = ("kld", "ce", "kld+intermediate", "scratch")
 AGGS = ("l2", "mean")
 SEEDS = (0, 1, 2)
 NOISE_SD = 0.005
+TEACHER_LOSS = 2.6
+"""The teacher's held-out LM loss (the eval stage's final metric teacher_lm_loss)."""
+PRUNED_LOSS = {"width": 5.0, "depth": 6.5}
+"""Held-out LM loss of each pruned student before retraining (step 0 of the evaluations in distillation)."""
 
 
 @dataclass
@@ -120,12 +124,20 @@ def build_known(records, name: str = "known", *, mlflow: bool = True) -> Known:
             continue
         records.set_trial_status(info.id, "running")
         steps = tokens // 512
+        truth = effect(*point)
+        pruned = PRUNED_LOSS[target] + (4.0 if loss == "scratch" else 0.0)  # scratch starts from random
         records.log_metrics(
             info.id,
             [("tokens", s, 512.0 * s) for s in range(1, steps + 1)]
             + [
                 ("loss", s, 2.0 / s + (0.5 if loss in ("ce", "scratch") else 0.0))
                 for s in range(1, steps + 1)
+            ]
+            # held-out evaluations during distillation (distill.eval_every = 2), step 0 before training
+            + [
+                (f"eval_{k}", s, v)
+                for s in sorted({*range(0, steps + 1, 2), steps})
+                for k, v in _metrics(truth + (pruned - truth) * (1 - s / steps) ** 2).items()
             ],
         )
         if point == failed:
@@ -134,8 +146,8 @@ def build_known(records, name: str = "known", *, mlflow: bool = True) -> Known:
                 info.id, "failed", error="TrainError: loss is nan at step 3\ntraceback..."
             )
             continue
-        truth = effect(*point)
         known.truth[key] = truth
-        records.log_final_metrics(info.id, _metrics(truth + float(rng.normal(0.0, NOISE_SD))))
+        final = _metrics(truth + float(rng.normal(0.0, NOISE_SD)))
+        records.log_final_metrics(info.id, {**final, "teacher_lm_loss": TEACHER_LOSS})
         records.set_trial_status(info.id, "completed")
     return known

@@ -252,7 +252,12 @@ def test_best_practice_5_names_its_metric_and_what_the_other_says():
     (f,) = [f for f in findings_for(rows, "lm_loss") if f.axis == "distill.loss"]
     assert f.practice == "BP5" and f.winner == "ce" and f.agreement == "disagrees"
     assert "Judged on lm_loss" in f.explanation and "On kl_to_teacher" in f.explanation
-    assert "The two metrics point different ways" in f.explanation and f.extra["other"]["winner"] == "kld"
+    assert f.extra["other"]["winner"] == "kld"
+    # the metrics disagree: the finding says who leads on which and what each measures
+    assert f.extra["by_metric"] == {"lm_loss": "ce", "kl_to_teacher": "kld"}
+    said = f.extra["disagreement"]
+    assert "ce on lm_loss" in said and "kld on kl_to_teacher" in said
+    assert "lm_loss measures how well the student predicts" in said and "kl_to_teacher measures" in said
 
 
 def test_best_practice_9_needs_three_configurations_and_seed_noise():

@@ -117,7 +117,7 @@ def test_no_partial_report_when_rendering_fails(known_sqlite, tmp_path, monkeypa
     _, records, _ = known_sqlite
     report = build_report(records, "known")
 
-    def boom(finding):
+    def boom(finding, labels=None):
         raise RuntimeError("figure failed")
 
     monkeypatch.setattr(plots, "finding_png", boom)
