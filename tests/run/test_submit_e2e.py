@@ -76,7 +76,7 @@ def check_rerun_and_new_value(workspace, db_url: str, runs: dict[str, str]) -> N
         more = CliRunner().invoke(main, ["submit", "more_losses.yaml"])
     assert more.exit_code == 0, more.output
     assert (
-        "stages run 4 (distill 2, eval 2); reused 12 (teacher 1, importance 1, prune 2, distill 4, eval 4)"
+        "stages run 4 (distill 2, eval 2); reused 13 (tokenize 1, teacher 1, importance 1, prune 2, distill 4, eval 4)"
         in (" ".join(more.stdout.split()))
     )
     with records_of(workspace, db_url) as records:
