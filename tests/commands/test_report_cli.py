@@ -228,13 +228,15 @@ def test_ui_refuses_a_busy_port_and_an_unknown_experiment(ui_server, tmp_path):
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-# Where the browser's screenshots go: one fixed folder CI keeps (.ci/run prints it), or $ABLATE_TEST_ARTIFACTS.
+# Where the screenshots go: one fixed folder that CI keeps (.ci/run prints it), or $ABLATE_TEST_ARTIFACTS.
 ARTIFACTS = Path(os.environ.get("ABLATE_TEST_ARTIFACTS") or Path(__file__).parents[2] / "test-artifacts")
 
 
-def _browser() -> str:
+@pytest.fixture(scope="module")
+def browser() -> str:
     """Debian's chromium. Missing, the browser tests fail under CI ($CI or $ABLATE_REQUIRE_BROWSER, which
-    .ci/run sets after installing it) and are skipped elsewhere, saying how to get it."""
+    .ci/run sets after installing it) and are skipped elsewhere, saying how to get it; before the MLflow
+    server starts (listed before it, this module-scoped fixture is made first)."""
     if CHROMIUM is not None:
         return CHROMIUM
     why = "Debian's chromium is not installed (apt-get install chromium)"
@@ -243,11 +245,11 @@ def _browser() -> str:
     pytest.skip(why)
 
 
-def _render(url: str, shot: Path, profile: Path) -> str:
+def _render(browser: str, url: str, shot: Path, profile: Path) -> str:
     """The page's DOM after its scripts ran (virtual time: no sleeping), and its screenshot in `shot`."""
     shot.parent.mkdir(parents=True, exist_ok=True)
     shot.unlink(missing_ok=True)
-    args = [_browser(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+    args = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
             "--no-first-run", f"--user-data-dir={profile}", "--window-size=1400,1000",
             "--virtual-time-budget=30000", f"--screenshot={shot}", "--dump-dom", url]  # fmt: skip
     run = subprocess.run(args, capture_output=True, text=True, timeout=120)
@@ -256,22 +258,22 @@ def _render(url: str, shot: Path, profile: Path) -> str:
 
 
 @pytest.mark.slow
-def test_browser_shows_every_trial_by_name_in_the_comparison_view(ui_server, tmp_path):
+def test_browser_shows_every_trial_by_name_in_the_comparison_view(browser, ui_server, tmp_path):
     url = ui_server["lines"][2].strip()
-    dom = _render(url, ARTIFACTS / "ablate_ui_compare_runs.png", tmp_path / "profile")
+    dom = _render(browser, url, ARTIFACTS / "ablate_ui_compare_runs.png", tmp_path / "profile")
     for name in ui_server["names"].values():
         assert name in dom, f"run {name} not on the comparison page"
     assert "Comparing 4 Runs from 1 Experiment" in dom and "eval/lm_loss" in dom
 
 
 @pytest.mark.slow
-def test_browser_opens_the_experiment_on_its_runs(ui_server, tmp_path):
+def test_browser_opens_the_experiment_on_its_runs(browser, ui_server, tmp_path):
     """The experiment's link (`ablate ui` without trials to compare) opens MLflow's runs table (model
     training), not the GenAI overview, which lists no runs and is where MLflow 3.17 opens otherwise."""
     from ablate.track.urls import experiment_url
 
     url = experiment_url(ui_server["base"], "1")
-    dom = _render(url, ARTIFACTS / "ablate_ui_experiment.png", tmp_path / "profile")
+    dom = _render(browser, url, ARTIFACTS / "ablate_ui_experiment.png", tmp_path / "profile")
     text = " ".join(re.sub(r"<[^>]+>", " ", dom).split())
     # the runs table (the parent run, its four trials nested under it), not the GenAI overview
     assert "Run Name" in text and "5 matching runs" in text and "small" in text, text[-2000:]
