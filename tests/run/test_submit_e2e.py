@@ -48,7 +48,9 @@ def check_tiny(workspace, result, db_url: str) -> dict[str, str]:
             assert t.mlflow_run_id and t.attempts == 1
         keys = {t.key: t.mlflow_run_id for t in trials}
         finals = {t.key: records.final_metrics(t.id) for t in trials}
-        prunes = {t.key: records.trial_stages(t.id)[2].hash for t in trials}  # teacher, importance, prune
+        prunes = {
+            t.key: next(s.hash for s in records.trial_stages(t.id) if s.kind == "prune") for t in trials
+        }
         experiment = records.get_experiment("tiny")
     parents, children = split_runs(mlflow_runs(workspace, "tiny"))
     assert len(parents) == 1 and experiment.mlflow_run_id == parents[0].info.run_id
