@@ -269,7 +269,9 @@ class Report:
     def run_url(self, run_id: str | None) -> str | None:
         if not run_id or not self.mlflow_experiment_id:
             return None
-        return f"{self.ui_base}/#/experiments/{self.mlflow_experiment_id}/runs/{run_id}"
+        from ablate.track.urls import model_training_view  # MLflow 3 opens the GenAI view otherwise
+
+        return model_training_view(f"{self.ui_base}/#/experiments/{self.mlflow_experiment_id}/runs/{run_id}")
 
     def compare_url(self) -> str | None:
         runs = [t.mlflow_run_id for t in self.trials if t.mlflow_run_id]
