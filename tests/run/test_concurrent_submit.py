@@ -200,8 +200,10 @@ def test_cancelled_trial_leaves_no_stage_running(ray_local, tmp_path):
     assert asked and not result.ok
     assert [t["status"] for t in result.trials] == ["cancelled"]
     with records_of(workspace) as records:
-        stages = {s.kind: s for s in records.stages("tiny-cancel")}
-        assert {stages[k].status for k in SHARED} == {"completed"}
+        every = records.stages("tiny-cancel")
+        references = [s for s in every if s.kind == "eval" and "model" in s.config]  # shared: done
+        stages = {s.kind: s for s in every if s not in references}
+        assert {stages[k].status for k in SHARED} | {s.status for s in references} == {"completed"}
         assert stages["distill"].status == "cancelled" and stages["eval"].status == "cancelled"
         assert "cancel" in (stages["distill"].error or "")
         # nobody holds anything once the submission is over
