@@ -17,12 +17,13 @@ repeated to the asked size, in 8 MB files), with the tokenizer of --tokenizer:
 Run: python bench/data_throughput.py [--tokenizer builtin:smollm2-135m] [--small 2e6] [--large 2e7]
 Prints JSON.
 
-Measured 2026-11-30 (2 vCPUs, nothing else running, load average 0.2; SmolLM2's tokenizer):
-tokenize 1proc 1,098,071 tokens/s vs encode_batch 1,286,288: ratio 0.854 by wall time, 0.889 by CPU time
-(2proc 0.753: under the 0.9 target); loader 805,112,494 tokens/s = 17,911x an H100's 44,950; prepare's
-peak RSS 405.3 MiB for 1.9M tokens, 404.8 MiB for 19.0M (flat). Timing `encode` against `encode_batch`
-alone on the same batches in one process varies 0.88-1.18x run to run: the remaining gap is within the
-noise of this machine, or in the reading and JSON decoding that share its two cores with the tokenizer.
+Measured 2026-11-30 with `encode_batch_fast` (tokenizers 0.23.3; SmolLM2's tokenizer), in one run on 2 vCPUs
+shared with a running study (load average 10): tokenize 1proc 123,005 tokens/s vs encode_batch 120,418:
+ratio 1.021 (1.046 vs encode_batch_fast called directly, 1.128 vs transformers' tokenizer(docs); by CPU
+time ours used 3.90 s against encode_batch's 5.88 s); 2proc 0.932. Loader 258,853,705 tokens/s = 5,759x an
+H100's 44,950. prepare's peak RSS 398.9 MiB for 1.9M tokens, 403.0 MiB for 19.0M (ratio 1.01).
+Before encode_batch_fast (idle machine): 0.854 by wall time, 0.889 by CPU time -- the offsets that
+encode_batch computes and the shards never use were the gap.
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@
     recipe (best or named trial)  ->  stages (reused when their artifact exists, else run in-process)
       ->  export (HF folder + model card, atomically)  ->  throughput (torch backend; TensorRT-LLM
       engines when importable, else the exact commands)  ->  reports/<experiment>/build.md
+      ->  a run in the experiment's MLflow store (metrics, card, report, checkpoint path: mlflow_log.py)
 
 A second build of the same recipe into the same folder reuses everything: every stage is in the
 artifact store, the folder's manifest names the same recipe, and the throughput measured on the same
@@ -61,6 +62,7 @@ class BuildResult:
     throughput: list[dict[str, Any]] = field(default_factory=list)  # one table per backend
     trtllm: dict[str, Any] = field(default_factory=dict)
     report: str = ""
+    mlflow_run: str = ""  # the build's run in the experiment's MLflow store ("" when not logged)
     wall_s: float = 0.0
 
     @property
@@ -133,6 +135,10 @@ def build(
     result.wall_s = time.perf_counter() - started
     result.report = str(write_report(recipe, result, Path(reports_dir)))
     say(f"report: {result.report}")
+    if not dry_run:
+        from ablate.build.mlflow_log import log_build
+
+        result.mlflow_run = log_build(recipe, result, say)
     return result
 
 

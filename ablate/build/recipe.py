@@ -47,6 +47,7 @@ class Source:
     db_url: str
     artifacts: str
     build: Build
+    mlflow: str = ""  # the experiment's MLflow store (tracking.mlflow), where the build is logged
     teacher_config_path: str | None = None
     trials: list[Trial] = field(default_factory=list)  # from the spec file (empty in name mode)
 
@@ -82,6 +83,7 @@ def open_source(name_or_spec: str, db: str | None = None, artifacts: str | None 
             db_url=absolute_sqlite(db or spec.tracking.db),
             artifacts=absolute_store(artifacts or spec.tracking.artifacts),
             build=spec.build,
+            mlflow=absolute_sqlite(spec.tracking.mlflow),
             teacher_config_path=config_path,
             trials=list(loaded.trials),
         )
@@ -112,6 +114,7 @@ def open_source(name_or_spec: str, db: str | None = None, artifacts: str | None 
         db_url=db_url,
         artifacts=absolute_store(artifacts or tracking.artifacts),
         build=build,
+        mlflow=absolute_sqlite(tracking.mlflow),
     )
 
 

@@ -20,7 +20,7 @@ from ablate.commands import db_option
 from ablate.errors import AblateError
 from ablate.report.model import ReportError, compare_runs_url
 from ablate.secrets import redact_text, redact_url
-from ablate.track.urls import DEFAULT_MLFLOW
+from ablate.track.urls import DEFAULT_MLFLOW, experiment_url, model_training_view
 
 
 def open_records(db: str) -> Any:
@@ -285,13 +285,13 @@ def ui_command(
         else f"http://{'[' + show_host + ']' if ':' in show_host else show_host}:{port}"
     )
     if target["experiment_id"] and target["run_ids"]:
-        url = compare_runs_url(base, target["experiment_id"], target["run_ids"])
+        url = model_training_view(compare_runs_url(base, target["experiment_id"], target["run_ids"]))
         what = f"{len(target['run_ids'])} trials of '{target['name']}' in the run-comparison view"
     elif target["experiment_id"]:
-        url = f"{base}/#/experiments/{target['experiment_id']}"
+        url = experiment_url(base, target["experiment_id"])
         what = f"experiment '{target['name']}'"
     else:
-        url = f"{base}/#/experiments"
+        url = experiment_url(base)
         what = "the experiment list"
     if remote:
         if as_json:

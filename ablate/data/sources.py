@@ -409,8 +409,10 @@ def stamp(source: Source) -> str | None:
     nothing yet: the stage then fails with local_files' message when it runs. The shards themselves stay
     addressed by `fingerprint` (content), so a stale stamp can never make a stage read stale tokens."""
     ref = source.path
-    if ref.startswith(("builtin:", "hf:")):
-        return fingerprint(source) if ref.startswith("builtin:") else ref
+    if ref.startswith("builtin:"):
+        return _builtin_stamp(ref, source.text_field)
+    if ref.startswith("hf:"):
+        return ref
     index = Path(ref).expanduser() / "index.json"  # a folder of shards made earlier
     if index.is_file():
         return hashlib.sha256(index.read_bytes()).hexdigest()[:16]
@@ -423,3 +425,9 @@ def stamp(source: Source) -> str | None:
         st = file.stat()
         h.update(f"{file.name}|{st.st_size}|{st.st_mtime_ns}\n".encode())
     return h.hexdigest()[:16]
+
+
+@functools.lru_cache(maxsize=8)
+def _builtin_stamp(ref: str, text_field: str) -> str:
+    """A built-in corpus's fingerprint, once per process (its text is fixed; a large grid asks per trial)."""
+    return fingerprint(Source(ref, 1.0, text_field))

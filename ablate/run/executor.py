@@ -37,6 +37,7 @@ from ablate.plan.graph import StageGraph, build_graph
 from ablate.plan.stages import REFERENCE_EVALS, Stage, trial_kinds
 from ablate.run import ray_workers, recompute, stage_runners
 from ablate.run.artifacts import ArtifactCorrupt, ArtifactStore
+from ablate.run.mlflow_runs import trial_run
 from ablate.run.ray_session import init_ray
 from ablate.run.shared_stages import DRIVER_MEMORY_BYTES, WAIT_POLL_S, SharedStages
 from ablate.run.trial_outcomes import TrialOutcomes, benchmark_finals, curve_rows, final_rows
@@ -49,7 +50,6 @@ from ablate.track.urls import absolute_sqlite, absolute_store
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str, dict[str, Any]], None]
-KEY_DISTILL_PARAMS = ("loss", "lr", "tokens", "global_batch", "micro_batch", "warmup_steps", "schedule")
 
 __all__ = ["Executor", "SubmitResult", "init_ray", "submit"]
 
@@ -112,6 +112,7 @@ class Executor(SharedStages, TrialOutcomes):
         self.stage_status: dict[str, str] = {}
         self.ran: dict[str, dict[str, Any]] = {}  # trial key -> node, start and end of its work (this run)
         self.trial_tags: dict[str, dict[str, str]] = {}  # MLflow tags set when the trial ends
+        self.objectives = {t.key: t.spec.distill.loss for t in loaded.trials}  # names MLflow's metrics
         self._opener: threading.Thread | None = None
         self._opener_error: BaseException | None = None
         self.result = SubmitResult(self.name)
@@ -127,20 +128,14 @@ class Executor(SharedStages, TrialOutcomes):
         return self._mirror
 
     def run_id(self, key: str) -> str:
-        """The trial's MLflow child run, found or created on first use (params + stage hashes as tags)."""
+        """The trial's MLflow child run, found or created on first use (ablate.run.mlflow_runs: its
+        readable name, params, stage hashes as tags, and the report's metric first)."""
         if key not in self.run_ids:
             trial = next(t for t in self.loaded.trials if t.key == key)
-            stages = self.graph.trial_stages[key]
-            resolved = trial.resolved()
-            params = {f"distill.{k}": resolved["distill"].get(k) for k in KEY_DISTILL_PARAMS}
-            params |= {
-                "data.seq_len": resolved["data"]["seq_len"],
-                "target": trial.target,
-                "seed": trial.seed,
-            }
-            params |= {k: str(v) for k, v in trial.overrides.items()}  # what the sweep varied, as given
-            tags = {f"ablate.stage.{kind}": h for kind, h in stages.items()} | {"ablate.target": trial.target}
-            run_id = self.mirror.child_run(key, params=params, tags=tags)
+            fields = trial_run(trial, self.graph.trial_stages[key], self.spec.report.metric)
+            run_id = self.mirror.child_run(
+                key, fields.params, fields.tags, run_name=fields.name, first_metrics=fields.first_metrics
+            )
             self.run_ids[key] = run_id
             info = self.trial_infos.get(key)
             if info is None or info.mlflow_run_id != run_id:
@@ -342,7 +337,8 @@ class Executor(SharedStages, TrialOutcomes):
         self.records.log_metrics(trial_id, rows)
         self.records.log_final_metrics(trial_id, final)
         self.records.set_trial_status(trial_id, "completed")
-        self.mirror.log_step_metrics(run_id, rows + final_rows(final, facts.get("steps") or 0))
+        self.mirror_metrics(key, rows + final_rows(final, facts.get("steps") or 0))
+        self.mirror_size(key)
         self.mirror.set_terminated(run_id, "FINISHED")
         self._count_trial_reused(key)
         self.progress("trial_done", {"key": key, "metrics": final, "reused": True})

@@ -10,7 +10,9 @@ into the records of the trials it serves, where the report's reference rows read
 
 Written on every submission that uses the stage, so trials that completed before the stages existed get
 them too; values the records hold already (to a relative 1e-6: the trial's own eval measures the teacher's
-loss as well) are not written again, so a re-submission writes nothing.
+loss as well) are not written again, so a re-submission writes nothing. What is written goes to the
+trial's MLflow run as well, as ``pruned/<metric>`` and ``teacher/lm_loss`` at step 0 (not ``eval/...``,
+whose step 0 holds the run's first-metric place: ablate.run.mlflow_runs).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ if TYPE_CHECKING:
 
 Rows = list[tuple[str, int, float]]
 REL_TOL = 1e-6
+MLFLOW_METRICS = ("lm_loss", "perplexity", "kl_to_teacher", "top1_agreement")  # of the pruned student
 
 
 def reference_writes(
@@ -62,7 +65,7 @@ def _same(a: float | None, b: float) -> bool:
 
 
 def write_new(records: Records, trial_id: int, rows: Rows, final: Mapping[str, float]) -> Rows:
-    """Write what the trial's records do not hold yet; returns the per-step rows written (for MLflow)."""
+    """Write what the trial's records do not hold yet; returns what was written as MLflow rows."""
     names = dict.fromkeys([*(r[0] for r in rows), *final])
     held = {(r.name, r.step): r.value for n in names for r in records.trial_metrics(trial_id, name=n)}
     new_rows = [r for r in rows if (r[0], r[1]) not in held or not _same(held[(r[0], r[1])], r[2])]
@@ -71,7 +74,16 @@ def write_new(records: Records, trial_id: int, rows: Rows, final: Mapping[str, f
         records.log_metrics(trial_id, new_rows)
     if new_final:
         records.log_final_metrics(trial_id, new_final)
-    return new_rows
+    return mlflow_rows(new_rows, new_final)
 
 
-__all__ = ["reference_writes", "write_new"]
+def mlflow_rows(rows: Rows, final: Mapping[str, float]) -> Rows:
+    """The MLflow rows of reference values written into a trial's records (see the module docstring)."""
+    out = [(f"pruned/{name[len('eval_') :]}", BEFORE_TRAINING, v) for name, _, v in rows]
+    out = [r for r in out if r[0].split("/", 1)[1] in MLFLOW_METRICS]
+    if TEACHER_LOSS in final:
+        out.append(("teacher/lm_loss", BEFORE_TRAINING, final[TEACHER_LOSS]))
+    return out
+
+
+__all__ = ["mlflow_rows", "reference_writes", "write_new"]

@@ -53,7 +53,7 @@ class SharedStages:
     trial_ids: dict[str, int]
     mirror: MlflowMirror
     result: Any
-    reference_rows: dict[str, list[tuple[str, int, float]]]  # trial key -> rows for mirror_references
+    reference_rows: dict[str, list[tuple[str, int, float]]]  # trial key -> MLflow rows (mirror_references)
 
     if TYPE_CHECKING:  # provided by the executor
 
@@ -184,8 +184,8 @@ class SharedStages:
                         self.reference_rows.setdefault(key, []).extend(written)
 
     def mirror_references(self) -> None:
-        """The reference evals' per-step rows this submission wrote, to the trials' MLflow runs (after the
-        trials, from the driver thread, so MLflow is opened only when something was written)."""
+        """The reference values this submission wrote, to the trials' MLflow runs (after the trials, from
+        the driver thread, so MLflow is opened only when something was written)."""
         rows, self.reference_rows = self.reference_rows, {}
         for key, values in rows.items():
             self.mirror.log_step_metrics(self.run_id(key), values)

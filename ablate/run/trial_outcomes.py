@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Any
 
 from ablate.plan.stages import BENCHMARK, trial_kinds
 from ablate.run import ray_workers, stage_runners
+from ablate.run.mlflow_runs import size_fields
+from ablate.track.mlflow_names import mlflow_rows
 
 if TYPE_CHECKING:  # the attributes this mixin uses; Executor defines them
     from ablate.plan.graph import StageGraph
@@ -31,9 +33,10 @@ def curve_rows(facts: dict[str, Any]) -> list[tuple[str, int, float]]:
 
 
 def final_rows(final: dict[str, float], step: int) -> list[tuple[str, int, float]]:
-    """Final eval metrics for MLflow: `eval_<name>` at the last step, the same series as periodic evals
-    (`distill.eval_every`), so the run table shows them and they never mix with per-step values."""
-    return [(f"eval_{k}", step, v) for k, v in final.items() if v is not None]
+    """Final eval metrics for MLflow: `eval_<name>` (`eval/<name>` there) at the last step, the same series
+    as periodic evals (`distill.eval_every`), so the run table shows them and they never mix with per-step
+    values. Never at step 0, where a new run holds its first metric's place (ablate.run.mlflow_runs)."""
+    return [(f"eval_{k}", max(1, step), v) for k, v in final.items() if v is not None]
 
 
 def benchmark_finals(records: Records, store: ArtifactStore, stages: dict[str, str]) -> dict[str, float]:
@@ -59,6 +62,7 @@ class TrialOutcomes:
     stage_status: dict[str, str]
     ran: dict[str, dict[str, Any]]
     trial_tags: dict[str, dict[str, str]]
+    objectives: dict[str, str]  # trial key -> distill.loss
     mirror: MlflowMirror
     result: Any
 
@@ -92,7 +96,20 @@ class TrialOutcomes:
 
     def record_steps(self, key: str, rows: list[tuple[str, int, float]]) -> None:
         self.records.log_metrics(self.trial_ids[key], rows)
-        self.mirror.log_step_metrics(self.run_ids[key], rows)  # points it has already are skipped
+        self.mirror_metrics(key, rows)
+
+    def mirror_metrics(self, key: str, rows: list[tuple[str, int, float]]) -> None:
+        """Recorded rows to the trial's MLflow run, under their MLflow names (`train/kl` for a `kld`
+        trial's loss, `train/ce` for a `ce` one's: ablate.track.mlflow_names); points it has are skipped."""
+        self.mirror.log_step_metrics(self.run_ids[key], mlflow_rows(rows, self.objectives.get(key)))
+
+    def mirror_size(self, key: str) -> None:
+        """The student's parameter count (from its prune stage) to the trial's run: MLflow then plots
+        quality against size (ablate.run.mlflow_runs)."""
+        params, rows = size_fields(self.store, self.graph.trial_stages[key]["prune"])
+        if params:
+            self.mirror.add_params(self.run_ids[key], params, f"trial {key}")
+            self.mirror.log_step_metrics(self.run_ids[key], rows)
 
     def _finish_tags(self, key: str) -> None:
         tags = self.trial_tags.pop(key, None)
@@ -143,7 +160,8 @@ class TrialOutcomes:
                 experiment=self.name,
                 trial_id=trial_id,
             )
-        self.mirror.log_step_metrics(run_id, final_rows(final, steps))
+        self.mirror_metrics(key, final_rows(final, steps))
+        self.mirror_size(key)
         self._finish_tags(key)
         self.mirror.set_terminated(run_id, "FINISHED")
         self.progress("trial_done", {"key": key, "metrics": final, "resumed_from_step": resumed})

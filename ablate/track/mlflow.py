@@ -5,7 +5,14 @@ found again by tag on every later submission, never created anew:
 
 - parent: tags ``ablate.role=parent`` and ``ablate.experiment=<name>``;
 - child: tags ``ablate.role=trial``, ``ablate.trial_key=<key>``, ``mlflow.parentRunId=<parent>`` (which is
-  what nests it under the parent in the MLflow UI); its run name is the trial key.
+  what nests it under the parent in the MLflow UI); its run name is what the sweep varied
+  (ablate.track.mlflow_names), with a piece of the key added when another run under the parent has it;
+- build: tags ``ablate.role=build``, ``ablate.recipe=<recipe id>``, nested the same way (``ablate build``).
+
+The experiment is tagged ``mlflow.experimentKind=custom_model_development``, the kind MLflow 3's UI
+gives experiments of model training (it opens those on their runs table, not the GenAI overview) where it
+reads the tag; MLflow 3.17's UI takes a global switch instead, which the links ablate prints set
+(ablate.track.urls.model_training_view).
 
 All metric, param and tag writes go through ``MlflowClient.log_batch`` in chunks within MLflow's limits.
 
@@ -41,6 +48,11 @@ TAG_EXPERIMENT = "ablate.experiment"
 TAG_TRIAL_KEY = "ablate.trial_key"
 TAG_PARENT = "mlflow.parentRunId"
 TAG_RUN_NAME = "mlflow.runName"
+TAG_RECIPE = "ablate.recipe"
+# The experiment kind MLflow 3's UI reads (ExperimentKind in its frontend) to open an experiment on its
+# runs table rather than the GenAI overview, where the UI's global GenAI / model-training switch is off.
+TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
 
 # MLflow's own batch limits (mlflow.utils.validation)
 MAX_METRICS_PER_BATCH = 1000
@@ -204,7 +216,7 @@ class MlflowMirror:
                 return self.client.create_experiment(
                     self.experiment_name,
                     artifact_location=self.artifact_location,
-                    tags={"ablate.experiment": self.experiment_name},
+                    tags={TAG_EXPERIMENT: self.experiment_name, TAG_EXPERIMENT_KIND: EXPERIMENT_KIND},
                 )
             except MlflowException:  # created concurrently
                 exp = self.client.get_experiment_by_name(self.experiment_name)
@@ -212,6 +224,8 @@ class MlflowMirror:
                     raise
         if exp.lifecycle_stage == "deleted":
             self.client.restore_experiment(exp.experiment_id)
+        if TAG_EXPERIMENT_KIND not in exp.tags:  # made before ablate set it; a kind chosen in the UI stays
+            self.client.set_experiment_tag(exp.experiment_id, TAG_EXPERIMENT_KIND, EXPERIMENT_KIND)
         return exp.experiment_id
 
     def _search(self, filter_string: str, max_results: int = 1000) -> list[Any]:
@@ -268,11 +282,18 @@ class MlflowMirror:
         trial_key: str,
         params: Mapping[str, Any] | None = None,
         tags: Mapping[str, Any] | None = None,
+        *,
+        run_name: str | None = None,
+        first_metrics: Sequence[tuple[str, int, float]] = (),
     ) -> str:
-        """The id of the trial's run (run name = trial key), nested under the parent; reused on re-runs.
+        """The id of the trial's run, nested under the parent; reused on re-runs.
 
-        ``params`` are logged once (MLflow params are immutable: a param already on the run is kept, a
-        different value is reported and skipped); ``tags`` (e.g. stage hashes) are set every time.
+        A new run is named ``run_name`` (default: the trial key), or ``run_name-<key prefix>`` when another
+        run under the parent has that name, and gets ``first_metrics`` before anything else: MLflow keeps
+        a run's metrics in the order they first came, and its compare view preselects the first one all
+        runs share. ``params`` are logged once (MLflow params are immutable: a param already on the run
+        is kept, a different value is reported and skipped); ``tags`` (e.g. stage hashes) are set every
+        time.
         """
         with self._lock:
             if not self._children:
@@ -280,42 +301,77 @@ class MlflowMirror:
             run_id = self._children.get(trial_key)
             created = False
             if run_id is None:
-                parent = self.parent_run()
-                with store_lock(self.tracking_uri):  # two submissions never create one trial's run twice
-                    found = self._search(
-                        f"tags.`{TAG_TRIAL_KEY}` = {_quote(trial_key)} and tags.`{TAG_PARENT}` = {_quote(parent)}"
-                    )
-                    if found:
-                        run_id = found[0].info.run_id
-                    else:
-                        run = self.client.create_run(
-                            self.experiment_id,
-                            run_name=trial_key,
-                            tags={
-                                TAG_PARENT: parent,
-                                TAG_ROLE: "trial",
-                                TAG_TRIAL_KEY: trial_key,
-                                TAG_EXPERIMENT: self.experiment_name,
-                            },
-                        )
-                        run_id, created = run.info.run_id, True
-                        self._logged[run_id] = set()
+                run_id, created = self._nested_run(
+                    TAG_TRIAL_KEY, trial_key, "trial", run_name or trial_key, {TAG_TRIAL_KEY: trial_key}
+                )
                 self._children[trial_key] = run_id
-        existing = {} if created or not params else dict(self.client.get_run(run_id).data.params)
-        if params:
-            new = {}
-            for k, v in params.items():
-                sv = _str(v, MAX_PARAM_VAL_LENGTH)
-                if k not in existing:
-                    new[k] = sv
-                elif existing[k] != sv:
-                    log.warning(
-                        "trial %s: param %s is %r in MLflow, not %r; kept", trial_key, k, existing[k], sv
-                    )
-            self.log_params(run_id, new)
+        if created and first_metrics:
+            self.log_step_metrics(run_id, first_metrics)
+        self.add_params(run_id, params, f"trial {trial_key}", created)
         if tags:
             self.set_tags(run_id, tags)
         return run_id
+
+    def build_run(
+        self,
+        recipe_id: str,
+        run_name: str,
+        params: Mapping[str, Any] | None = None,
+        tags: Mapping[str, Any] | None = None,
+    ) -> str:
+        """The id of the run of ``ablate build``'s recipe ``recipe_id``, nested under the parent: found
+        by tag (a second build of the recipe logs to the same run), else created."""
+        with self._lock:
+            run_id, created = self._nested_run(
+                TAG_RECIPE, recipe_id, "build", run_name, {TAG_RECIPE: recipe_id}
+            )
+        self.add_params(run_id, params, f"build {recipe_id}", created)
+        if tags:
+            self.set_tags(run_id, tags)
+        return run_id
+
+    def _nested_run(
+        self, key_tag: str, key: str, role: str, run_name: str, tags: Mapping[str, str]
+    ) -> tuple[str, bool]:
+        """(run id, created): the run under the parent whose ``key_tag`` is ``key``, or a new one named
+        ``run_name`` (made unique under the parent with a piece of ``key``)."""
+        parent = self.parent_run()
+        with store_lock(self.tracking_uri):  # two submissions never create one trial's run twice
+            found = self._search(
+                f"tags.`{key_tag}` = {_quote(key)} and tags.`{TAG_PARENT}` = {_quote(parent)}"
+            )
+            if found:
+                return found[0].info.run_id, False
+            if run_name != key and self.client.search_runs(
+                [self.experiment_id],
+                filter_string=f"attributes.run_name = {_quote(run_name)} and tags.`{TAG_PARENT}` = {_quote(parent)}",
+                max_results=1,
+            ):
+                run_name = f"{run_name}-{key[:6]}"
+            run = self.client.create_run(
+                self.experiment_id,
+                run_name=run_name,
+                tags={TAG_PARENT: parent, TAG_ROLE: role, TAG_EXPERIMENT: self.experiment_name, **tags},
+            )
+            self._logged[run.info.run_id] = set()
+            return run.info.run_id, True
+
+    def add_params(
+        self, run_id: str, params: Mapping[str, Any] | None, what: str = "run", created: bool = False
+    ) -> None:
+        """Log the params the run does not have yet (MLflow's are immutable); one it has with another value
+        is reported (naming ``what``) and kept. ``created``: the run is new, so it has none."""
+        if not params:
+            return
+        existing = {} if created else dict(self.client.get_run(run_id).data.params)
+        new = {}
+        for k, v in params.items():
+            sv = _str(v, MAX_PARAM_VAL_LENGTH)
+            if k not in existing:
+                new[k] = sv
+            elif existing[k] != sv:
+                log.warning("%s: param %s is %r in MLflow, not %r; kept", what, k, existing[k], sv)
+        self.log_params(run_id, new)
 
     def children(self) -> dict[str, str]:
         """Trial key -> run id of every child run of the parent (searched afresh)."""

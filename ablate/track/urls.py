@@ -27,6 +27,22 @@ def absolute_sqlite(url: str) -> str:
     return url
 
 
+# MLflow 3.17's UI picks GenAI or model-training views from a global switch (browser storage, default
+# GenAI), not from the experiment's mlflow.experimentKind tag; a link overrides it with this query.
+MODEL_TRAINING_VIEW = "workflowType=machine_learning"
+
+
+def model_training_view(url: str) -> str:
+    """An MLflow UI link (``.../#/route?query``) that opens in the model-training view."""
+    return url + ("&" if "?" in url.rsplit("#", 1)[-1] else "?") + MODEL_TRAINING_VIEW
+
+
+def experiment_url(base: str, experiment_id: str | None = None) -> str:
+    """The MLflow UI's page of an experiment (its runs table), or the experiment list."""
+    route = f"#/experiments/{experiment_id}" if experiment_id else "#/experiments"
+    return model_training_view(f"{base.rstrip('/')}/{route}")
+
+
 def sqlite_missing(url: str) -> bool:
     """True for a file-backed SQLite URL whose file does not exist (opening it would create it)."""
     return url.startswith(_SQLITE) and not Path(url[len(_SQLITE) :]).exists()
@@ -36,7 +52,10 @@ __all__ = [
     "DEFAULT_ARTIFACTS",
     "DEFAULT_DB",
     "DEFAULT_MLFLOW",
+    "MODEL_TRAINING_VIEW",
     "absolute_sqlite",
+    "experiment_url",
+    "model_training_view",
     "absolute_store",
     "sqlite_missing",
 ]

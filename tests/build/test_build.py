@@ -162,6 +162,50 @@ def test_build_at_trial_budget_runs_nothing_and_matches_the_recorded_loss(tiny, 
     )
 
 
+def test_build_is_logged_to_the_experiments_mlflow_store(tiny, tmp_path):
+    """Metrics (its eval first), card, report and checkpoint path in a run nested under the experiment's
+    parent run; the same recipe built again logs to the same run; without a store, nothing is created."""
+    from ablate.track.mlflow import MlflowMirror
+    from ablate.track.mlflow_names import trial_run_name
+
+    store = f"sqlite:///{tmp_path}/mlflow.db"
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text(tiny.spec_path.read_text().replace(f"sqlite:///{tiny.root}/mlflow.db", store))
+    mirror = MlflowMirror(store, "tiny")
+    parent = mirror.parent_run()  # what `ablate submit` made
+    said: list[str] = []
+    kwargs = {"out": tmp_path / "b", "tokens": "2k", "throughput": False, "reports_dir": tmp_path / "r"}
+    result = pipeline.build(open_source(str(spec)), say=said.append, **kwargs)
+    run = mirror.client.get_run(result.mlflow_run)
+    trial = next(t for t in tiny.loaded.trials if t.key == result.trial)
+    assert (
+        run.info.run_name == f"build-{trial_run_name(trial.overrides)}-2k" and run.info.status == "FINISHED"
+    )
+    tags, metrics, params = run.data.tags, run.data.metrics, run.data.params
+    assert tags["mlflow.parentRunId"] == parent and tags["ablate.role"] == "build"
+    assert tags["ablate.checkpoint"] == result.model_dir and result.model_dir in tags["mlflow.note.content"]
+    assert list(metrics)[0] == "eval/lm_loss" and metrics["eval/lm_loss"] == result.metrics["lm_loss"]
+    assert metrics["teacher/lm_loss"] == result.teacher_metrics["lm_loss"]
+    assert metrics["params/student"] == result.params["student"] == int(params["student.params"])
+    assert params["recipe"] == result.recipe_id and params["trial"] == result.trial
+    artifacts = {
+        a.path
+        for folder in ("card", "report", "build")
+        for a in mirror.client.list_artifacts(run.info.run_id, folder)
+    }
+    assert {"card/README.md", "report/build.md", "build/build.json", "build/plan.json"} <= artifacts
+    assert any(f"MLflow: build run {run.info.run_id}" in line for line in said)
+
+    again = pipeline.build(open_source(str(spec)), **kwargs)
+    assert again.export_reused and again.mlflow_run == run.info.run_id
+    assert len(mirror.client.search_runs([mirror.experiment_id])) == 2  # the parent and the build
+
+    said.clear()
+    missing = pipeline.build(open_source(str(tiny.spec_path)), say=said.append, **kwargs)
+    assert missing.mlflow_run == "" and not (tiny.root / "mlflow.db").exists()
+    assert any("MLflow: no store at" in line for line in said)
+
+
 def test_best_is_the_lowest_final_lm_loss_and_trial_can_be_named(tiny, monkeypatch):
     source = open_source(str(tiny.spec_path))
     summary = tiny.records.experiment_summary("tiny").trials

@@ -56,15 +56,16 @@ def test_dry_run_of_the_8b_recipe(tmp_path, monkeypatch, no_weights):
         assert needed in card, needed
 
     plan = json.loads((out / "plan.json").read_text())
-    assert [s["kind"] for s in plan["stages"]] == ["teacher", "importance", "prune", "distill", "eval"]
+    assert [s["kind"] for s in plan["stages"]] == ["tokenize", "teacher", "importance", "prune", "distill", "eval"]
     assert all(s["action"] == "would run" for s in plan["stages"])
-    assert plan["stages"][3]["config"]["distill"]["tokens"] == 380_000_000_000
-    assert plan["stages"][0]["config"]["correction"]["tokens"] == 127_000_000_000
+    by_kind = {s["kind"]: s for s in plan["stages"]}
+    assert by_kind["distill"]["config"]["distill"]["tokens"] == 380_000_000_000
+    assert by_kind["teacher"]["config"]["correction"]["tokens"] == 127_000_000_000
 
     commands = (out / "trtllm" / "commands.sh").read_text()
     model_dir = str(out.resolve() / "model")
     assert f"STUDENT={model_dir}" in commands
-    assert f"/{plan['stages'][0]['hash']}/model" in commands  # the corrected teacher's checkpoint
+    assert f"/{by_kind['teacher']['hash']}/model" in commands  # the corrected teacher's checkpoint
     assert (
         "python -m ablate.build.trtllm engines --model student=$STUDENT --model teacher=$TEACHER" in commands
     )

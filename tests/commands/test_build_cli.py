@@ -45,7 +45,7 @@ def test_build_json_then_again_reuses(tmp_path):
                "--out", str(tmp_path / "out"), "--reports", str(tmp_path / "r")],
     )  # fmt: skip
     assert human.exit_code == 0, human.output
-    assert "built cli trial" in human.output and "stages: 0 run, 5 reused, export reused" in human.output
+    assert "built cli trial" in human.output and "stages: 0 run, 6 reused, export reused" in human.output
     assert "generation throughput not measured on the CPU" in human.stderr
 
 

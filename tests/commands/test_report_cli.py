@@ -1,11 +1,13 @@
 """`ablate report` and `ablate ui` from the command line: files, JSON, exit 2 on bad input with nothing
-written, and the MLflow UI serving the experiment's trials (REST API and, where Debian's chromium is
-installed, a headless browser on the printed comparison URL)."""
+written, and the MLflow UI serving the experiment's trials (REST API, and a headless Debian chromium on
+the printed comparison URL and on the experiment's page, whose screenshots are kept in test-artifacts/)."""
 
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 import shutil
 import signal
 import socket
@@ -132,22 +134,36 @@ def _get(url: str, data: bytes | None = None) -> bytes:
 
 @pytest.fixture(scope="module")
 def ui_server(tmp_path_factory):
-    """`ablate ui small` on a real MLflow store (one run per trial), started on a free port, stopped after."""
+    """`ablate ui small` on a real MLflow store (one run per trial, named and with metrics named as a
+    submission writes them: ablate.track.mlflow_names), started on a free port, stopped after."""
     from ablate.track.db import connect
     from ablate.track.mlflow import MlflowMirror
+    from ablate.track.mlflow_names import eval_metric, mlflow_rows, trial_run_name
 
     folder = tmp_path_factory.mktemp("ui")
     store = f"sqlite:///{folder}/.ablate/mlflow.db"
     db = f"sqlite:///{folder}/.ablate/ablate.db"
     records = connect(db)
-    keys = _small(records, mlflow_uri=store)
+    _small(records, mlflow_uri=store)
     mirror = MlflowMirror(store, "small")
     records.set_experiment_mlflow("small", mirror.experiment_id, mirror.parent_run())
-    for trial_id, key in keys:
-        run_id = mirror.child_run(key, params={"target": "x"})
-        mirror.log_final_metrics(run_id, records.final_metrics(trial_id))
+    names = {}
+    for trial in records.trials("small"):
+        loss = trial.overrides["distill.loss"]
+        names[trial.key] = trial_run_name(trial.overrides)
+        params = {"distill.loss": loss, "target": trial.overrides["target"], "seed": 0}
+        run_id = mirror.child_run(
+            trial.key,
+            params,
+            run_name=names[trial.key],
+            first_metrics=[(eval_metric("lm_loss"), 0, math.nan)],
+        )
+        mirror.log_step_metrics(run_id, mlflow_rows([("loss", 1, 2.0), ("lr", 1, 1e-3)], loss))
+        mirror.log_final_metrics(
+            run_id, {eval_metric(k): v for k, v in records.final_metrics(trial.id).items()}, step=1
+        )
         mirror.set_terminated(run_id, "FINISHED")
-        records.set_trial_mlflow_run(trial_id, run_id)
+        records.set_trial_mlflow_run(trial.id, run_id)
     records.close()
     port = _free_port()
     ablate = str(Path(sys.executable).parent / "ablate")
@@ -171,7 +187,7 @@ def ui_server(tmp_path_factory):
                 if proc.poll() is not None or time.monotonic() > deadline:
                     raise AssertionError(f"mlflow server did not start: {lines}") from None
                 time.sleep(0.5)
-        yield {"lines": lines, "base": base, "keys": [k for _, k in keys], "folder": folder, "port": port}
+        yield {"lines": lines, "base": base, "names": names, "folder": folder, "port": port}
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
@@ -187,14 +203,19 @@ def test_ui_serves_the_experiment_and_prints_the_comparison_url(ui_server):
     assert lines[0].startswith(f"MLflow UI on sqlite:///{ui_server['folder']}/.ablate/mlflow.db at {base}")
     assert lines[1].strip() == "4 trials of 'small' in the run-comparison view:"
     url = lines[2].strip()
-    assert url.startswith(f"{base}/#/compare-runs?runs=%5B%22") and url.endswith("&experiments=%5B%221%22%5D")
+    assert url.startswith(f"{base}/#/compare-runs?runs=%5B%22") and url.endswith(
+        "&experiments=%5B%221%22%5D&workflowType=machine_learning"  # MLflow's model-training view
+    )
     assert b"<title>MLflow</title>" in _get(base + "/") or b"MLflow" in _get(base + "/")
     body = json.dumps({"experiment_ids": ["1"], "max_results": 100}).encode()
     runs = json.loads(_get(base + "/ajax-api/2.0/mlflow/runs/search", body))["runs"]
-    names = {r["info"]["run_name"]: r for r in runs}
-    for key in ui_server["keys"]:
-        assert key in names and names[key]["info"]["run_id"] in url
-        assert any(m["key"] == "lm_loss" for m in names[key]["data"]["metrics"])
+    by_name = {r["info"]["run_name"]: r for r in runs}
+    assert set(ui_server["names"].values()) == {"width-kld-s0", "width-ce-s0", "depth-kld-s0", "depth-ce-s0"}
+    for name in ui_server["names"].values():
+        assert name in by_name and by_name[name]["info"]["run_id"] in url
+        metrics = [m["key"] for m in by_name[name]["data"]["metrics"]]
+        assert metrics[0] == "eval/lm_loss"  # what the compare view preselects: the first shared metric
+        assert "loss" not in metrics and ("train/kl" in metrics) != ("train/ce" in metrics)
 
 
 @pytest.mark.slow
@@ -207,26 +228,56 @@ def test_ui_refuses_a_busy_port_and_an_unknown_experiment(ui_server, tmp_path):
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+# Where the screenshots go: one fixed folder that CI keeps (.ci/run prints it), or $ABLATE_TEST_ARTIFACTS.
+ARTIFACTS = Path(os.environ.get("ABLATE_TEST_ARTIFACTS") or Path(__file__).parents[2] / "test-artifacts")
+
+
+@pytest.fixture(scope="module")
+def browser() -> str:
+    """Debian's chromium. Missing, the browser tests fail under CI ($CI or $ABLATE_REQUIRE_BROWSER, which
+    .ci/run sets after installing it) and are skipped elsewhere, saying how to get it; before the MLflow
+    server starts (listed before it, this module-scoped fixture is made first)."""
+    if CHROMIUM is not None:
+        return CHROMIUM
+    why = "Debian's chromium is not installed (apt-get install chromium)"
+    if os.environ.get("ABLATE_REQUIRE_BROWSER") or os.environ.get("CI"):
+        pytest.fail(f"{why}; CI must run the browser test (.ci/run installs it)")
+    pytest.skip(why)
+
+
+def _render(browser: str, url: str, shot: Path, profile: Path) -> str:
+    """The page's DOM after its scripts ran (virtual time: no sleeping), and its screenshot in `shot`."""
+    shot.parent.mkdir(parents=True, exist_ok=True)
+    shot.unlink(missing_ok=True)
+    args = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+            "--no-first-run", f"--user-data-dir={profile}", "--window-size=1400,1000",
+            "--virtual-time-budget=30000", f"--screenshot={shot}", "--dump-dom", url]  # fmt: skip
+    run = subprocess.run(args, capture_output=True, text=True, timeout=120)
+    assert shot.is_file() and shot.read_bytes()[:4] == b"\x89PNG", run.stderr[-2000:]
+    return run.stdout
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (apt-get install chromium)")
-def test_browser_shows_every_trial_in_the_comparison_view(ui_server, tmp_path):
+def test_browser_shows_every_trial_by_name_in_the_comparison_view(browser, ui_server, tmp_path):
     url = ui_server["lines"][2].strip()
-    artifacts = Path(os.environ.get("ABLATE_TEST_ARTIFACTS", tmp_path))
-    artifacts.mkdir(parents=True, exist_ok=True)
-    shot = artifacts / "ablate_ui_compare_runs.png"
-    common = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-              "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1400,1000",
-              "--virtual-time-budget=30000"]  # fmt: skip
-    run = subprocess.run(
-        [*common, f"--screenshot={shot}", "--dump-dom", url], capture_output=True, text=True, timeout=120
-    )
-    dom = run.stdout
-    for key in ui_server["keys"]:
-        assert key in dom, f"run {key} not on the comparison page"
-    assert "Comparing 4 Runs from 1 Experiment" in dom and "lm_loss" in dom
-    assert shot.is_file() and shot.read_bytes()[:4] == b"\x89PNG"
+    dom = _render(browser, url, ARTIFACTS / "ablate_ui_compare_runs.png", tmp_path / "profile")
+    for name in ui_server["names"].values():
+        assert name in dom, f"run {name} not on the comparison page"
+    assert "Comparing 4 Runs from 1 Experiment" in dom and "eval/lm_loss" in dom
+
+
+@pytest.mark.slow
+def test_browser_opens_the_experiment_on_its_runs(browser, ui_server, tmp_path):
+    """The experiment's link (`ablate ui` without trials to compare) opens MLflow's runs table (model
+    training), not the GenAI overview, which lists no runs and is where MLflow 3.17 opens otherwise."""
+    from ablate.track.urls import experiment_url
+
+    url = experiment_url(ui_server["base"], "1")
+    dom = _render(browser, url, ARTIFACTS / "ablate_ui_experiment.png", tmp_path / "profile")
+    text = " ".join(re.sub(r"<[^>]+>", " ", dom).split())
+    # the runs table (the parent run, its four trials nested under it), not the GenAI overview
+    assert "Run Name" in text and "5 matching runs" in text and "small" in text, text[-2000:]
+    assert "Detect Issues" not in text
 
 
 def test_ui_target_picks_the_only_experiment_and_a_remote_store_only_prints(tmp_path):
@@ -253,6 +304,7 @@ def test_ui_target_picks_the_only_experiment_and_a_remote_store_only_prints(tmp_
     assert result.exit_code == 0, result.output
     assert "tracking.mlflow is an MLflow server" in result.output
     assert "http://mlflow.example:5000/#/compare-runs?runs=%5B%22r1%22%2C%22r2%22" in result.output
+    assert result.output.strip().endswith("&workflowType=machine_learning")
 
 
 def test_report_is_attached_to_the_experiments_mlflow_parent_run(tmp_path, monkeypatch):

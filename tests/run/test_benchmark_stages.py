@@ -50,7 +50,7 @@ def test_benchmarks_run_once_per_model_and_task(tmp_path, ray_local):
             assert {"pydoc_cloze/acc", "pydoc_cloze/acc_norm"} <= set(final)
     _, children = split_runs(mlflow_runs(workspace, "tinybench"))
     for run in children.values():
-        assert "eval_pydoc_cloze/acc" in run.data.metrics
+        assert "eval/pydoc_cloze/acc" in run.data.metrics
 
     again = submit_here(workspace, spec)
     assert sum(again.stages_run.values()) == 0 and again.stages_reused["benchmark"] == 3

@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from ablate.track.mlflow_names import OBJECTIVE_METRIC
 from tests.run.conftest import (
     ABLATE,
     SQLITE_DB,
@@ -117,7 +118,8 @@ def check_once(workspace: Path, db: str, mlflow_uri: str, results: list[dict[str
         key = run.data.tags["ablate.trial_key"]
         assert run.info.run_id == runs_of[key] and run.info.status == "FINISHED"
         assert run.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
-        history = sorted(m.step for m in client.get_metric_history(run.info.run_id, "loss"))
+        objective = OBJECTIVE_METRIC[run.data.params["distill.loss"]]  # MLflow's name of the trial's loss
+        history = sorted(m.step for m in client.get_metric_history(run.info.run_id, objective))
         assert history == steps[key] == list(range(1, len(history) + 1)), (key, history)  # no point twice
 
 

@@ -82,8 +82,12 @@ def test_first_submission_records_each_trials_references(tiny_run):
                 assert values["eval_kl_to_teacher"] == pytest.approx(measured["kl_to_teacher"], abs=1e-6)
     client = mlflow_client(workspace)
     with records_of(workspace) as records:
-        run_id = records.get_trial("tiny", next(iter(step0))).mlflow_run_id
-    assert 0 in {m.step for m in client.get_metric_history(run_id, "eval_lm_loss")}  # mirrored to MLflow
+        key = next(iter(step0))
+        run_id = records.get_trial("tiny", key).mlflow_run_id
+    (pruned_point,) = client.get_metric_history(run_id, "pruned/lm_loss")  # mirrored to MLflow, once
+    assert pruned_point.step == 0 and pruned_point.value == pytest.approx(step0[key]["eval_lm_loss"])
+    (teacher_point,) = client.get_metric_history(run_id, "teacher/lm_loss")
+    assert teacher_point.value == pytest.approx(teacher_loss, abs=1e-6)
 
 
 def test_trials_finished_before_the_stages_existed_get_them_from_a_resubmission(tiny_run, tmp_path):

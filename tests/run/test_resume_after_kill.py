@@ -114,6 +114,6 @@ def test_sigkill_mid_distillation_then_resume(tiny_run, tmp_path):
             assert 2 * CHECKPOINT_EVERY <= resumed < steps, (resumed, recorded, at_kill)
             assert any(f"resumed from its checkpoint at step {resumed}" in m for m in events)
             assert [s for s, _ in records.metric_series(trial.id, "loss")] == list(range(1, steps + 1))
-            history = client.get_metric_history(first_runs[trial.key], "loss")
+            history = client.get_metric_history(first_runs[trial.key], "train/ce")  # kill.yaml: loss ce
             assert sorted(m.step for m in history) == list(range(1, steps + 1))  # each step once
             assert not (workspace / ".ablate" / "artifacts" / ".work" / distill.hash).exists()

@@ -49,19 +49,51 @@ def check_tiny(workspace, result, db_url: str) -> dict[str, str]:
             assert FINAL <= set(records.final_metrics(t.id))
             assert t.mlflow_run_id and t.attempts == 1
         keys = {t.key: t.mlflow_run_id for t in trials}
+        finals = {t.key: records.final_metrics(t.id) for t in trials}
+        prunes = {
+            t.key: next(s.hash for s in records.trial_stages(t.id) if s.kind == "prune") for t in trials
+        }
         experiment = records.get_experiment("tiny")
     parents, children = split_runs(mlflow_runs(workspace, "tiny"))
     assert len(parents) == 1 and experiment.mlflow_run_id == parents[0].info.run_id
+    assert parents[0].info.run_name == "tiny"
     assert set(children) == set(keys)
     client = mlflow_client(workspace)
+    exp = client.get_experiment(experiment.mlflow_experiment_id)
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"  # opens on the runs table
+    names = {}
     for key, run in children.items():
-        assert run.info.run_id == keys[key]
-        assert run.info.run_name == key and run.info.status == "FINISHED"
+        params, metrics = run.data.params, run.data.metrics
+        assert run.info.run_id == keys[key] and run.info.status == "FINISHED"
+        names[run.info.run_name] = key
         assert run.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
         assert run.data.tags["ablate.stage.prune"].startswith("prune-")
-        assert run.data.params["distill.loss"] in ("kld", "ce")
-        assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")] == [1, 2, 3, 4]
-        assert {f"eval_{k}" for k in FINAL} <= set(run.data.metrics)
+        # size, shape and importance settings: MLflow can plot quality against size
+        shape = (
+            {"hidden_size": "48", "intermediate_size": "96"}
+            if params["target"] == "width"
+            else {"num_hidden_layers": "2"}
+        )
+        assert {k: params[f"student.{k}"] for k in shape} == shape
+        size = json.loads((workspace / ".ablate/artifacts" / prunes[key] / "prune.json").read_text())[
+            "params"
+        ]
+        assert params["student.params"] == str(size) and metrics["student/params"] == size
+        assert (
+            params["importance.width.batch_agg"] == "l2"
+            and params["importance.depth.method"] == "block_importance"
+        )
+        # one objective per name: a kld trial's loss is train/kl, a ce trial's train/ce; no mixed "loss"
+        objective, other = (
+            ("train/kl", "train/ce") if params["distill.loss"] == "kld" else ("train/ce", "train/kl")
+        )
+        assert [m.step for m in client.get_metric_history(run.info.run_id, objective)] == [1, 2, 3, 4]
+        assert other not in metrics and "loss" not in metrics and "train/lr" in metrics
+        assert {f"eval/{k}" for k in FINAL} <= set(metrics)
+        # the report's metric comes first: MLflow's compare view preselects the first shared metric
+        assert list(metrics)[0] == "eval/lm_loss"
+        assert metrics["eval/lm_loss"] == finals[key]["lm_loss"]
+    assert sorted(names) == ["depth-ce-s0", "depth-kld-s0", "width-ce-s0", "width-kld-s0"]
     return keys
 
 

@@ -68,7 +68,7 @@ def test_a_trial_on_two_workers_is_recorded_and_matches_one_process(
         assert final[name] == pytest.approx(value, rel=1e-4, abs=1e-6), name
     parents, children = split_runs(mlflow_runs(workspace, "tiny-workers"))
     assert len(parents) == 1 and list(children) == [trial.key]
-    history = mlflow_client(workspace).get_metric_history(children[trial.key].info.run_id, "loss")
+    history = mlflow_client(workspace).get_metric_history(children[trial.key].info.run_id, "train/kl")
     assert sorted(m.step for m in history) == list(range(1, STEPS + 1))
 
 

@@ -135,6 +135,66 @@ def test_status_artifacts_and_param_conflicts(tracking, tmp_path, caplog):
     assert [a.path for a in m.client.list_artifacts(run)] == ["note.txt"]
 
 
+def test_readable_run_names_unique_under_the_parent_and_first_metrics_first(tracking):
+    """A trial's run is named as given; a second trial with the same name (the spec changed, its values
+    did not) gets a piece of its key; the first metrics come first in the run's metrics, which is the
+    order MLflow's compare view picks its default metric from."""
+    m = _mirror(tracking, _name())
+    first = [("eval/lm_loss", 0, float("nan")), ("student/params", 0, 1234.0)]
+    a = m.child_run("aaaaaa111111", {"p": 1}, run_name="width-kld-s0", first_metrics=first)
+    m.log_step_metrics(a, [("train/kl", 1, 2.0), ("train/lr", 1, 0.1), ("eval/lm_loss", 1, 3.5)])
+    b = m.child_run("bbbbbb222222", run_name="width-kld-s0", first_metrics=first)
+    assert (
+        m.child_run("aaaaaa111111", run_name="other", first_metrics=[("x", 0, 1.0)]) == a
+    )  # found, not renamed
+    again = _mirror(tracking, m.experiment_name)  # a later submission finds both by key
+    assert again.child_run("bbbbbb222222", run_name="width-kld-s0") == b
+    runs = {r.info.run_id: r for r in _all_runs(m)}
+    assert runs[a].info.run_name == "width-kld-s0" and runs[b].info.run_name == "width-kld-s0-bbbbbb"
+    assert runs[m.parent_run()].info.run_name == m.experiment_name
+    data = m.client.get_run(a).data
+    assert list(data.metrics)[:2] == ["eval/lm_loss", "student/params"] and "x" not in data.metrics
+    assert data.metrics["eval/lm_loss"] == 3.5  # the latest point, not the placeholder at step 0
+
+
+def test_experiment_opens_in_the_model_training_view(tracking):
+    """MLflow 3 opens an experiment on its GenAI overview unless mlflow.experimentKind says otherwise:
+    set on a new experiment and on one made before ablate set it; a kind chosen in the UI is kept."""
+    m = _mirror(tracking, _name())
+    assert (
+        m.client.get_experiment(m.experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
+    )
+    uri, artifacts = tracking
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(_prepare_tracking_uri(uri))
+    old, chosen = _name(), _name()
+    old_id = client.create_experiment(old, artifact_location=artifacts)
+    chosen_id = client.create_experiment(
+        chosen, artifact_location=artifacts, tags={"mlflow.experimentKind": "genai_development"}
+    )
+    _mirror(tracking, old).parent_run()
+    _mirror(tracking, chosen).parent_run()
+    assert client.get_experiment(old_id).tags["mlflow.experimentKind"] == "custom_model_development"
+    assert client.get_experiment(chosen_id).tags["mlflow.experimentKind"] == "genai_development"
+
+
+def test_build_run_is_nested_and_found_again_by_its_recipe(tracking):
+    m = _mirror(tracking, _name())
+    trial = m.child_run("cccccc333333", run_name="width-kld-s0")
+    run = m.build_run("recipe1", "build-width-kld-s0-4k", {"tokens": 4000}, {"ablate.checkpoint": "/a"})
+    again = _mirror(tracking, m.experiment_name)
+    assert again.build_run("recipe1", "ignored", {"tokens": 4000}, {"ablate.checkpoint": "/b"}) == run
+    assert again.children() == {"cccccc333333": trial}  # a build run is not a trial
+    got = m.client.get_run(run)
+    assert got.info.run_name == "build-width-kld-s0-4k" and got.data.tags["ablate.role"] == "build"
+    assert (
+        got.data.tags["mlflow.parentRunId"] == m.parent_run() and got.data.tags["ablate.recipe"] == "recipe1"
+    )
+    assert got.data.tags["ablate.checkpoint"] == "/b" and got.data.params == {"tokens": "4000"}
+    assert m.build_run("recipe2", "build-width-kld-s0-4k") != run
+
+
 def test_deleted_experiment_is_restored(tracking):
     name = _name()
     m = _mirror(tracking, name)
