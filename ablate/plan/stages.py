@@ -19,6 +19,15 @@ STAGE_KINDS = ("tokenize", "teacher", "importance", "prune", "distill", "eval", 
 TOKENIZE = "tokenize:"  # trial_stages key of the tokenize stage of the trial's k-th data source: tokenize:K
 BENCHMARK = "benchmark:"  # trial_stages key of a benchmark of the trial's student: benchmark:TASK
 TEACHER_BENCHMARK = "teacher-benchmark:"  # ... and of its teacher (a shared stage)
+# trial_stages keys of the held-out evals of its pruned student before retraining and of its teacher
+# alone: shared stages, the report's reference rows
+PRUNED_EVAL = "pruned-eval"
+TEACHER_EVAL = "teacher-eval"
+REFERENCE_EVALS = {PRUNED_EVAL: "pruned", TEACHER_EVAL: "teacher"}  # key -> config["model"]
+BEFORE_TRAINING = 0
+"""The step a trial's records hold its pruned student's held-out metrics at (``eval_<metric>``)."""
+TEACHER_LOSS = "teacher_lm_loss"
+"""The final metric a trial's records hold its teacher's held-out LM loss as."""
 
 
 @dataclass(frozen=True)
@@ -38,8 +47,8 @@ class Stage:
 
 def trial_stages(trial: Trial, base_dir: str | None = None) -> dict[str, Stage]:
     """The stages one trial needs, each hashed over exactly what it depends on: keyed by kind, a
-    tokenize stage per data source as tokenize:K and a benchmark per eval task as benchmark:TASK (and
-    teacher-benchmark:TASK)."""
+    tokenize stage per data source as tokenize:K, the reference evals as pruned-eval and teacher-eval,
+    and a benchmark per eval task as benchmark:TASK (and teacher-benchmark:TASK)."""
     spec = trial.spec
     resolved = trial.resolved()
     correction = resolved["teacher"]["correction"]
@@ -84,10 +93,21 @@ def trial_stages(trial: Trial, base_dir: str | None = None) -> dict[str, Stage]:
     tokenize = tokenize_stages(resolved["data"], resolved["teacher"]["model"], base_dir)
     stages = {f"{TOKENIZE}{k}": stage for k, stage in enumerate(tokenize)}  # first: the graph's roots
     stages |= {s.kind: s for s in (teacher, importance, prune, distill, evaluate)}
+    # The held-out metrics the trial's are read against: its pruned student before any retraining (against
+    # the teacher, as the trial's eval) and the teacher alone, on the same eval batches. Added as stages of
+    # their own ("model" in the config: no existing stage's hash moved), shared by every trial of a prune
+    # stage or of a teacher.
+    stages[PRUNED_EVAL] = Stage("eval", {**data, "model": "pruned"}, (prune.hash, teacher.hash))
+    stages[TEACHER_EVAL] = Stage("eval", {**data, "model": "teacher"}, (teacher.hash,))
     for task in spec.eval.tasks:
         stages[BENCHMARK + task] = benchmark_stage(spec, task, distill, "student", base_dir)
         stages[TEACHER_BENCHMARK + task] = benchmark_stage(spec, task, teacher, "teacher", base_dir)
     return stages
+
+
+def is_reference_eval(stage: Stage) -> bool:
+    """A pruned-eval or teacher-eval stage (an eval of a model other than a trial's student)."""
+    return stage.kind == "eval" and "model" in stage.config
 
 
 def tokenize_stages(data: Mapping[str, Any], tokenizer_ref: str, base_dir: str | None) -> list[Stage]:

@@ -309,7 +309,7 @@ def build_report(
         series=series,
         untested=[p for p in PRACTICES if p.startswith("BP") and p not in tested],
         counts={k: v for k, v in summary.counts.items()},
-        compute=_compute(records, name, len(rows)),
+        compute=_compute(records, name, [i.id for i in infos.values()]),
         margin=info.margin,
         family_size=sum(1 for f in findings if f.n >= MIN_PAIRS),
         benchmarks=benchmarks_of(records, {key: i.id for key, i in infos.items()}),
@@ -318,8 +318,9 @@ def build_report(
     )
 
 
-def _compute(records: Any, name: str, n_trials: int) -> dict[str, Any]:
-    """Stages the experiment's trials use and the time recorded on them (from the records alone)."""
+def _compute(records: Any, name: str, trial_ids: Sequence[int]) -> dict[str, Any]:
+    """Stages the experiment's trials use and the time recorded on them (from the records alone); the naive
+    count is each trial's stages as if it ran all of them itself."""
     stages = records.stages(name)
     kinds: dict[str, int] = {}
     seconds = 0.0
@@ -340,7 +341,7 @@ def _compute(records: Any, name: str, n_trials: int) -> dict[str, Any]:
     return {
         "stages": kinds,
         "stages_total": len(stages),
-        "naive_stages": 5 * n_trials,
+        "naive_stages": sum(len(records.trial_stages(i)) for i in trial_ids),
         "stage_seconds": round(seconds, 1),
         "submissions": submissions,
     }

@@ -4,12 +4,14 @@ A trial's final metrics say how good the student is, not how much retraining did
 needs where the student started (the pruned model, one-shot) and where it was heading (the teacher).
 Both come from the records when the runs recorded them:
 
-- **teacher**: the eval stage runs the teacher on the same held-out batches, so the teacher's own held-out
-  loss is the final metric ``teacher_lm_loss`` (mean over the trials of one teacher); its KL to itself is 0
-  and its top-1 agreement with itself is 1 by definition.
-- **pruned, before retraining**: the held-out metrics at step 0 of distillation (``eval_<metric>`` at
-  step 0, before the first optimizer step) of any trial of that pruned model that does not re-initialise it
-  (``scratch`` does). All trials of one prune stage start from the same weights.
+- **teacher**: the teacher's own held-out loss is the final metric ``teacher_lm_loss`` (mean over the
+  trials of one teacher): the shared ``teacher-eval`` stage writes it into every trial of that teacher (the
+  trial's eval, which runs the teacher on the same batches, too); its KL to itself is 0 and its top-1
+  agreement with itself is 1 by definition.
+- **pruned, before retraining**: the held-out metrics at step 0 (``eval_<metric>`` at step 0, before the
+  first optimizer step), which the shared ``pruned-eval`` stage writes into every trial of that pruned model
+  that does not re-initialise it (``scratch`` does). All trials of one prune stage start from the same
+  weights.
 
 What the records lack is said in the row (``Reference.missing``) rather than guessed.
 """
@@ -19,15 +21,12 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 
+from ablate.plan.stages import BEFORE_TRAINING as BEFORE
+from ablate.plan.stages import TEACHER_LOSS
 from ablate.report.labels import Labels
 from ablate.report.model import Reference, TrialRow, canon, finished
+from ablate.spec.schema import REINIT_LOSSES  # their step 0 is not the pruned model
 
-TEACHER_LOSS = "teacher_lm_loss"
-"""Final metric: the teacher's held-out LM loss, measured by the eval stage on the same batches."""
-BEFORE = 0
-"""The step of the evaluation before training (``eval_<metric>`` at step 0)."""
-REINIT_LOSSES = frozenset({"scratch"})
-"""Distillation losses that re-initialise the pruned student (their step 0 is not the pruned model)."""
 PRUNE_FIELDS = ("target", "importance", "teacher", "data", "calibration")
 """What a prune stage's output depends on (its own config and its parents')."""
 

@@ -34,7 +34,7 @@ from typing import Any
 
 from ablate.errors import RunError
 from ablate.plan.graph import StageGraph, build_graph
-from ablate.plan.stages import Stage, trial_kinds
+from ablate.plan.stages import REFERENCE_EVALS, Stage, trial_kinds
 from ablate.run import ray_workers, recompute, stage_runners
 from ablate.run.artifacts import ArtifactCorrupt, ArtifactStore
 from ablate.run.mlflow_runs import trial_run
@@ -289,7 +289,8 @@ class Executor(SharedStages, TrialOutcomes):
                     self._count_trial_reused(key)
                     self.progress("trial_done", {"key": key, "metrics": {}, "reused": True})
                 return "done"
-        broken = [h for h in stages.values() if h in failures]
+        # A failed reference eval is no input of the trial: it leaves the trial to run.
+        broken = [h for k, h in stages.items() if h in failures and k not in REFERENCE_EVALS]
         if broken:
             error = f"upstream stage {broken[0]} failed: {failures[broken[0]]}"
             self.records.set_trial_status(trial_id, "failed", error=error)
@@ -521,6 +522,7 @@ class Executor(SharedStages, TrialOutcomes):
         self.register()
         failures = self.run_shared_stages()
         self.run_trials(failures)
+        self.mirror_references()
         summary = self.records.experiment_summary(self.name)
         keys = {t.key for t in self.loaded.trials}
         self.result.trials = [

@@ -1,17 +1,18 @@
-"""Shared stages (tokenize, teacher, importance, prune, the teacher's benchmarks) as Ray tasks in
-dependency order, each claimed before it is launched (ablate.track.leases), so a stage another live
-submission runs is waited for instead of run twice. The executor mixes this in."""
+"""Shared stages (tokenize, teacher, importance, prune, the reference evals, the teacher's benchmarks) as
+Ray tasks in dependency order, each claimed before it is launched (ablate.track.leases), so a stage
+another live submission runs is waited for instead of run twice. The executor mixes this in."""
 
 from __future__ import annotations
 
 import time
 from typing import TYPE_CHECKING, Any
 
-from ablate.plan.stages import Stage
+from ablate.plan.stages import Stage, is_reference_eval
 from ablate.run import ray_workers
 from ablate.run.in_process import WAIT_POLL_S, record_failure
 from ablate.run.ray_workers import error_line
-from ablate.run.stage_runners import WORKER_STAGES, record_benchmark
+from ablate.run.reference_evals import reference_writes, write_new
+from ablate.run.stage_runners import WORKER_STAGES, read_eval_metrics, record_benchmark
 
 if TYPE_CHECKING:
     from ablate.plan.graph import StageGraph
@@ -19,14 +20,20 @@ if TYPE_CHECKING:
     from ablate.spec.schema import Spec
     from ablate.track.db import Records
     from ablate.track.leases import Leases
+    from ablate.track.mlflow import MlflowMirror
 
 SHARED_KINDS = ("tokenize", "teacher", "importance", "prune")
 
 
 def is_shared(stage: Stage) -> bool:
-    """Stages every trial of a teacher shares: tokenize, teacher, importance, prune, and the teacher's benchmarks
-    (its reference row); a student's benchmarks run in its trial, on the model its eval loaded."""
-    return stage.kind in SHARED_KINDS or (stage.kind == "benchmark" and stage.config["model"] == "teacher")
+    """Stages every trial of a teacher shares: tokenize, teacher, importance, prune, the reference evals of
+    the pruned students and the teacher, and the teacher's benchmarks (its reference row); a student's
+    benchmarks run in its trial, on the model its eval loaded."""
+    return (
+        stage.kind in SHARED_KINDS
+        or is_reference_eval(stage)
+        or (stage.kind == "benchmark" and stage.config["model"] == "teacher")
+    )
 
 
 DRIVER_MEMORY_BYTES = 256 * 2**20  # what a task that only waits for its Ray Train workers reserves
@@ -43,7 +50,10 @@ class SharedStages:
     leases: Leases
     base_dir: str
     stage_status: dict[str, str]
+    trial_ids: dict[str, int]
+    mirror: MlflowMirror
     result: Any
+    reference_rows: dict[str, list[tuple[str, int, float]]]  # trial key -> MLflow rows (mirror_references)
 
     if TYPE_CHECKING:  # provided by the executor
 
@@ -53,6 +63,7 @@ class SharedStages:
         def _worker_resources(self) -> dict[str, Any]: ...
         def _shared_resources(self) -> tuple[float, float]: ...
         def progress(self, event: str, data: dict[str, Any]) -> None: ...
+        def run_id(self, key: str) -> str: ...
 
     def run_shared_stages(self) -> dict[str, str]:
         """Tokenize, teacher, importance and prune stages as Ray tasks in dependency order; returns
@@ -63,6 +74,7 @@ class SharedStages:
         submission runs is waited for (its record polled) and then counted as reused, and its
         children are launched once it is completed."""
         shared = [s for s in self.graph.stages.values() if is_shared(s)]
+        self.reference_rows = {}
         for stage in shared:
             if self._done(stage.hash):
                 self._count(self.result.stages_reused, stage.kind)
@@ -159,9 +171,24 @@ class SharedStages:
         self.progress("stage_done", {"kind": stage.kind, "hash": stage.hash, "facts": facts})
 
     def _record_results(self, stage: Stage) -> None:
-        """A benchmark's results go to the records (the report's teacher row reads them there)."""
+        """A benchmark's results go to the records (the report's teacher row reads them there), and a
+        reference eval's into its trials' metrics (ablate.run.reference_evals)."""
         if stage.kind == "benchmark":
             record_benchmark(self.store, self.records, stage.hash)
+        elif is_reference_eval(stage):
+            metrics = read_eval_metrics(self.store, stage.hash)
+            for key, (rows, final) in reference_writes(self.graph, stage, metrics).items():
+                if key in self.trial_ids:
+                    written = write_new(self.records, self.trial_ids[key], rows, final)
+                    if written:
+                        self.reference_rows.setdefault(key, []).extend(written)
+
+    def mirror_references(self) -> None:
+        """The reference values this submission wrote, to the trials' MLflow runs (after the trials, from
+        the driver thread, so MLflow is opened only when something was written)."""
+        rows, self.reference_rows = self.reference_rows, {}
+        for key, values in rows.items():
+            self.mirror.log_step_metrics(self.run_id(key), values)
 
     def _stage_failed(
         self, stage: Stage, message: str, failures: dict[str, str], record: bool = True

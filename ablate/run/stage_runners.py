@@ -11,7 +11,7 @@ engine steps they are made of (splits, importance, evaluation) also serve the si
     importance  importance scores (whatever ablate.prune.importance saves) + importance.json
     prune       model/ (HF checkpoint of the pruned student) + prune.json
     distill     model/ (HF checkpoint of the trained student) + result.json (TrainResult)
-    eval        metrics.json
+    eval        metrics.json (a trial's student, or a reference eval's pruned student or teacher)
     benchmark   benchmark.json (lm-eval metrics with standard errors, per task)
 """
 
@@ -60,7 +60,8 @@ class StageContext:
     trial's eval and benchmark stages share one load of its student and teacher."""
 
     def model_of(self, stage: Stage) -> tuple[Any, Any]:
-        """The model a teacher or distill stage made, loaded once per process and placed on its devices."""
+        """The model a teacher, prune or distill stage made, loaded once per process and placed on its
+        devices."""
         if stage.hash not in self.models:
             from ablate.models.placement import place
             from ablate.models.registry import load_model
@@ -379,10 +380,18 @@ def run_distill(stage: Stage, ctx: StageContext) -> dict[str, Any]:
 
 
 def run_eval(stage: Stage, ctx: StageContext) -> dict[str, Any]:
-    student, tokenizer = ctx.model_of(ctx.parents["distill"])
-    teacher, _ = ctx.model_of(ctx.parents["teacher"])
+    """Held-out metrics on the eval split. A trial's eval measures its distilled student against its
+    teacher; a reference eval (config "model") its pruned student before retraining, against the teacher
+    the same way ("pruned"), or the teacher alone ("teacher": no KL or agreement to measure)."""
+    role = stage.config.get("model")
+    teacher = None
+    if role == "teacher":
+        model, tokenizer = ctx.model_of(ctx.parents["teacher"])
+    else:
+        model, tokenizer = ctx.model_of(ctx.parents["prune" if role == "pruned" else "distill"])
+        teacher, _ = ctx.model_of(ctx.parents["teacher"])
     splits = splits_for(stage.config, tokenizer, ctx.base_dir)
-    metrics = eval_metrics(student, splits.eval, stage.config["calibration"]["batch_size"], teacher)
+    metrics = eval_metrics(model, splits.eval, stage.config["calibration"]["batch_size"], teacher)
     metrics = {k: float(v) for k, v in metrics.items()}
     with ctx.store.write(stage.hash) as out:
         (out / "metrics.json").write_text(json.dumps(metrics, indent=1))

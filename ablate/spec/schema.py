@@ -57,6 +57,7 @@ Aggregation = Literal["mean", "l2", "var"]
 Loss = Literal["kld", "ce", "kld+intermediate", "scratch"]
 Schedule = Literal["cosine", "linear", "constant"]
 LOSSES: tuple[str, ...] = get_args(Loss)
+REINIT_LOSSES = frozenset({"scratch"})  # losses that re-initialise the pruned student before training
 SCHEDULES: tuple[str, ...] = get_args(Schedule)
 TARGET_AXES = ("hidden_size", "intermediate_size", "num_attention_heads", "num_hidden_layers")
 # Settings of how a training run uses memory, not of what it computes (same losses up to rounding):

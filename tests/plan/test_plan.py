@@ -62,12 +62,54 @@ def test_quickstart_shares_stages_and_hits_90m():
         "importance": 1,
         "prune": 2,
         "distill": 4,
-        "eval": 4,
+        "eval": 7,  # four trials', two pruned students' and the teacher's (the reference evals)
         "benchmark": 5,
     }
     assert plan["stages"]["naive"]["teacher"] == 4
     assert all(85e6 < t["params"] < 95e6 for t in plan["targets"])
     assert abs(plan["teacher"]["params"] - 134_515_008) == 0
+
+
+PINNED = {  # trial keys and stage hashes as they were before the reference evals were added
+    "tiny": "b071b8cd8096143d",
+    "quickstart": "89a6bbf1daae6a76",
+    "smollm2-minitron": "0d251dce6ab4401f",
+}
+
+
+@pytest.mark.parametrize("name", sorted(PINNED))
+def test_reference_evals_are_new_stages_and_move_no_existing_hash(name):
+    """pruned-eval and teacher-eval are stages of their own: every trial key and every hash the shipped
+    specs had before them is unchanged (so finished experiments keep their artifacts), and theirs are new."""
+    from ablate.plan.stages import PRUNED_EVAL, TEACHER_EVAL, trial_stages
+    from ablate.spec.sweep import stable_hash
+
+    loaded = load_spec(SPECS / f"{name}.yaml")
+    per_trial = {t.key: trial_stages(t, str(SPECS)) for t in loaded.trials}
+    kinds = ("teacher", "importance", "prune", "distill", "eval")
+    old = {key: {k: stages[k].hash for k in kinds} for key, stages in per_trial.items()}
+    assert stable_hash(old, 16) == PINNED[name]
+    if name == "tiny":
+        assert old["196127d3db11"]["distill"] == "distill-b141c00ca896ca18"
+        assert old["196127d3db11"]["eval"] == "eval-a27d35f4d9bc5b21"
+    every = {
+        s.hash
+        for stages in per_trial.values()
+        for k, s in stages.items()
+        if k not in (PRUNED_EVAL, TEACHER_EVAL)
+    }
+    for stages in per_trial.values():
+        pruned, teacher = stages[PRUNED_EVAL], stages[TEACHER_EVAL]
+        assert pruned.hash not in every and teacher.hash not in every
+        assert pruned.parents == (stages["prune"].hash, stages["teacher"].hash)
+        assert teacher.parents == (stages["teacher"].hash,)
+        assert pruned.config == {**stages["eval"].config, "model": "pruned"}
+    graph = build_graph(loaded.trials, str(SPECS))
+    prunes = {s["prune"].hash for s in per_trial.values()}
+    teachers = {s["teacher"].hash for s in per_trial.values()}
+    assert len({s[PRUNED_EVAL].hash for s in per_trial.values()}) == len(prunes)  # one per pruned model
+    assert len({s[TEACHER_EVAL].hash for s in per_trial.values()}) == len(teachers)
+    assert graph.counts()["eval"] == len(per_trial) + len(prunes) + len(teachers)
 
 
 def test_mfu_flag_scales_gpu_hours():

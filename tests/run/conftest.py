@@ -36,7 +36,8 @@ SQLITE_MLFLOW = "sqlite:///.ablate/mlflow.db"
 # ------------------------------------------------------------------------------------------- workspaces
 def make_workspace(folder: Path, *, db_url: str | None = None, artifacts_from: Path | None = None) -> Path:
     """`folder` with specs/tiny.yaml and tests/run/specs/*.yaml; `db_url` replaces tracking.db;
-    `artifacts_from` copies another workspace's tokenize, teacher, importance and prune artifacts."""
+    `artifacts_from` copies another workspace's shared-stage artifacts (tokenize, teacher, importance,
+    prune, and tiny.yaml's reference evals)."""
     folder.mkdir(parents=True, exist_ok=True)
     tiny = (SPECS / "tiny.yaml").read_text()
     if db_url is not None:
@@ -48,10 +49,23 @@ def make_workspace(folder: Path, *, db_url: str | None = None, artifacts_from: P
     if artifacts_from is not None:
         src, dst = artifacts_from / ".ablate" / "artifacts", folder / ".ablate" / "artifacts"
         dst.mkdir(parents=True, exist_ok=True)
+        references = reference_evals(folder / "tiny.yaml")
         for artifact in src.iterdir():
-            if artifact.name.split("-")[0] in ("tokenize", "teacher", "importance", "prune"):
+            if artifact.name.split("-")[0] in ("tokenize", "teacher", "importance", "prune") or (
+                artifact.name in references
+            ):
                 shutil.copytree(artifact, dst / artifact.name)
     return folder
+
+
+def reference_evals(spec: Path) -> set[str]:
+    """The hashes of a spec's pruned-eval and teacher-eval stages."""
+    from ablate.plan.graph import build_graph
+    from ablate.plan.stages import is_reference_eval
+    from ablate.spec.validate import load_spec
+
+    graph = build_graph(load_spec(spec).trials)
+    return {h for h, stage in graph.stages.items() if is_reference_eval(stage)}
 
 
 def submit_here(workspace: Path, spec: str, progress: Callable | None = None):

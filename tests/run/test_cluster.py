@@ -124,7 +124,7 @@ def test_submit_to_a_two_node_cluster(tiny_run, ray_cluster, tmp_path):
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     out = json.loads(res.stdout)
     assert out["stages"]["run"] == {"distill": 4, "eval": 4}
-    assert out["stages"]["reused"] == {"tokenize": 1, "teacher": 1, "importance": 1, "prune": 2}
+    assert out["stages"]["reused"] == {"tokenize": 1, "teacher": 1, "importance": 1, "prune": 2, "eval": 3}
 
     with records_of(workspace) as records:
         trials = records.trials("tiny-cluster")

@@ -31,7 +31,8 @@ def submit_with(tmp_path, tiny_run, name: str, trial_resources: str, extra: str 
     result = submit_here(workspace, "workers.yaml")
     assert result.ok, result.to_dict()
     shared = {"teacher": 1, "importance": 1, "prune": 1} if extra else {}
-    assert result.stages_run == {**shared, "distill": 1, "eval": 1}
+    evals = 3 if extra else 1  # a corrected teacher: its and its pruned student's reference evals are new
+    assert result.stages_run == {**shared, "distill": 1, "eval": evals}
     with records_of(workspace) as records:
         (trial,) = records.trials("tiny-workers")
         distill = next(s for s in records.trial_stages(trial.id) if s.kind == "distill")
