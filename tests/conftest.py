@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import textwrap
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -25,3 +27,15 @@ def ray_local() -> Iterator[None]:
         ray.shutdown()
         if saved is not None:
             os.environ["RAY_ADDRESS"] = saved
+
+
+@pytest.fixture
+def write(tmp_path: Path):
+    """`write(text, name)`: a dedented spec file in the test's folder (its path)."""
+
+    def _write(text: str, name: str = "spec.yaml") -> Path:
+        path = tmp_path / name
+        path.write_text(textwrap.dedent(text))
+        return path
+
+    return _write

@@ -1,7 +1,4 @@
-import textwrap
-from pathlib import Path
 
-import pytest
 
 # builtin:tiny-mistral (hidden 64, ffn 128, 4 heads over 2 KV heads, 4 layers, head_dim 24): a space of
 # 6 x 6 x 2 x 2 = 144 shapes, 26 of them within 20% under 100k parameters.
@@ -30,11 +27,3 @@ search:
 """
 
 
-@pytest.fixture
-def write(tmp_path: Path):
-    def _write(text: str, name: str = "spec.yaml") -> Path:
-        path = tmp_path / name
-        path.write_text(textwrap.dedent(text))
-        return path
-
-    return _write

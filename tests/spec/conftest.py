@@ -1,5 +1,3 @@
-import textwrap
-from pathlib import Path
 
 import pytest
 
@@ -24,16 +22,6 @@ sweep:
     target: [width, depth]
     distill.loss: [kld, ce]
 """
-
-
-@pytest.fixture
-def write(tmp_path: Path):
-    def _write(text: str, name: str = "spec.yaml") -> Path:
-        path = tmp_path / name
-        path.write_text(textwrap.dedent(text))
-        return path
-
-    return _write
 
 
 @pytest.fixture
