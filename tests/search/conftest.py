@@ -1,4 +1,4 @@
-
+"""A small search spec on builtin:tiny-mistral (the `write` fixture is in tests/conftest.py)."""
 
 # builtin:tiny-mistral (hidden 64, ffn 128, 4 heads over 2 KV heads, 4 layers, head_dim 24): a space of
 # 6 x 6 x 2 x 2 = 144 shapes, 26 of them within 20% under 100k parameters.

@@ -1,3 +1,4 @@
+"""The base spec and the `problems` fixture of the spec tests (`write` is in tests/conftest.py)."""
 
 import pytest
 
