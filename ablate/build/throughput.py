@@ -1,21 +1,18 @@
-"""Generation throughput with transformers' own `generate` (the torch backend of `ablate build`).
+"""Generation throughput of the torch backend of `ablate build`: static KV cache, compiled decode step.
 
-The same table the TensorRT-LLM backend fills (model x precision x batch size x input/output length,
-output tokens per second), measured on any machine: float32 on CPU; BF16 and FP8 on a CUDA GPU (FP8
-where the GPU has FP8 tensor cores, compute capability 8.9 or higher: Ada, Hopper, Blackwell).
+The same table the TensorRT-LLM backend fills (model x precision x batch size x input/output length),
+reported as trtllm-bench reports it: output tokens per second, time to first token (TTFT: the prefill of
+the batch) and time per output token (TPOT: one decode step), with the bandwidth roofline beside each row
+(weights' and KV cache's bytes per step / the device's memory bandwidth: ablate/build/roofline.py), so a
+reader sees how close to the memory limit the measurement is.
 
-FP8 here is W8A8 like TensorRT-LLM's FP8 recipe: every linear layer of the decoder blocks keeps its
-weight as float8_e4m3fn with one scale per output channel, quantises its input per token at run time,
-and multiplies with `torch._scaled_mm` (FP8 tensor cores, BF16 output). Embeddings, norms and lm_head
-stay BF16 (as TensorRT-LLM keeps lm_head by default). Attention math and the KV cache stay BF16.
+Decoding is ablate/build/decode.py's: transformers' StaticCache, a prefill forward, then one step per token
+replayed from a CUDA graph on a GPU (eager on a CPU), greedy with a fixed output length on random prompt
+tokens, after a warm-up of the same shape. Precisions: float32 on CPU; BF16 and, where the GPU has FP8
+tensor cores and torchao imports (ablate/build/fp8.py), FP8 W8A8 (`fp8`) and FP8 weight-only (`fp8-wo`).
+A model whose transformers has no usable StaticCache falls back to eager `generate` (mode "generate").
 
-Generation is greedy with a fixed output length (`min_new_tokens == max_new_tokens`), on random
-prompt tokens, after one warm-up call of the same shape; a row's throughput is
-batch x output tokens / wall time of the whole `generate` call (prefill included), as trtllm-bench
-reports output throughput. Weights' values do not change the timing, so random weights are fine for
-benchmarks of architectures whose checkpoints are not on the machine.
-
-Only torch and transformers are imported, so bench/build_throughput.py runs on a bare GPU machine.
+Only torch and transformers are imported (torchao for FP8 rows), so bench scripts run on a bare GPU machine.
 """
 
 from __future__ import annotations
@@ -23,23 +20,25 @@ from __future__ import annotations
 import gc
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
+from ablate.build import decode, fp8, roofline
+
 log = logging.getLogger(__name__)
 
-FP8_MAX = 448.0  # largest finite float8_e4m3fn
 CPU_BATCH_SIZES = (1, 4)
 CPU_LENGTHS = ((32, 32),)
-GPU_BATCH_SIZES = (1, 8, 32)
-GPU_LENGTHS = ((128, 128), (512, 128))
+GPU_BATCH_SIZES = (1, 32)
+GPU_LENGTHS = ((512, 128),)
+GPU_PRECISIONS = ("bf16", "fp8", "fp8-wo")
 CPU_WARNING = (
-    "CPU figures are indicative only: on a shared or busy CPU they move by tens of percent between runs; "
-    "compare models by their GPU rows"
+    "CPU: not a serving measurement. Float32 only, and on a shared or busy CPU the figures move by tens "
+    "of percent between runs; compare models and precisions by their GPU rows"
 )
 
 
@@ -47,18 +46,27 @@ CPU_WARNING = (
 class ThroughputRow:
     model: str  # "student" / "teacher" or any label
     backend: str  # "torch" / "trtllm"
-    precision: str  # "fp32" / "bf16" / "fp8"
+    precision: str  # "fp32" / "bf16" / "fp8" (W8A8) / "fp8-wo" (weight-only)
     batch_size: int
     input_len: int
     output_len: int
-    seconds: float = 0.0
-    tokens_per_s: float = 0.0  # output tokens per second
+    seconds: float = 0.0  # TTFT + all decode steps
+    tokens_per_s: float = 0.0  # output tokens per second (batch x output_len / seconds)
     params: int = 0
     device: str = ""
     skipped: str = ""  # why this row was not measured (empty when it was)
+    ttft_s: float = 0.0  # time to first token: prefill of the whole batch
+    tpot_s: float = 0.0  # time per output token after the first (one decode step)
+    roofline_tpot_s: float = 0.0  # bytes per step / bandwidth (0: the device's bandwidth is unknown)
+    mode: str = ""  # decode path: graph / compile / eager / generate
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @property
+    def roofline_ratio(self) -> float:
+        """Measured TPOT over the roofline's (1.0 = at the memory limit; 0 when either is unknown)."""
+        return self.tpot_s / self.roofline_tpot_s if self.tpot_s and self.roofline_tpot_s else 0.0
 
 
 @dataclass
@@ -79,42 +87,28 @@ class ThroughputTable:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ThroughputTable:
-        return cls(
-            data["device"], data["backend"], [ThroughputRow(**r) for r in data["rows"]], list(data["notes"])
-        )
+        known = set(ThroughputRow.__dataclass_fields__)
+        rows = [ThroughputRow(**{k: v for k, v in r.items() if k in known}) for r in data["rows"]]
+        return cls(data["device"], data["backend"], rows, list(data["notes"]))
 
 
 def speedups(rows: Sequence[ThroughputRow]) -> list[dict[str, Any]]:
-    """FP8 over BF16 (same model and shape) and student over teacher (same precision and shape)."""
+    """FP8 (either recipe) over BF16 (same model and shape) and student over teacher (same precision and
+    shape), by output tokens per second."""
     measured = {
         (r.model, r.precision, r.batch_size, r.input_len, r.output_len): r for r in rows if not r.skipped
     }
     out: list[dict[str, Any]] = []
     for (model, precision, b, i, o), row in measured.items():
-        if precision == "fp8" and (model, "bf16", b, i, o) in measured:
+        shape = {"batch_size": b, "input_len": i, "output_len": o}
+        if precision in fp8.FP8_PRECISIONS and (model, "bf16", b, i, o) in measured:
             base = measured[(model, "bf16", b, i, o)]
-            out.append(
-                {
-                    "kind": "fp8/bf16",
-                    "model": model,
-                    "batch_size": b,
-                    "input_len": i,
-                    "output_len": o,
-                    "speedup": row.tokens_per_s / base.tokens_per_s if base.tokens_per_s else 0.0,
-                }
-            )
+            ratio = row.tokens_per_s / base.tokens_per_s if base.tokens_per_s else 0.0
+            out.append({"kind": f"{precision}/bf16", "model": model, **shape, "speedup": ratio})
         if model == "student" and ("teacher", precision, b, i, o) in measured:
             base = measured[("teacher", precision, b, i, o)]
-            out.append(
-                {
-                    "kind": "student/teacher",
-                    "precision": precision,
-                    "batch_size": b,
-                    "input_len": i,
-                    "output_len": o,
-                    "speedup": row.tokens_per_s / base.tokens_per_s if base.tokens_per_s else 0.0,
-                }
-            )
+            ratio = row.tokens_per_s / base.tokens_per_s if base.tokens_per_s else 0.0
+            out.append({"kind": "student/teacher", "precision": precision, **shape, "speedup": ratio})
     return out
 
 
@@ -128,23 +122,14 @@ def device_name(device: str | torch.device) -> str:
     return "cpu"
 
 
-def fp8_supported(device: str | torch.device) -> bool:
-    """FP8 tensor-core matmuls: CUDA with compute capability >= 8.9 and a torch that has _scaled_mm."""
-    device = torch.device(device)
-    if device.type != "cuda" or not torch.cuda.is_available() or not hasattr(torch, "_scaled_mm"):
-        return False
-    return torch.cuda.get_device_capability(device) >= (8, 9)
-
-
-def precisions_for(device: str | torch.device) -> list[str]:
-    """What the torch backend measures on this device: fp32 on CPU; bf16 (+ fp8 where supported) on GPUs."""
+def skip_reason(precision: str, device: str | torch.device, capability=fp8.cuda_capability) -> str:
+    """Why `precision` is not measured on `device` ("" when it is)."""
     device = torch.device(device)
     if device.type == "cpu":
-        return ["fp32"]
-    out = ["bf16"] if torch.cuda.is_bf16_supported() else ["fp16"]
-    if fp8_supported(device):
-        out.append("fp8")
-    return out
+        return "" if precision == "fp32" else f"{precision} is not measured on cpu (float32 only)"
+    if precision in fp8.FP8_PRECISIONS:
+        return fp8.fp8_unavailable(device, capability)
+    return ""
 
 
 def default_grid(device: str | torch.device) -> tuple[tuple[int, ...], tuple[tuple[int, int], ...]]:
@@ -153,106 +138,13 @@ def default_grid(device: str | torch.device) -> tuple[tuple[int, ...], tuple[tup
     return GPU_BATCH_SIZES, GPU_LENGTHS
 
 
-# --- FP8 linear ----------------------------------------------------------------------------------
+def default_precisions(device: str | torch.device) -> list[str]:
+    return ["fp32"] if torch.device(device).type == "cpu" else list(GPU_PRECISIONS)
 
 
-class FP8Linear(nn.Module):
-    """W8A8 FP8 linear: float8_e4m3fn weight with per-output-channel scales, inputs quantised per token.
-
-    `emulate=True` dequantises and multiplies in the input dtype (same rounding of weights and inputs,
-    for CPUs and tests); otherwise `torch._scaled_mm` runs the product on FP8 tensor cores.
-    """
-
-    def __init__(self, linear: nn.Linear, emulate: bool = False, rowwise: bool = True):
-        super().__init__()
-        weight = linear.weight.detach()
-        self.in_features, self.out_features = linear.in_features, linear.out_features
-        amax = weight.abs().amax(dim=1, keepdim=True).float().clamp(min=1e-12)
-        scale = amax / FP8_MAX  # [out, 1]
-        self.register_buffer(
-            "weight_fp8", (weight.float() / scale).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
-        )
-        self.register_buffer("weight_scale", scale.reshape(1, -1).contiguous())  # [1, out]
-        self.bias = (
-            None if linear.bias is None else nn.Parameter(linear.bias.detach().clone(), requires_grad=False)
-        )
-        self.out_dtype = weight.dtype if weight.dtype in (torch.bfloat16, torch.float16) else torch.bfloat16
-        self.emulate = emulate
-        self.rowwise = rowwise
-
-    def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, fp8=e4m3, emulate={self.emulate}"
-
-    def quantize_input(self, x2d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        amax = x2d.abs().amax(dim=1, keepdim=True).float().clamp(min=1e-12)
-        scale = amax / FP8_MAX  # [M, 1]
-        q = (x2d.float() / scale).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
-        return q, scale
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shape = x.shape
-        x2d = x.reshape(-1, self.in_features)
-        q, scale = self.quantize_input(x2d)
-        if self.emulate:
-            w = self.weight_fp8.float() * self.weight_scale.t()
-            out = ((q.float() * scale) @ w.t()).to(x.dtype)
-        elif self.rowwise:
-            out = torch._scaled_mm(
-                q, self.weight_fp8.t(), scale_a=scale, scale_b=self.weight_scale, out_dtype=self.out_dtype
-            )
-        else:  # one scale per tensor: the product runs unscaled, the per-channel scales are applied after
-            s_a = scale.max()
-            q = (x2d.float() / s_a).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
-            one = torch.ones((), device=x.device, dtype=torch.float32)
-            out = torch._scaled_mm(q, self.weight_fp8.t(), scale_a=s_a, scale_b=one, out_dtype=torch.float32)
-            out = (out * self.weight_scale).to(self.out_dtype)
-        if self.bias is not None:
-            out = out + self.bias
-        return out.reshape(*shape[:-1], self.out_features).to(x.dtype)
-
-
-def _rowwise_works(device: torch.device) -> bool:
-    """Row-wise scaled FP8 products need a recent torch and GPU; probe once with a tiny product."""
-    try:
-        a = torch.zeros(16, 32, device=device).to(torch.float8_e4m3fn)
-        b = torch.zeros(32, 32, device=device).to(torch.float8_e4m3fn)
-        torch._scaled_mm(
-            a,
-            b.t(),
-            scale_a=torch.ones(16, 1, device=device),
-            scale_b=torch.ones(1, 32, device=device),
-            out_dtype=torch.bfloat16,
-        )
-        return True
-    except (RuntimeError, TypeError):
-        return False
-
-
-def quantize_fp8(model: nn.Module, emulate: bool = False, skip: Iterable[str] = ("lm_head",)) -> int:
-    """Replace the decoder's nn.Linear layers by FP8Linear in place; returns how many were replaced.
-
-    A layer whose dimensions are not multiples of 16 (what FP8 tensor cores need) stays as it is.
-    """
-    skip = tuple(skip)
-    device = next(model.parameters()).device
-    rowwise = emulate or _rowwise_works(device)
-    targets = [
-        (name, module)
-        for name, module in model.named_modules()
-        if isinstance(module, nn.Linear) and not any(name == s or name.endswith("." + s) for s in skip)
-    ]
-    replaced = 0
-    for name, module in targets:
-        if not emulate and (module.in_features % 16 or module.out_features % 16):
-            continue
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, FP8Linear(module, emulate=emulate, rowwise=rowwise))
-        replaced += 1
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-    return replaced
+def default_mode(device: str | torch.device) -> str:
+    """CUDA graphs of the eager step on a GPU (seconds to build); eager on a CPU."""
+    return "graph" if torch.device(device).type == "cuda" else "eager"
 
 
 # --- measuring -----------------------------------------------------------------------------------
@@ -263,39 +155,51 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def random_prompts(vocab: int, batch_size: int, input_len: int, device, seed: int = 0) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(0, vocab, (batch_size, input_len), generator=generator).to(device)
+
+
 @torch.inference_mode()
 def time_generate(
     model: nn.Module, batch_size: int, input_len: int, output_len: int, seed: int = 0, repeats: int = 1
-) -> float:
-    """Seconds for one greedy `generate` of exactly `output_len` new tokens for `batch_size` prompts
-    (the fastest of `repeats` timed calls)."""
+) -> decode.DecodeTiming:
+    """The fallback: eager `generate` (dynamic cache); TTFT from a 1-token call, decode from the rest."""
     device = next(model.parameters()).device
-    vocab = model.config.vocab_size
-    generator = torch.Generator().manual_seed(seed)
-    ids = torch.randint(0, vocab, (batch_size, input_len), generator=generator).to(device)
-    kwargs = dict(
-        attention_mask=torch.ones_like(ids),
-        max_new_tokens=output_len,
-        min_new_tokens=output_len,
-        do_sample=False,
-        use_cache=True,
-        pad_token_id=getattr(model.config, "pad_token_id", None) or 0,
-    )
-    # warm-up of the same shape (allocator, kernels' autotuning), then the timed call
-    model.generate(
-        ids, **{**kwargs, "max_new_tokens": min(output_len, 4), "min_new_tokens": min(output_len, 4)}
-    )
-    _sync(device)
-    best = float("inf")
-    for _ in range(max(1, repeats)):
-        start = time.perf_counter()
-        out = model.generate(ids, **kwargs)
+    ids = random_prompts(model.config.vocab_size, batch_size, input_len, device, seed)
+    pad = getattr(model.config, "pad_token_id", None) or 0
+
+    def run(n: int) -> float:
         _sync(device)
-        best = min(best, time.perf_counter() - start)
-        produced = out.shape[1] - input_len
-        if produced != output_len:
-            raise RuntimeError(f"generate produced {produced} tokens instead of {output_len}")
-    return best
+        start = time.perf_counter()
+        out = model.generate(
+            ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, min_new_tokens=n, do_sample=False,
+            use_cache=True, pad_token_id=pad,
+        )  # fmt: skip
+        _sync(device)
+        if out.shape[1] - input_len != n:
+            raise RuntimeError(f"generate produced {out.shape[1] - input_len} tokens instead of {n}")
+        return time.perf_counter() - start
+
+    run(min(output_len, 4))  # warm-up of the same shape
+    best = min((run(1), run(output_len)) for _ in range(max(1, repeats)))
+    return decode.DecodeTiming(best[0], max(0.0, best[1] - best[0]), batch_size, output_len)
+
+
+def time_static(
+    model: nn.Module, batch_size: int, input_len: int, output_len: int, mode: str, seed: int = 0,
+    repeats: int = 1,
+) -> decode.DecodeTiming:  # fmt: skip
+    """The fastest of `repeats` timed generations on a StaticDecoder (after its warm-up)."""
+    device = next(model.parameters()).device
+    ids = random_prompts(model.config.vocab_size, batch_size, input_len, device, seed)
+    decoder = decode.StaticDecoder(model, batch_size, input_len + output_len, mode=mode)
+    try:
+        decoder.warm_up(ids)
+        return min((decoder.time(ids, output_len) for _ in range(max(1, repeats))), key=lambda t: t.seconds)
+    finally:
+        del decoder
+        gc.collect()
 
 
 def measure_model(
@@ -306,32 +210,49 @@ def measure_model(
     lengths: Sequence[tuple[int, int]],
     on_row: Callable[[ThroughputRow], None] | None = None,
     repeats: int = 1,
+    mode: str | None = None,
 ) -> list[ThroughputRow]:
-    """Rows for one model already in the precision named (the caller casts or quantises it)."""
+    """Rows for one model already in the precision named (the caller casts or quantises it). FP8 rows on
+    a GPU compile the decoder blocks' linears and MLPs first (fusing the per-token quantisation)."""
     device = next(model.parameters()).device
-    params = sum(p.numel() for p in model.parameters()) + sum(
-        b.numel() for n, b in model.named_buffers() if n.endswith("weight_fp8")
-    )
+    mode = mode or default_mode(device)
+    if precision in fp8.FP8_PRECISIONS and device.type == "cuda" and mode == "graph":
+        decode.compile_block_regions(model)
+    params = sum(p.numel() for p in model.parameters())
+    shape = roofline.Shape.of(model.config)
+    name = device_name(device)
     rows = []
     for input_len, output_len in lengths:
         for batch_size in batch_sizes:
             row = ThroughputRow(label, "torch", precision, batch_size, input_len, output_len, params=params)
-            row.device = device_name(device)
+            row.device, row.mode = name, mode
+            row.roofline_tpot_s = (
+                roofline.roofline_tpot(shape, precision, batch_size, input_len, output_len, name) or 0.0
+            )
             try:
-                row.seconds = time_generate(model, batch_size, input_len, output_len, repeats=repeats)
-                row.tokens_per_s = batch_size * output_len / row.seconds
+                if mode == "generate":
+                    t = time_generate(model, batch_size, input_len, output_len, repeats=repeats)
+                else:
+                    try:
+                        t = time_static(model, batch_size, input_len, output_len, mode, repeats=repeats)
+                    except torch.cuda.OutOfMemoryError:
+                        raise
+                    except RuntimeError as exc:  # a step CUDA graphs cannot capture: eager steps, said so
+                        if mode != "graph":
+                            raise
+                        first = (str(exc).strip().splitlines() or [""])[0][:120]
+                        log.warning("CUDA graph capture failed (%s); eager decode steps instead", first)
+                        row.mode = f"eager (graph capture failed: {first})"
+                        t = time_static(model, batch_size, input_len, output_len, "eager", repeats=repeats)
+                row.seconds, row.tokens_per_s = t.seconds, t.tokens_per_s
+                row.ttft_s, row.tpot_s = t.ttft_s, t.tpot_s
             except torch.cuda.OutOfMemoryError:
                 row.skipped = "out of GPU memory"
                 torch.cuda.empty_cache()
             log.info(
-                "%s %s b=%d in=%d out=%d: %.1f tok/s",
-                label,
-                precision,
-                batch_size,
-                input_len,
-                output_len,
-                row.tokens_per_s,
-            )
+                "%s %s b=%d in=%d out=%d: %.1f tok/s, TPOT %.2f ms",
+                label, precision, batch_size, input_len, output_len, row.tokens_per_s, row.tpot_s * 1e3,
+            )  # fmt: skip
             rows.append(row)
             if on_row is not None:
                 on_row(row)
@@ -339,14 +260,13 @@ def measure_model(
 
 
 def prepare(model: nn.Module, precision: str, device: str | torch.device) -> nn.Module:
-    """The model moved to `device` in `precision` (fp32 / bf16 / fp16 / fp8 = bf16 + FP8 linears)."""
+    """The model moved to `device` in `precision` (fp32 / bf16 / fp16; fp8 / fp8-wo = bf16 + torchao's
+    FP8 on the decoder blocks' linears)."""
     device = torch.device(device)
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "fp8": torch.bfloat16}[
-        precision
-    ]
-    model = model.to(device=device, dtype=dtype)
-    if precision == "fp8":
-        quantize_fp8(model, emulate=device.type != "cuda")
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+    model = model.to(device=device, dtype=dtypes.get(precision, torch.bfloat16))
+    if precision in fp8.FP8_PRECISIONS:
+        fp8.quantize(model, precision)
     model.eval()
     return model
 
@@ -359,39 +279,40 @@ def measure(
     precisions: Sequence[str] | None = None,
     on_row: Callable[[ThroughputRow], None] | None = None,
     repeats: int = 1,
+    mode: str | None = None,
 ) -> ThroughputTable:
     """Measure each model (label -> a zero-argument function returning a fresh float32/bf16 model on CPU
-    or on `device`) at each precision the device supports; one model in memory at a time."""
+    or on `device`) at each precision; one model in memory at a time. A precision the device cannot
+    measure gets rows that say why."""
     device = torch.device(device)
     default_b, default_l = default_grid(device)
     batch_sizes = tuple(batch_sizes or default_b)
     lengths = tuple(lengths or default_l)
-    supported = precisions_for(device)
-    wanted = list(precisions or supported)
+    wanted = list(precisions or default_precisions(device))
     table = ThroughputTable(device_name(device), "torch")
     if device.type == "cpu":
-        table.notes.append("CPU: float32 only (BF16 and FP8 are measured on a CUDA GPU)")
         table.notes.append(CPU_WARNING)
-    elif "fp8" not in supported:
-        table.notes.append("this GPU has no FP8 tensor cores (compute capability < 8.9): BF16 only")
+    elif roofline.bandwidth(table.device) is None:
+        table.notes.append(f"no roofline: the memory bandwidth of {table.device} is not in ablate's table")
     for label, factory in models.items():
         for precision in wanted:
-            if precision not in supported:
-                for input_len, output_len in lengths:
-                    for b in batch_sizes:
-                        table.rows.append(
-                            ThroughputRow(label, "torch", precision, b, input_len, output_len, device=table.device,
-                                          skipped=f"{precision} is not measured on {table.device}")
-                        )  # fmt: skip
+            reason = skip_reason(precision, device)
+            if reason:
+                table.rows += [
+                    ThroughputRow(label, "torch", precision, b, i, o, device=table.device, skipped=reason)
+                    for i, o in lengths
+                    for b in batch_sizes
+                ]
                 continue
             model = None
             try:
                 model = prepare(factory(), precision, device)
-                table.rows += measure_model(model, label, precision, batch_sizes, lengths, on_row, repeats)
-            except Exception as exc:  # noqa: BLE001 - one failing precision must not lose the others' rows
-                message = (
-                    f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+                table.rows += measure_model(
+                    model, label, precision, batch_sizes, lengths, on_row, repeats, mode
                 )
+            except Exception as exc:  # noqa: BLE001 - one failing precision must not lose the others' rows
+                text = str(exc).strip()
+                message = f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
                 log.warning("%s %s failed: %s", label, precision, message)
                 table.notes.append(f"{label} {precision}: {message}")
                 done = {
@@ -399,13 +320,13 @@ def measure(
                     for r in table.rows
                     if r.model == label and r.precision == precision
                 }
-                for input_len, output_len in lengths:
-                    for b in batch_sizes:
-                        if (b, input_len, output_len) not in done:
-                            table.rows.append(
-                                ThroughputRow(label, "torch", precision, b, input_len, output_len, device=table.device,
-                                              skipped=f"failed: {message}"[:200])
-                            )  # fmt: skip
+                table.rows += [
+                    ThroughputRow(label, "torch", precision, b, i, o, device=table.device,
+                                  skipped=f"failed: {message}"[:200])
+                    for i, o in lengths
+                    for b in batch_sizes
+                    if (b, i, o) not in done
+                ]  # fmt: skip
             del model
             gc.collect()
             if device.type == "cuda":
@@ -413,24 +334,28 @@ def measure(
     return table
 
 
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1e3:,.2f}" if seconds else "-"
+
+
 def format_table(table: ThroughputTable) -> list[str]:
-    """Markdown lines: one row per measurement, then the speedups."""
+    """Markdown lines: one row per measurement (with its roofline), then the speedups and notes."""
     lines = [
-        f"Backend: {table.backend} on {table.device}.",
+        f"Backend: {table.backend} on {table.device}. TTFT: prefill of the batch; TPOT: one decode step; "
+        "roofline: weights' + KV cache's bytes per step / memory bandwidth.",
         "",
-        "| model | precision | batch | input | output | output tok/s | seconds |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "| model | precision | batch | input | output | output tok/s | TTFT ms | TPOT ms | roofline TPOT ms | TPOT / roofline |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in table.rows:
+        head = f"| {r.model} | {r.precision} | {r.batch_size} | {r.input_len} | {r.output_len} |"
         if r.skipped:
-            lines.append(
-                f"| {r.model} | {r.precision} | {r.batch_size} | {r.input_len} | {r.output_len} | - | {r.skipped} |"
-            )
-        else:
-            lines.append(
-                f"| {r.model} | {r.precision} | {r.batch_size} | {r.input_len} | {r.output_len} | "
-                f"{r.tokens_per_s:,.1f} | {r.seconds:.3f} |"
-            )
+            lines.append(f"{head} - | - | - | {_ms(r.roofline_tpot_s)} | {r.skipped} |")
+            continue
+        ratio = f"{r.roofline_ratio:.2f}" if r.roofline_ratio else "-"
+        lines.append(
+            f"{head} {r.tokens_per_s:,.1f} | {_ms(r.ttft_s)} | {_ms(r.tpot_s)} | {_ms(r.roofline_tpot_s)} | {ratio} |"
+        )
     ups = speedups(table.rows)
     if ups:
         lines += ["", "| speedup | of | batch | input | output | x |", "|---|---|---:|---:|---:|---:|"]
