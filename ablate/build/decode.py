@@ -89,7 +89,10 @@ class StaticDecoder:
         batch_size: int,
         max_len: int,
         mode: str = "eager",
+        backend: str = "inductor",
     ):
+        """`backend` is torch.compile's in mode "compile" (tests pass "eager": dynamo's whole-graph
+        trace without inductor's code generation, which takes minutes on a CPU)."""
         if mode not in MODES:
             raise ValueError(f"decode mode {mode!r} is not one of {', '.join(MODES)}")
         self.model = model
@@ -105,8 +108,9 @@ class StaticDecoder:
         self._step_fn = self._step
         if mode == "compile":
             cuda = self.device.type == "cuda"
+            compile_mode = "reduce-overhead" if cuda and backend == "inductor" else None
             self._step_fn = torch.compile(
-                self._step, mode="reduce-overhead" if cuda else None, fullgraph=True, dynamic=False
+                self._step, backend=backend, mode=compile_mode, fullgraph=True, dynamic=False
             )
         # static inputs of the step (a CUDA graph reads and writes these addresses)
         self._tok = torch.zeros(batch_size, 1, dtype=torch.long, device=self.device)
@@ -156,6 +160,7 @@ class StaticDecoder:
     def warm_up(self, ids: torch.Tensor, steps: int = 3) -> None:
         """Compile / capture on the real shapes (a prefill and a few steps); the cache is reset by the next
         prefill, so the warm-up's tokens never leak into a measurement."""
+        steps = max(1, min(steps, self.max_len - ids.shape[1]))  # the warm-up's tokens must fit the cache
         self.prefill(ids)
         if self.mode != "graph":
             for _ in range(steps):
