@@ -372,6 +372,11 @@ def _real_build(
             say,
             bool(throughput),
         )
+        card = final_model_dir / "README.md"
+        if result.throughput and card.is_file():
+            from ablate.build.summary import card_with_throughput
+
+            card.write_text(card_with_throughput(card.read_text(), result.throughput))
     if records is not None:
         records.log_event(
             f"build {recipe.id} of trial {recipe.trial.key} into {result.out}: {result.stages_run} stage(s) run, "

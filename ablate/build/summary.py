@@ -91,3 +91,16 @@ def build_markdown(recipe: Recipe, result: BuildResult) -> str:
         lines += ["", f"Commands: `{result.trtllm['commands']}`"]
     lines.append("")
     return "\n".join(lines)
+
+
+CARD_SECTION = "## Generation throughput"
+
+
+def card_with_throughput(card: str, tables: list[dict]) -> str:
+    """The model card with the throughput tables as its last section (a rebuild replaces its own section):
+    the card is written at export, before the throughput is measured."""
+    head = card.split("\n" + CARD_SECTION + "\n", 1)[0].rstrip("\n")
+    lines = [head, "", CARD_SECTION, "", "Measured by `ablate build` (student = this model).", ""]
+    for table in tables:
+        lines += format_table(ThroughputTable.from_dict(table)) + [""]
+    return "\n".join(lines)

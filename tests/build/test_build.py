@@ -71,6 +71,9 @@ def test_build_exports_a_model_plain_transformers_loads_and_generates(tiny, tmp_
     for name in ("model.safetensors", "config.json", "generation_config.json", "tokenizer.json", "README.md"):
         assert (model_dir / name).is_file(), name
     assert (out / MANIFEST).is_file() and (out / "trtllm" / "commands.sh").is_file()
+    card = (model_dir / "README.md").read_text()  # the card ends with the throughput table (TTFT, TPOT)
+    assert card.count("## Generation throughput") == 1 and "| student | fp32 | 1 | 8 | 4 |" in card
+    assert "TPOT / roofline" in card and "not a serving measurement" in card
     # the tiny spec builds 4k tokens > the trials' 2k: one longer distillation, then its eval
     assert result.tokens == 4000 and result.trial_tokens == 2000
     assert result.params["student"] == result.params["planned"] == _planned(tiny, result.trial)

@@ -139,3 +139,13 @@ def test_generate_fallback_reports_ttft_and_tpot():
     model = AutoModelForCausalLM.from_config(tiny_mistral_config()).eval()
     (row,) = tp.measure_model(model, "student", "fp32", (2,), ((8, 4),), mode="generate")
     assert row.mode == "generate" and row.ttft_s > 0 and row.tokens_per_s > 0 and not row.skipped
+
+
+def test_card_throughput_section_is_replaced_on_rebuild():
+    from ablate.build.summary import card_with_throughput
+
+    table = tp.ThroughputTable(
+        "cpu", "torch", [tp.ThroughputRow("student", "torch", "fp32", 1, 8, 4)]
+    ).to_dict()
+    once = card_with_throughput("# card\n\ntext\n", [table])
+    assert card_with_throughput(once, [table]) == once and once.startswith("# card\n\ntext\n\n## Generation")
