@@ -98,9 +98,20 @@ def main(argv=None) -> dict:
         "--repeats", type=int, default=2, help="timed generations per row (the fastest counts)"
     )
     parser.add_argument("--out", default=None, help="also write the JSON here (after every row)")
+    parser.add_argument("--models", default=None, help="comma-separated subset of the config's models")
+    parser.add_argument("--batch-sizes", default=None, help="comma-separated, instead of the config's")
+    parser.add_argument("--precisions", default=None, help="comma-separated subset of bf16,fp8,fp8-wo")
+    parser.add_argument("--fp8-regions", choices=("compile", "eager"), default="compile",
+                        help="FP8 rows in mode graph: compile the blocks' linears and MLPs, or run them eager")  # fmt: skip
     args = parser.parse_args(argv)
     device = torch.device(args.device)
-    cfg = CONFIGS[args.config]
+    cfg = dict(CONFIGS[args.config])
+    if args.models:
+        cfg["models"] = tuple(args.models.split(","))
+    if args.batch_sizes:
+        cfg["batch_sizes"] = tuple(int(b) for b in args.batch_sizes.split(","))
+    if args.precisions:
+        cfg["precisions"] = tuple(args.precisions.split(","))
     mode = args.mode or tp.default_mode(device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     started = time.perf_counter()
@@ -116,6 +127,7 @@ def main(argv=None) -> dict:
         "torchao": fp8.torchao_version(),
         "python": platform.python_version(),
         "mode": mode,
+        "fp8_regions": args.fp8_regions,
         "budget_s": args.budget_s,
         "shapes": {
             m: dict(
@@ -173,7 +185,8 @@ def main(argv=None) -> dict:
                     fp8.quantize(model, precision)
                 loaded = (label, precision)
             measured = tp.measure_model(model, label, precision, [batch], [(input_len, output_len)],
-                                        repeats=args.repeats, mode=mode)[0]  # fmt: skip
+                                        repeats=args.repeats, mode=mode,
+                                        compile_fp8_regions=args.fp8_regions == "compile")[0]  # fmt: skip
             row = measured
         except Exception as exc:  # noqa: BLE001 - one failing row must not lose the others
             text = str(exc).strip()

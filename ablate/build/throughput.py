@@ -211,12 +211,13 @@ def measure_model(
     on_row: Callable[[ThroughputRow], None] | None = None,
     repeats: int = 1,
     mode: str | None = None,
+    compile_fp8_regions: bool = True,
 ) -> list[ThroughputRow]:
     """Rows for one model already in the precision named (the caller casts or quantises it). FP8 rows on
     a GPU compile the decoder blocks' linears and MLPs first (fusing the per-token quantisation)."""
     device = next(model.parameters()).device
     mode = mode or default_mode(device)
-    if precision in fp8.FP8_PRECISIONS and device.type == "cuda" and mode == "graph":
+    if precision in fp8.FP8_PRECISIONS and device.type == "cuda" and mode == "graph" and compile_fp8_regions:
         decode.compile_block_regions(model)
     params = sum(p.numel() for p in model.parameters())
     shape = roofline.Shape.of(model.config)
