@@ -23,6 +23,8 @@ imports / plan's estimate / median step time:
   chunked                2.37 GiB / 2.12 / 1.95 GiB / 24.2 s   (0.28x today's peak, 0.82x its time)
   chunked+checkpointing  2.30 GiB / 2.05 / 1.88 GiB / 26.3 s   (0.27x, 0.89x)
 Step times on this loaded machine vary by +-30% between runs; the interleaving keeps the ratios fair.
+Since then the plan's activation terms were fitted to H200 measurements (bench/distill_fsdp.py); for these
+shapes its estimates are now 7.70 / 2.01 / 2.02 GiB.
 """
 
 from __future__ import annotations
