@@ -28,16 +28,21 @@ MEANING = {
 }
 
 
-def _on(
-    f: Finding, trials: Sequence[TrialRow], metric: str, compare: Callable[..., Finding]
-) -> Finding | None:
+def pairs_on(f: Finding, trials: Sequence[TrialRow], metric: str) -> list[Pair]:
+    """A finding's pairs again, valued on another metric (pairs whose trials did not log it are left out)."""
     keys = {k for p in f.pairs for k in (p.key_a, p.key_b)}
     by_key = {t.key: t for t in trials if t.key in keys and finished(t, metric)}
-    pairs = [
+    return [
         Pair(p.key_a, p.key_b, by_key[p.key_a].metrics[metric], by_key[p.key_b].metrics[metric], p.context)
         for p in f.pairs
         if p.key_a in by_key and p.key_b in by_key
     ]
+
+
+def _on(
+    f: Finding, trials: Sequence[TrialRow], metric: str, compare: Callable[..., Finding]
+) -> Finding | None:
+    pairs = pairs_on(f, trials, metric)
     if not pairs:
         return None
     return compare(f.axis, f.a, f.b, pairs, metric, scope=f.scope)

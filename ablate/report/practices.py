@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 from scipy import stats as sps
 
+from ablate.report.crosscheck import pairs_on
 from ablate.report.model import (
     AGREES,
     CLEAR,
@@ -36,7 +37,6 @@ from ablate.report.model import (
     Pair,
     TrialRow,
     canon,
-    finished,
     fmt_value,
 )
 from ablate.report.pairing import Axis
@@ -354,13 +354,7 @@ def other_metric_note(f: Finding, trials: Sequence[TrialRow], compare: Callable[
     other = OTHER_QUALITY_METRIC.get(f.metric)
     if f.practice != "BP5" or other is None:
         return f
-    keys = {k for p in f.pairs for k in (p.key_a, p.key_b)}
-    by_key = {t.key: t for t in trials if t.key in keys and finished(t, other)}
-    pairs = [
-        Pair(p.key_a, p.key_b, by_key[p.key_a].metrics[other], by_key[p.key_b].metrics[other], p.context)
-        for p in f.pairs
-        if p.key_a in by_key and p.key_b in by_key
-    ]
+    pairs = pairs_on(f, trials, other)
     text = f"{f.explanation} Judged on {f.metric}."
     if not pairs:
         return replace(f, explanation=text + f" The trials did not log {other}.")
