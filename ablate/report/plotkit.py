@@ -184,17 +184,20 @@ def clip_points(
         ax.scatter([p[0] for p in inside], [p[1] for p in inside], **style)
     edge = {k: v for k, v in style.items() if k not in ("marker", "label")}
     edge["s"] = max(30, style.get("s", 20))
-    written: set[tuple[float, bool, str]] = set()  # seeds of one configuration often share x and value
+    written: dict[tuple[float, bool], list[str]] = {}  # one label per edge point: values at one x share it
     for x, y in zip(xs, ys, strict=True):
         if lo <= y <= hi or not math.isfinite(y):
             continue
         top = y > hi
         ax.scatter([x], [hi if top else lo], marker="^" if top else "v", clip_on=False, **edge)
-        if (x, top, f"{y:.3g}") in written:
-            continue
-        written.add((x, top, f"{y:.3g}"))
+        values = written.setdefault((x, top), [])
+        if f"{y:.3g}" not in values:
+            values.append(f"{y:.3g}")
+    for (x, top), values in written.items():
+        nums = sorted(float(v) for v in values)
+        text = ", ".join(values) if len(values) <= 2 else f"{nums[0]:.3g} to {nums[-1]:.3g}"
         ax.annotate(
-            f"{y:.3g}",
+            text,
             (x, hi if top else lo),
             xytext=(5, -9 if top else 9),
             textcoords="offset points",
