@@ -15,7 +15,7 @@ from typing import Any
 
 from ablate.errors import TrainError
 from ablate.spec import budget
-from ablate.spec.schema import LOSSES, SCHEDULES, Data, Distill
+from ablate.spec.schema import AUTO_EVALS, LOSSES, SCHEDULES, Data, Distill
 
 PRECISIONS = ("auto", "bf16", "fp32")
 
@@ -158,6 +158,26 @@ class TrainConfig:
                 tuple(int(x) for x in pair) for pair in values["intermediate_layers"]
             ]
         return cls(**values)
+
+
+def eval_interval(eval_every: int | None, steps: int) -> int:
+    """Steps between held-out evaluations during a run of `steps` steps; 0: none.
+
+    The spec's `distill.eval_every` is hashed into every trial's stage config, so its default (None)
+    cannot change without moving every trial key; instead None means "automatic", resolved here at run
+    time: about AUTO_EVALS evaluations evenly over the run (the last at or just before the final step,
+    which is always evaluated), and none for runs under AUTO_EVALS steps, whose trial eval already gives
+    the final point. 0 turns them off; N > 0 evaluates every N steps.
+    """
+    if eval_every is not None:
+        if isinstance(eval_every, bool) or not isinstance(eval_every, int) or eval_every < 0:
+            raise TrainError(
+                f"eval_every must be a number of steps >= 0 (0: none) or None (automatic), got {eval_every!r}"
+            )
+        return eval_every
+    if steps < AUTO_EVALS:
+        return 0
+    return math.ceil(steps / AUTO_EVALS)
 
 
 @dataclass

@@ -155,8 +155,10 @@ def _check_inputs(
             f"train_batches have sequences of {train_batches.shape[1]} tokens but seq_len is {config.seq_len}; "
             "tokenise the split with the same seq_len"
         )
-    if eval_every is not None and eval_every <= 0:
-        raise TrainError(f"eval_every must be a positive number of steps (got {eval_every})")
+    if eval_every is not None and eval_every < 0:
+        raise TrainError(
+            f"eval_every must be a number of steps >= 0 (0 or None: at the end only), got {eval_every}"
+        )
 
 
 def _param_groups(modules: Sequence[nn.Module], weight_decay: float) -> list[dict[str, Any]]:
@@ -406,11 +408,12 @@ class _Run:
     # -- around the steps -------------------------------------------------------------------------
 
     def evaluate(self, eval_fn: Callable[[nn.Module], Mapping[str, float]], step: int) -> dict[str, float]:
-        """The caller's held-out metrics of the student after `step` steps (kept in the history)."""
+        """The caller's held-out metrics of the student after `step` steps (kept in the history). Under
+        its own RNG state, so a run trains the same weights whether or not it evaluates on the way."""
         was_training = self.student.training
         self.student.eval()
         try:
-            with self.parallel.no_grad():
+            with torch.random.fork_rng(devices=self.rng_devices), self.parallel.no_grad():
                 metrics = {k: float(v) for k, v in dict(eval_fn(self.student)).items()}
         finally:
             self.student.train(was_training)

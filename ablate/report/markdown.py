@@ -257,10 +257,9 @@ def _key_table(labels: Labels) -> list[str]:
 
 
 def _benchmarks_section(r: Report) -> list[str]:
-    labels = {
-        t.key: f"`{t.key}` ({_cell(', '.join(f'{k}={fmt_value(v)}' for k, v in t.overrides.items()))})"
-        for t in r.trials
-    }
+    """Rows named as in the trial table: key and short overrides (long values by the key table's code)."""
+    short = Labels(r.trials)
+    labels = {t.key: f"`{t.key}` ({_cell(short.overrides(t))})" for t in r.trials}
     return benchmarks_section(r.benchmarks, labels, str(r.teacher.get("model")))
 
 
@@ -528,9 +527,15 @@ def render_markdown(report: Report) -> str:
         lines += [r.description, ""]
     b = r.best_trial
     n_clear = sum(f.verdict == CLEAR for f in r.findings)
+    best = next((t for t in r.trials if t.key == b.key), None)
+    best_overrides = (
+        Labels(r.trials).overrides(best)
+        if best is not None
+        else ", ".join(f"{k}={fmt_value(v)}" for k, v in b.overrides.items())
+    )
     lines += [
         f"{len(r.finished)} of {len(r.trials)} trials finished. Best trial `{b.key}` "
-        f"({_cell(', '.join(f'{k}={fmt_value(v)}' for k, v in b.overrides.items()))}): "
+        f"({_cell(best_overrides)}): "
         f"{r.metric} {_num(b.value)}. {len(r.findings)} paired comparison{'s' if len(r.findings) != 1 else ''}, "
         f"{n_clear} with a clear winner.",
         "",

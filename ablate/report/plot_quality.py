@@ -114,13 +114,13 @@ def quality_figure(report: Report) -> Any:
         ax_t.set_title("teacher", fontsize=8)
     ax.set_xlabel(f"parameters ({unit})" + ("; the size axis is broken" if broken else ""))
     ax.set_ylabel(f"held-out {metric}")
-    better = "higher" if report.higher_is_better else "lower"
-    kit.title(
-        fig, f"held-out {metric} vs size ({better} is better; dashed: trials no smaller trial beats)", width
-    )
     if not pts:
         ax.text(0.5, 0.5, "parameter counts unavailable", transform=ax.transAxes, ha="center")
     kit.legend(fig, handles, names, configs.header)
+    better = "higher" if report.higher_is_better else "lower"
+    kit.title(  # after the legend: the title is fitted beside it
+        fig, f"held-out {metric} vs size ({better} is better; dashed: trials no smaller trial beats)", width
+    )
     return fig
 
 

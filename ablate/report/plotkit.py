@@ -117,9 +117,28 @@ def legend_width(labels: Sequence[str], title: str = "") -> float:
     return max(0.3 + ncols * (0.35 + 0.058 * chars), 0.058 * len(title) + 0.2)
 
 
+TITLE_CHARS_PER_INCH = 15
+"""First guess of how many 9-point characters fit in an inch of title (measured and narrowed after)."""
+
+
 def title(fig: Any, text: str, width_in: float) -> None:
-    """The figure's title, wrapped to the figure's width (an axes title wider than its axes is clipped)."""
-    fig.suptitle(wrap(text, max(30, int(width_in * 15))), fontsize=9)
+    """The figure's title, wrapped to fit (an axes title wider than its axes is clipped). Call it after
+    :func:`legend`: constrained layout puts an ``outside right upper`` legend at the very top of the
+    figure, beside the title's band rather than below it, so the title is centred over the room left of
+    the legend and wrapped until its measured width fits there."""
+    if not fig.legends:
+        fig.suptitle(wrap(text, max(30, int(width_in * TITLE_CHARS_PER_INCH))), fontsize=9)
+        return
+    fig.canvas.draw()  # runs the layout: where the legend is
+    renderer = fig.canvas.get_renderer()
+    left = min(legend.get_window_extent(renderer).x0 for legend in fig.legends)
+    room = left - 0.1 * fig.dpi  # pixels from the figure's left edge to the legend, less a gap
+    chars = max(20, int(room / fig.dpi * TITLE_CHARS_PER_INCH))
+    while True:
+        t = fig.suptitle(wrap(text, chars), fontsize=9, x=room / 2 / fig.bbox.width, ha="center")
+        if t.get_window_extent(renderer).width <= room or chars <= 20:
+            return
+        chars = max(20, int(chars * 0.9))
 
 
 def legend(fig: Any, handles: list[Any], labels: list[str], title: str) -> Any:
@@ -165,13 +184,20 @@ def clip_points(
         ax.scatter([p[0] for p in inside], [p[1] for p in inside], **style)
     edge = {k: v for k, v in style.items() if k not in ("marker", "label")}
     edge["s"] = max(30, style.get("s", 20))
+    written: dict[tuple[float, bool], list[str]] = {}  # one label per edge point: values at one x share it
     for x, y in zip(xs, ys, strict=True):
         if lo <= y <= hi or not math.isfinite(y):
             continue
         top = y > hi
         ax.scatter([x], [hi if top else lo], marker="^" if top else "v", clip_on=False, **edge)
+        values = written.setdefault((x, top), [])
+        if f"{y:.3g}" not in values:
+            values.append(f"{y:.3g}")
+    for (x, top), values in written.items():
+        nums = sorted(float(v) for v in values)
+        text = ", ".join(values) if len(values) <= 2 else f"{nums[0]:.3g} to {nums[-1]:.3g}"
         ax.annotate(
-            f"{y:.3g}",
+            text,
             (x, hi if top else lo),
             xytext=(5, -9 if top else 9),
             textcoords="offset points",

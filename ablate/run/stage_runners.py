@@ -323,19 +323,24 @@ def run_prune(stage: Stage, ctx: StageContext) -> dict[str, Any]:
 def run_distill(stage: Stage, ctx: StageContext) -> dict[str, Any]:
     """Distil the pruned student. On several workers every worker of the trial calls this; they train
     together and rank 0 publishes the artifact (the others return the same facts)."""
+    from ablate.distill.config import eval_interval
     from ablate.distill.train import TrainConfig, train
 
     parallel = ctx.parallel
     prune, teacher_stage = ctx.parents["prune"], ctx.parents["teacher"]
     distill = dict(stage.config["distill"])
-    eval_every = distill.pop("eval_every", None)
+    asked = distill.pop("eval_every", None)
     config = TrainConfig.from_mapping(
         distill, seq_len=stage.config["data"]["seq_len"], seed=stage.config["seed"], device=ctx.device
     )
+    eval_every = eval_interval(asked, config.steps)  # None (the default): a few over the run
+    # The evaluations measure KL to the teacher when it is in memory. Automatic ones load it only where
+    # training does (the plan's memory estimate counts no teacher for ce/scratch): such trials' curves
+    # have the data metrics only; an explicit eval_every loads it for them too.
     pruned = str(ctx.store.local_path(prune.hash) / "model")
     student, tokenizer = load_for_rank(pruned, parallel)
     teacher = None
-    if config.needs_teacher or eval_every:
+    if config.needs_teacher or (eval_every and asked is not None):
         teacher, _ = load_teacher(ctx.store, teacher_stage.hash, parallel)
     splits = splits_for(stage.config, tokenizer, ctx.base_dir)
     eval_fn = None

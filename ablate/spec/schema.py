@@ -41,6 +41,7 @@ CONFIG = ConfigDict(extra="forbid", validate_default=True, allow_inf_nan=False)
 TokenCount = Annotated[int, BeforeValidator(parse_tokens)]
 PositiveInt = Annotated[int, Field(gt=0, le=MAX_COUNT)]  # batch sizes, lengths, dimensions, steps
 Count = Annotated[int, Field(ge=0, le=MAX_COUNT)]
+AUTO_EVALS = 4  # held-out evaluations during a distillation whose distill.eval_every is unset
 Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
 Rate = Annotated[float, Field(ge=0, le=MAX_RATE)]  # learning rates, weight decay
 
@@ -214,7 +215,12 @@ class Distill(Strict):
     grad_clip: PositiveFloat | None = 1.0
     weight_decay: Rate = 0.0
     checkpoint_every: PositiveInt = 50
-    eval_every: PositiveInt | None = None
+    eval_every: Count | None = Field(
+        None,
+        description="held-out evaluation every N optimizer steps (the report's curve over tokens); 0: none; "
+        f"unset: about {AUTO_EVALS} over the run (none under {AUTO_EVALS} steps; ce and scratch trials without "
+        "the KL to the teacher, which would load it)",
+    )
     intermediate_layers: list[tuple[Count, Count]] | None = Field(
         None, description="(student layer, teacher layer) pairs for kld+intermediate; default: evenly spaced"
     )

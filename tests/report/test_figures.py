@@ -65,6 +65,29 @@ def _check_layout(fig) -> None:
             assert not lb.overlaps(ax.get_window_extent(renderer)), "a legend covers an axes' data area"
 
 
+def _check_no_text_overlaps(fig) -> None:
+    """No two text elements (the title, axes titles and labels, legend title and entries, values written
+    at the axis edge) cover each other; tick labels are matplotlib's to place."""
+    from matplotlib.text import Text
+
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    ticks = {id(t) for ax in fig.axes for a in (ax.xaxis, ax.yaxis) for t in a.get_ticklabels(which="both")}
+    texts = [t for t in fig.findobj(Text) if t.get_visible() and t.get_text().strip() and id(t) not in ticks]
+    boxes = [(t.get_text(), t.get_window_extent(renderer)) for t in texts]
+    for i, (a, box_a) in enumerate(boxes):
+        for b, box_b in boxes[i + 1 :]:
+            assert not box_a.overlaps(box_b), f"text {a!r} at {box_a} overlaps {b!r} at {box_b}"
+    for legend in fig.legends:  # and no other text runs into a legend's box (its title and entries)
+        own = {id(t) for t in legend.findobj(Text)}
+        box = legend.get_window_extent(renderer)
+        for t in texts:
+            ext = t.get_window_extent(renderer)
+            assert id(t) in own or not ext.overlaps(box), (
+                f"text {t.get_text()!r} at {ext} runs into the legend {box}"
+            )
+
+
 def _legend_texts(fig) -> list[str]:
     return [t.get_text() for legend in fig.legends for t in legend.get_texts()]
 
@@ -82,6 +105,17 @@ def test_every_figure_fits_at_50_trials(request, which):
     assert '"lr"' not in texts and "global_batch" not in texts  # long values appear by their code only
     if which == "corrected":
         assert any("correction#1" in s for s in _legend_texts(figures[0]))
+
+
+@pytest.mark.parametrize("which", ["report", "corrected"])
+def test_the_quality_figure_title_clears_the_legend(request, which):
+    """Constrained layout puts the legend at the top right, level with the title: the title must fit
+    left of it (it ran under the legend's title before)."""
+    r = request.getfixturevalue(which)
+    with rc():
+        fig = quality_figure(r)
+        _check_no_text_overlaps(fig)
+        _check_layout(fig)
 
 
 def test_quality_figure_shows_the_teacher_and_the_pruned_students_as_points(report):
@@ -164,3 +198,19 @@ def test_reference_rows_say_what_the_records_lack(report):
     assert not recovered
     assert all(r.missing for r in refs)
     assert "teacher_lm_loss" in refs[0].missing and "eval_every" in refs[-1].missing
+
+
+def test_the_benchmark_table_names_trials_by_their_short_labels(corrected):
+    """Rows as in the trial table: short axis names, a long value by its key-table code, never its JSON."""
+    results = {"pydoc_cloze": {"acc": 0.5, "acc_stderr": 0.01}}
+    trials = {t.key: results for t in corrected.trials[:4]}
+    r = dataclasses.replace(corrected, benchmarks={"teacher": results, "trials": trials})
+    md = render_markdown(r)
+    table = md.split("## Benchmarks", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in table.splitlines() if line.startswith("| `")]
+    assert len(rows) == 4
+    labels = Labels(r.trials)
+    for t, row in zip(r.trials[:4], rows, strict=True):
+        assert row.startswith(f"| `{t.key}` ({labels.overrides(t)}) |"), row
+    assert any("correction=correction#1" in row for row in rows)
+    assert "global_batch" not in table and "distill.loss" not in table and "loss=" in table
