@@ -196,7 +196,12 @@ class WidthImportance(Strict):
 
 
 class DepthImportance(Strict):
-    method: Literal["block_importance", "lm_loss", "contiguous"] = "block_importance"
+    method: Literal["block_importance", "lm_loss", "contiguous"] = Field(
+        "block_importance",
+        description="block_importance: 1 - mean cos(layer input, output) per layer (Model Optimizer's only "
+        "depth score); lm_loss: the LM-loss increase when the layer alone is skipped; contiguous: the best "
+        "block of consecutive layers to drop, scored by contiguous_metric",
+    )
     contiguous_metric: Literal["lm_loss", "kl_to_teacher"] = Field(
         "lm_loss",
         description="method contiguous: what scores a model with a block of layers skipped, its LM loss or "
