@@ -346,11 +346,17 @@ def model_card(
         f"- **Importance**: width by {width['method']}"
         + (
             f" (batch aggregation {width['batch_agg']}, sequence aggregation {width['seq_agg']}, MLP site "
-            f"{width['mlp_site']})"
+            f"{width['mlp_site']}, head aggregation {width.get('head_aggregation', 'token_l2')})"
             if width["method"] == "activation"
             else ""
         )
-        + f"; depth by {imp['depth']['method']}; {cal['samples']} calibration sequences of {data['seq_len']} tokens "
+        + f"; depth by {imp['depth']['method']}"
+        + (
+            f" ({imp['depth'].get('contiguous_metric', 'lm_loss')})"
+            if imp["depth"]["method"] == "contiguous"
+            else ""
+        )
+        + f"; {cal['samples']} calibration sequences of {data['seq_len']} tokens "
         f"(batch {cal['batch_size']}), one shot.",
         (
             f"- **Distillation**: loss `{d['loss']}`, temperature {d['temperature']:g}"

@@ -87,10 +87,24 @@ def _quiet_transformers() -> None:
     show_default=True,
 )
 @click.option(
+    "--head-aggregation",
+    type=click.Choice(["token_l2", "channel_l2"]),
+    default="token_l2",
+    show_default=True,
+    help="token_l2: L2 over a head's channels per token first; channel_l2: Model Optimizer's order.",
+)
+@click.option(
     "--depth-method",
     type=click.Choice(["block_importance", "lm_loss", "contiguous"]),
     default="block_importance",
     show_default=True,
+)
+@click.option(
+    "--contiguous-metric",
+    type=click.Choice(["lm_loss", "kl_to_teacher"]),
+    default="lm_loss",
+    show_default=True,
+    help="What scores a skipped block with --depth-method contiguous.",
 )
 @click.option("--calibration-samples", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option("--corpus", default="builtin:pydoc", show_default=True, help="Calibration corpus.")
@@ -114,7 +128,9 @@ def prune_command(
     batch_agg: str,
     seq_agg: str,
     mlp_site: str,
+    head_aggregation: str,
     depth_method: str,
+    contiguous_metric: str,
     calibration_samples: int,
     corpus: str,
     seq_len: int,
@@ -164,8 +180,9 @@ def prune_command(
                     "batch_agg": batch_agg,
                     "seq_agg": seq_agg,
                     "mlp_site": mlp_site,
+                    "head_aggregation": head_aggregation,
                 },
-                "depth": {"method": depth_method},
+                "depth": {"method": depth_method, "contiguous_metric": contiguous_metric},
                 "seed": seed,
             },
             "depth_targets": [target["num_hidden_layers"]]

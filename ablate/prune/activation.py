@@ -1,7 +1,9 @@
 """Activation importance of every prunable unit from forward passes only (Minitron).
 
 One calibration pass scores, with hooks and no gradients:
-- attention heads: L2 norm over head_dim of each head's slice of the `o_proj` input;
+- attention heads: each head's slice of the `o_proj` input, either L2 over head_dim per token and then
+  the sequence/sample aggregation (`token_l2`, ablate's order), or the sequence/sample aggregation per
+  channel and then L2 over head_dim (`channel_l2`, Model Optimizer's order);
 - MLP neurons: the `down_proj` input (after SwiGLU, as Model Optimizer) or the `gate_proj` output
   (the pre-activation X W1^T of the paper), site `gate_up`;
 - embedding channels: the outputs of every layer's two RMSNorms, scored per norm and summed over norms;
@@ -10,8 +12,8 @@ One calibration pass scores, with hooks and no gradients:
 How activations are aggregated over the sequence and the samples is ablate.prune.moments'.
 
 Depth by LM loss (`lm_loss`: loss increase when layer i alone is skipped) and contiguous blocks
-(`contiguous`: LM loss with layers [s, s+k) skipped, for each requested k) need one extra pass over
-the calibration data per candidate.
+(`contiguous`: LM loss, or KL(full model || model) with `contiguous_metric` kl_to_teacher, with layers
+[s, s+k) skipped, for each requested k) need one extra pass over the calibration data per candidate.
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ log = logging.getLogger(__name__)
 
 MLP_SITES = ("down_proj_input", "gate_up")
 DEPTH_METHODS = ("block_importance", "lm_loss", "contiguous")
+HEAD_AGGREGATIONS = ("token_l2", "channel_l2")
+CONTIGUOUS_METRICS = ("lm_loss", "kl_to_teacher")
 
 
 def _layer_input(args: tuple, kwargs: dict) -> Tensor:
@@ -52,7 +56,9 @@ def _model_device(model: PreTrainedModel) -> torch.device:
 
 
 @contextlib.contextmanager
-def _hooks(model: PreTrainedModel, acc: dict, seq_agg: str, mlp_site: str) -> Iterator[None]:
+def _hooks(
+    model: PreTrainedModel, acc: dict, seq_agg: str, mlp_site: str, head_aggregation: str
+) -> Iterator[None]:
     handles = []
     hd = head_dim(model.config)
     try:
@@ -60,6 +66,9 @@ def _hooks(model: PreTrainedModel, acc: dict, seq_agg: str, mlp_site: str) -> It
 
             def o_proj_in(module, args, i=i):
                 x = args[0]
+                if head_aggregation == "channel_l2":  # per channel now, L2 over head_dim when read
+                    acc["heads"].update_row(i, seq_reduce(x, seq_agg))
+                    return
                 per_head = torch.linalg.vector_norm(x.unflatten(-1, (-1, hd)).float(), ord=2, dim=-1)
                 acc["heads"].update_row(i, seq_reduce(per_head, seq_agg))
 
@@ -121,17 +130,23 @@ def estimate_importance(
     depth_method: str = "block_importance",
     contiguous_drops: Sequence[int] = (),
     batch_size: int = 8,
+    head_aggregation: str = "token_l2",
+    contiguous_metric: str = "lm_loss",
 ) -> ImportanceScores:
     """Activation importance of heads, MLP neurons, hidden channels and layers from one pass over `batches`.
 
     `contiguous_drops` lists the block sizes k for which every contiguous block of k layers is scored
     (needed by depth_method="contiguous"); `lm_loss` and `contiguous` take extra passes.
+    `head_aggregation` orders the head reductions (module docstring); `contiguous_metric` scores a
+    skipped block by LM loss or by KL to the full model (whose final hidden states are then kept).
     """
     for name, value, allowed in (
         ("batch_agg", batch_agg, AGGREGATIONS),
         ("seq_agg", seq_agg, AGGREGATIONS),
         ("mlp_site", mlp_site, MLP_SITES),
         ("depth_method", depth_method, DEPTH_METHODS),
+        ("head_aggregation", head_aggregation, HEAD_AGGREGATIONS),
+        ("contiguous_metric", contiguous_metric, CONTIGUOUS_METRICS),
     ):
         if value not in allowed:
             raise PruneError(f"unknown {name} '{value}' (expected one of {', '.join(allowed)})")
@@ -147,22 +162,28 @@ def estimate_importance(
         raise PruneError(f"contiguous block sizes must be between 1 and {n_layers - 1} (got {drops})")
     device = _model_device(model)
     acc = {
-        "heads": RowMoments(n_layers, config.num_attention_heads, device),
+        "heads": RowMoments(
+            n_layers,
+            config.num_attention_heads * (head_dim(config) if head_aggregation == "channel_l2" else 1),
+            device,
+        ),
         "mlp": RowMoments(n_layers, config.intermediate_size, device),
         "hidden": RowMoments(2 * n_layers, config.hidden_size, device),
         "bi_cos_sum": torch.zeros(n_layers, dtype=torch.float64, device=device),
         "bi_tokens": torch.zeros((), dtype=torch.float64, device=device),
     }
     need_loss = depth_method in ("lm_loss", "contiguous")
+    need_kl = depth_method == "contiguous" and contiguous_metric == "kl_to_teacher" and bool(drops)
     multi_pass = need_loss
     stored: list[Tensor] = []
+    reference: list[Tensor] = []  # the full model's final hidden states, for KL
     base_loss = torch.zeros((), dtype=torch.float64, device=device)
     loss_tokens = 0
     samples = tokens = 0
     was_training = model.training
     model.eval()
     try:
-        with torch.inference_mode(), _hooks(model, acc, seq_agg, mlp_site):
+        with torch.inference_mode(), _hooks(model, acc, seq_agg, mlp_site, head_aggregation):
             for batch in as_batches(batches, batch_size):
                 batch = batch.to(device)
                 if multi_pass:
@@ -175,6 +196,8 @@ def estimate_importance(
                 if need_loss:
                     base_loss += _next_token_nll(model, hidden, batch).to(device)
                     loss_tokens += batch[:, 1:].numel()
+                if need_kl:
+                    reference.append(hidden)
                 del hidden
                 samples += batch.shape[0]
                 tokens += batch.numel()
@@ -194,10 +217,18 @@ def estimate_importance(
                 state["lm_loss_sum"] = torch.stack(
                     [_loss_without(model, stored, [i]) for i in range(n_layers)]
                 )
+            if need_kl:
+                state["kl_tokens"] = torch.tensor(float(tokens), dtype=torch.float64)
             for k in drops:
-                state[f"contig_{k}_loss_sum"] = torch.stack(
-                    [_loss_without(model, stored, range(s, s + k)) for s in range(n_layers - k + 1)]
-                )
+                blocks = [range(s, s + k) for s in range(n_layers - k + 1)]
+                if need_kl:
+                    state[f"contig_{k}_kl_sum"] = torch.stack(
+                        [_kl_without(model, stored, reference, b) for b in blocks]
+                    )
+                else:
+                    state[f"contig_{k}_loss_sum"] = torch.stack(
+                        [_loss_without(model, stored, b) for b in blocks]
+                    )
     finally:
         model.train(was_training)
     settings = {
@@ -206,9 +237,12 @@ def estimate_importance(
         "mlp_site": mlp_site,
         "depth_method": depth_method,
         "contiguous_drops": drops,
+        "head_aggregation": head_aggregation,
         "samples": samples,
         "tokens": tokens,
     }
+    if depth_method == "contiguous":
+        settings["contiguous_metric"] = contiguous_metric
     return scores_from_state(state, settings, shape_of(config))
 
 
@@ -217,4 +251,17 @@ def _loss_without(model: PreTrainedModel, batches: list[Tensor], layers: Iterabl
     with skip_layers(model, list(layers)):
         for batch in batches:
             total += _lm_loss_sum(model, batch).cpu()
+    return total
+
+
+def _kl_without(
+    model: PreTrainedModel, batches: list[Tensor], reference: list[Tensor], layers: Iterable[int]
+) -> Tensor:
+    """Summed KL(full model || model with `layers` skipped) over every position of `batches` (float64)."""
+    total = torch.zeros((), dtype=torch.float64)
+    with skip_layers(model, list(layers)):
+        for batch, full in zip(batches, reference, strict=True):
+            with head_of(model) as head:
+                sums = chunked_eval_sums(final_hidden(model, batch), head, batch, full, head)
+            total += sums["kl"].cpu()
     return total

@@ -65,6 +65,10 @@ class ImportanceScores:
         if self.method != "activation" or other.method != "activation" or not self.state or not other.state:
             raise PruneError("only activation scores with accumulator state can be merged")
         keys = ("seq_agg", "mlp_site", "depth_method", "contiguous_drops")
+        for name, default in (("head_aggregation", "token_l2"), ("contiguous_metric", "lm_loss")):
+            # Scores written before these settings existed used their defaults.
+            if self.settings.get(name, default) != other.settings.get(name, default):
+                raise PruneError(f"cannot merge importance scores computed with different {name}")
         if any(self.settings.get(k) != other.settings.get(k) for k in keys) or self.shape != other.shape:
             raise PruneError("cannot merge importance scores computed with different settings or shapes")
         state = {}
@@ -165,6 +169,11 @@ def _moment_prefixes(state: dict[str, Tensor]) -> list[str]:
     return sorted({k.rsplit(".", 1)[0] for k in state if k.endswith(".m2")})
 
 
+def _head_aggregation(settings: dict) -> str:
+    """Scores written before head_aggregation existed used token_l2."""
+    return settings.get("head_aggregation", "token_l2")
+
+
 def scores_from_state(state: dict[str, Tensor], settings: dict, shape: dict) -> ImportanceScores:
     """Scores read off an activation pass's accumulators with `settings["batch_agg"]`."""
     batch_agg, method = settings["batch_agg"], settings["depth_method"]
@@ -175,11 +184,20 @@ def scores_from_state(state: dict[str, Tensor], settings: dict, shape: dict) -> 
     contiguous = {
         int(k.removeprefix("contig_").removesuffix("_loss_sum")): (v / state["loss_tokens"]).float()
         for k, v in state.items()
-        if k.startswith("contig_")
+        if k.startswith("contig_") and k.endswith("_loss_sum")
     }
+    contiguous |= {  # kl_to_teacher: mean KL per position
+        int(k.removeprefix("contig_").removesuffix("_kl_sum")): (v / state["kl_tokens"]).float()
+        for k, v in state.items()
+        if k.startswith("contig_") and k.endswith("_kl_sum")
+    }
+    heads = Moments.from_state(state, "heads").finalize(batch_agg)
+    n_heads = shape.get("num_attention_heads", heads.shape[1])
+    if _head_aggregation(settings) == "channel_l2":  # [L, H * head_dim]: L2 over each head's channels
+        heads = torch.linalg.vector_norm(heads.double().unflatten(1, (n_heads, -1)), dim=-1).float()
     return ImportanceScores(
         method="activation",
-        heads=Moments.from_state(state, "heads").finalize(batch_agg),
+        heads=heads,
         mlp=Moments.from_state(state, "mlp").finalize(batch_agg),
         hidden=Moments.from_state(state, "hidden").finalize(batch_agg).sum(0),  # summed over the norms
         depth=depth_scores["lm_loss" if method == "lm_loss" else "block_importance"],

@@ -141,7 +141,9 @@ def _spec_section(r: Report) -> list[str]:
         row(
             "importance",
             f"width: {w.get('method')} (batch {w.get('batch_agg')}, seq {w.get('seq_agg')}, "
-            f"MLP at {w.get('mlp_site')}); depth: {d.get('method')}",
+            f"MLP at {w.get('mlp_site')}, heads by {w.get('head_aggregation', 'token_l2')}); "
+            f"depth: {d.get('method')}"
+            + (f" by {d.get('contiguous_metric', 'lm_loss')}" if d.get("method") == "contiguous" else ""),
         )
     targets: dict[str, TrialRow] = {}
     for t in r.trials:

@@ -155,7 +155,10 @@ def score_importance(
         batch_agg=width["batch_agg"],
         seq_agg=width["seq_agg"],
         mlp_site=width["mlp_site"],
+        # Absent at their defaults (schema._LATE_FIELDS), so a stage written before they existed reads as is.
+        head_aggregation=width.get("head_aggregation", "token_l2"),
         depth_method=settings["depth"]["method"],
+        contiguous_metric=settings["depth"].get("contiguous_metric", "lm_loss"),
         contiguous_drops=contiguous_drops(model.config.num_hidden_layers, config.get("depth_targets", [])),
     )
     return finite_or_raise(scores)

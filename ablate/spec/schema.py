@@ -167,15 +167,61 @@ class Calibration(Strict):
     batch_size: PositiveInt = 8
 
 
+# Fields added after specs were run: dumped (and so in trial keys and stage hashes) only when they
+# differ from their defaults, so adding them moved no existing key.
+_LATE_FIELDS = {"head_aggregation": "token_l2", "contiguous_metric": "lm_loss"}
+
+
+def _drop_late_defaults(dumped: dict[str, Any]) -> dict[str, Any]:
+    for name, default in _LATE_FIELDS.items():
+        if dumped.get(name, None) == default:
+            dumped.pop(name)
+    return dumped
+
+
 class WidthImportance(Strict):
     method: Literal["activation", "magnitude", "random"] = "activation"
     batch_agg: Aggregation = "l2"
     seq_agg: Aggregation = "mean"
     mlp_site: Literal["down_proj_input", "gate_up"] = "down_proj_input"
+    head_aggregation: Literal["token_l2", "channel_l2"] = Field(
+        "token_l2",
+        description="attention heads: token_l2 = L2 over the head's channels per token, then seq_agg, then "
+        "batch_agg; channel_l2 = seq_agg and batch_agg per channel, then L2 over the head's channels "
+        "(Model Optimizer's order). Neither won on SmolLM2-135M (docs/method.md)",
+    )
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: Any) -> dict[str, Any]:
+        return _drop_late_defaults(handler(self))
 
 
 class DepthImportance(Strict):
-    method: Literal["block_importance", "lm_loss", "contiguous"] = "block_importance"
+    method: Literal["block_importance", "lm_loss", "contiguous"] = Field(
+        "block_importance",
+        description="block_importance: 1 - mean cos(layer input, output) per layer (Model Optimizer's only "
+        "depth score); lm_loss: the LM-loss increase when the layer alone is skipped; contiguous: the best "
+        "block of consecutive layers to drop, scored by contiguous_metric",
+    )
+    contiguous_metric: Literal["lm_loss", "kl_to_teacher"] = Field(
+        "lm_loss",
+        description="method contiguous: what scores a model with a block of layers skipped, its LM loss or "
+        "its KL(teacher || it) on the calibration set; lower is kept. Model Optimizer has Block Importance "
+        "only; paper 2 used a downstream task (not offered: one lm-eval run per candidate block)",
+    )
+
+    @model_validator(mode="after")
+    def _metric_needs_contiguous(self) -> DepthImportance:
+        if self.contiguous_metric != "lm_loss" and self.method != "contiguous":
+            raise ValueError(
+                f"contiguous_metric {self.contiguous_metric} is read only by method contiguous (method is "
+                f"{self.method}); set method: contiguous or drop contiguous_metric"
+            )
+        return self
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: Any) -> dict[str, Any]:
+        return _drop_late_defaults(handler(self))
 
 
 class Importance(Strict):
