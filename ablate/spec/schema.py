@@ -188,7 +188,7 @@ class WidthImportance(Strict):
         "token_l2",
         description="attention heads: token_l2 = L2 over the head's channels per token, then seq_agg, then "
         "batch_agg; channel_l2 = seq_agg and batch_agg per channel, then L2 over the head's channels "
-        "(Model Optimizer's order). Neither won on SmolLM2-135M (docs/method.md)",
+        "(Model Optimizer's order). One-shot figures on SmolLM2-135M: docs/method.md",
     )
 
     @model_serializer(mode="wrap")
