@@ -6,6 +6,7 @@ import json
 import logging
 import time
 from pathlib import Path
+from typing import get_args
 
 import click
 
@@ -13,7 +14,19 @@ from ablate.commands import out_folder_option
 from ablate.commands.progress import each, quiet_option
 from ablate.errors import DataError, PruneError
 from ablate.models.arch import AXES, check_target, count_parameters, shape_of
+from ablate.spec.schema import DepthImportance, WidthImportance
 from ablate.spec.units import parse_tokens
+
+
+def _choices(model: type, field: str) -> list[str]:
+    """A Literal field's values, so the CLI offers exactly what a spec accepts."""
+    return list(get_args(model.model_fields[field].annotation))
+
+
+def _default(model: type, field: str) -> str:
+    """The spec's default, so the CLI and a spec agree without anyone keeping them in step."""
+    return model.model_fields[field].default
+
 
 log = logging.getLogger(__name__)
 
@@ -88,8 +101,8 @@ def _quiet_transformers() -> None:
 )
 @click.option(
     "--head-aggregation",
-    type=click.Choice(["token_l2", "channel_l2"]),
-    default="token_l2",
+    type=click.Choice(_choices(WidthImportance, "head_aggregation")),
+    default=_default(WidthImportance, "head_aggregation"),
     show_default=True,
     help="token_l2: L2 over a head's channels per token first; channel_l2: Model Optimizer's order.",
 )
@@ -101,8 +114,8 @@ def _quiet_transformers() -> None:
 )
 @click.option(
     "--contiguous-metric",
-    type=click.Choice(["lm_loss", "kl_to_teacher"]),
-    default="lm_loss",
+    type=click.Choice(_choices(DepthImportance, "contiguous_metric")),
+    default=_default(DepthImportance, "contiguous_metric"),
     show_default=True,
     help="What scores a skipped block with --depth-method contiguous.",
 )
