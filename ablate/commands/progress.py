@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from ablate.secrets import redact_text
+from ablate.spec.units import format_duration
 
 LINE_S = 10.0
 """Seconds between two plain progress lines of one bar (when stderr is not a terminal)."""
@@ -35,16 +36,6 @@ def quiet_option(f):
 def live(console: Console) -> bool:
     """Whether rich draws live bars on this console (a real terminal)."""
     return console.is_terminal and not console.is_dumb_terminal
-
-
-def duration(seconds: float) -> str:
-    """A short duration: 45s, 12m05s, 3h07m."""
-    s = max(0, int(round(seconds)))
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m{s % 60:02d}s"
-    return f"{s // 3600}h{s % 3600 // 60:02d}m"
 
 
 def _si(x: float) -> str:
@@ -74,7 +65,7 @@ def step_text(metrics: Mapping[str, Any], *, with_step: bool = True) -> str:
         parts.append(f"{_si(tps)} tok/s")
     eta = eta_s(metrics)
     if eta is not None:
-        parts.append(f"ETA {duration(eta)}")
+        parts.append(f"ETA {format_duration(eta)}")
     return ", ".join(parts)
 
 
@@ -172,7 +163,7 @@ def each(
             for i, item in enumerate(items):
                 yield item
                 left = (time.monotonic() - started) / (i + 1) * (total - i - 1)
-                progress.update(task, completed=i + 1, info=f"ETA {duration(left)}")
+                progress.update(task, completed=i + 1, info=f"ETA {format_duration(left)}")
         return
     throttle = Throttle(every)
     for i, item in enumerate(items):
@@ -180,8 +171,8 @@ def each(
         if throttle(description, last=i + 1 == total):
             left = (time.monotonic() - started) / (i + 1) * (total - i - 1)
             console.print(
-                f"{description} {i + 1}/{total}, ETA {duration(left)}", highlight=False, markup=False
+                f"{description} {i + 1}/{total}, ETA {format_duration(left)}", highlight=False, markup=False
             )
 
 
-__all__ = ["LINE_S", "StepProgress", "Throttle", "duration", "each", "eta_s", "quiet_option", "step_text"]
+__all__ = ["LINE_S", "StepProgress", "Throttle", "each", "eta_s", "quiet_option", "step_text"]

@@ -18,14 +18,18 @@ from ablate.spec.schema import DepthImportance, WidthImportance
 from ablate.spec.units import parse_tokens
 
 
-def _choices(model: type, field: str) -> list[str]:
-    """A Literal field's values, so the CLI offers exactly what a spec accepts."""
-    return list(get_args(model.model_fields[field].annotation))
-
-
-def _default(model: type, field: str) -> str:
-    """The spec's default, so the CLI and a spec agree without anyone keeping them in step."""
-    return model.model_fields[field].default
+def _spec_option(flag: str, model: type, field: str, dest: str | None = None, help: str | None = None):
+    """A click option whose choices and default are the spec schema's own (a Literal field), so the CLI
+    offers exactly what a spec accepts and the two never need keeping in step."""
+    info = model.model_fields[field]
+    names = [flag] if dest is None else [flag, dest]
+    return click.option(
+        *names,
+        type=click.Choice(list(get_args(info.annotation))),
+        default=info.default,
+        show_default=True,
+        help=help,
+    )
 
 
 log = logging.getLogger(__name__)
@@ -85,38 +89,21 @@ def _quiet_transformers() -> None:
     help="AXIS=N[,AXIS=N...], e.g. hidden_size=448,intermediate_size=1152.",
 )
 @out_folder_option("Directory for the pruned checkpoint.", dest="out_dir", required=True)
-@click.option(
-    "--importance",
-    type=click.Choice(["activation", "magnitude", "random"]),
-    default="activation",
-    show_default=True,
-)
-@click.option("--batch-agg", type=click.Choice(["mean", "l2", "var"]), default="l2", show_default=True)
-@click.option("--seq-agg", type=click.Choice(["mean", "l2", "var"]), default="mean", show_default=True)
-@click.option(
-    "--mlp-site",
-    type=click.Choice(["down_proj_input", "gate_up"]),
-    default="down_proj_input",
-    show_default=True,
-)
-@click.option(
+@_spec_option("--importance", WidthImportance, "method", dest="importance")
+@_spec_option("--batch-agg", WidthImportance, "batch_agg")
+@_spec_option("--seq-agg", WidthImportance, "seq_agg")
+@_spec_option("--mlp-site", WidthImportance, "mlp_site")
+@_spec_option(
     "--head-aggregation",
-    type=click.Choice(_choices(WidthImportance, "head_aggregation")),
-    default=_default(WidthImportance, "head_aggregation"),
-    show_default=True,
+    WidthImportance,
+    "head_aggregation",
     help="token_l2: L2 over a head's channels per token first; channel_l2: Model Optimizer's order.",
 )
-@click.option(
-    "--depth-method",
-    type=click.Choice(["block_importance", "lm_loss", "contiguous"]),
-    default="block_importance",
-    show_default=True,
-)
-@click.option(
+@_spec_option("--depth-method", DepthImportance, "method", dest="depth_method")
+@_spec_option(
     "--contiguous-metric",
-    type=click.Choice(_choices(DepthImportance, "contiguous_metric")),
-    default=_default(DepthImportance, "contiguous_metric"),
-    show_default=True,
+    DepthImportance,
+    "contiguous_metric",
     help="What scores a skipped block with --depth-method contiguous.",
 )
 @click.option("--calibration-samples", type=click.IntRange(min=1), default=32, show_default=True)

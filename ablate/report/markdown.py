@@ -23,6 +23,7 @@ from ablate.report.model import AGREES, CLEAR, DISAGREES, Finding, Report, Trial
 from ablate.report.plots import FINDING_PREFIX, LOSS_PNG, QUALITY_PNG, finding_file, render_plots
 from ablate.report.practices import MAPPING_ROWS, PRACTICES, shape_kind
 from ablate.secrets import redact_text
+from ablate.spec.units import format_duration
 
 __all__ = ["REPORT_MD", "render_markdown", "write_report"]
 
@@ -78,16 +79,6 @@ def _tokens(n: int | None) -> str:
             v = n / div
             return f"{v:.3g}{suf}"
     return str(n)
-
-
-def _time(s: float | None) -> str:
-    if s is None:
-        return "-"
-    if s < 60:
-        return f"{s:.1f} s"
-    if s < 3600:
-        return f"{s / 60:.1f} min"
-    return f"{s / 3600:.2f} h"
 
 
 def _cell(text: Any) -> str:
@@ -232,7 +223,11 @@ def _trials_section(r: Report) -> list[str]:
         cells = [key, _cell(labels.overrides(t)), _params(t.params), _tokens(t.tokens)]
         cells += [_num(t.metrics.get(c)) for c, _ in cols]
         rec = r.recovered.get(t.key)
-        cells += ["-" if rec is None else f"{rec:.0%}", t.status, _time(t.duration_s)]
+        cells += [
+            "-" if rec is None else f"{rec:.0%}",
+            t.status,
+            "-" if t.duration_s is None else format_duration(t.duration_s),
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     missing = [ref for ref in r.references if ref.missing]
     if missing:

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ablate.errors import AblateError
+from ablate.jsonable import JsonRow, jsonable
 
 CLEAR, NO_DIFF, FEW = "clear win", "no clear difference", "too few pairs"
 AGREES, DISAGREES, INCONCLUSIVE = "agrees", "disagrees", "inconclusive"
@@ -18,20 +19,6 @@ AGREES, DISAGREES, INCONCLUSIVE = "agrees", "disagrees", "inconclusive"
 
 class ReportError(AblateError):
     """The report cannot be made from these records (no such experiment, nothing finished, unknown metric)."""
-
-
-def _jsonable(v: Any) -> Any:
-    if isinstance(v, float):
-        if math.isnan(v):
-            return None
-        if math.isinf(v):
-            return "inf" if v > 0 else "-inf"
-        return v
-    if isinstance(v, dict):
-        return {str(k): _jsonable(x) for k, x in v.items()}
-    if isinstance(v, list | tuple):
-        return [_jsonable(x) for x in v]
-    return v
 
 
 def fmt_value(value: Any) -> str:
@@ -54,7 +41,7 @@ def canon(value: Any) -> str:
 
 
 @dataclass(frozen=True)
-class TrialRow:
+class TrialRow(JsonRow):
     """One trial as the report shows it."""
 
     id: int
@@ -78,9 +65,6 @@ class TrialRow:
     def label(self) -> str:
         """The overrides without the seed, e.g. ``target=width, distill.loss=kld``."""
         return ", ".join(f"{k}={fmt_value(v)}" for k, v in self.overrides.items() if k != "seed") or self.key
-
-    def to_dict(self) -> dict[str, Any]:
-        return _jsonable(asdict(self))
 
 
 @dataclass(frozen=True)
@@ -173,19 +157,14 @@ class Finding:
         d["title"] = self.title
         d["ci"] = list(self.ci)
         d["replicates_only"] = not self.settings
-        return _jsonable(d)
+        return jsonable(d)
 
 
 @dataclass(frozen=True)
-class BestTrial:
-    """The trial ``ablate build`` starts from: key, overrides and resolved config (what the trial ran)."""
+class BestTrial(TrialRow):
+    """The trial ``ablate build`` starts from (its row, with the resolved config it ran), and why it was
+    chosen: the primary metric, its value and its configuration's mean over seeds."""
 
-    key: str
-    overrides: dict[str, Any]
-    config: dict[str, Any] | None
-    metrics: dict[str, float]
-    params: int | None
-    mlflow_run_id: str | None
     metric: str
     value: float
     """The trial's value of the primary metric."""
@@ -194,12 +173,9 @@ class BestTrial:
     seeds: int
     """Finished seeds of its configuration."""
 
-    def to_dict(self) -> dict[str, Any]:
-        return _jsonable(asdict(self))
-
 
 @dataclass(frozen=True)
-class Reference:
+class Reference(JsonRow):
     """A model the trials are measured against: the teacher, or a pruned student before any retraining."""
 
     kind: str
@@ -212,9 +188,6 @@ class Reference:
     """Held-out metrics (empty where the records do not hold them; see ``missing``)."""
     missing: str = ""
     """What the records lack for this row, in words (empty when nothing is missing)."""
-
-    def to_dict(self) -> dict[str, Any]:
-        return _jsonable(asdict(self))
 
 
 @dataclass
@@ -283,7 +256,7 @@ class Report:
         from ablate.secrets import redact
 
         return redact(  # the JSON leaves the process: no password of the spec goes with it
-            _jsonable(
+            jsonable(
                 {
                     "experiment": self.experiment,
                     "description": self.description,

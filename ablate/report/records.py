@@ -6,14 +6,16 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import fields
 from typing import Any
 
 import numpy as np
 
+from ablate.jsonable import jsonable
 from ablate.report.benchmarks import benchmarks_of
 from ablate.report.findings import MIN_PAIRS, findings_for
 from ablate.report.metrics import metric_info
-from ablate.report.model import BestTrial, Report, ReportError, TrialRow, _jsonable, canon, finished
+from ablate.report.model import BestTrial, Report, ReportError, TrialRow, canon, finished
 from ablate.report.practices import PRACTICES
 from ablate.report.references import references_for
 from ablate.spec.load import recorded_mapping
@@ -120,13 +122,9 @@ def _best(trials: Sequence[TrialRow], metric: str, higher: bool) -> BestTrial:
         groups.values(), key=lambda g: (sign * float(np.mean([t.metrics[metric] for t in g])), g[0].key)
     )
     best = min(best_group, key=lambda t: (sign * t.metrics[metric], t.key))
+    row = {f.name: getattr(best, f.name) for f in fields(TrialRow)}
     return BestTrial(
-        key=best.key,
-        overrides=dict(best.overrides),
-        config=None if best.config is None else json.loads(canon(best.config)),
-        metrics=dict(best.metrics),
-        params=best.params,
-        mlflow_run_id=best.mlflow_run_id,
+        **row | {"config": None if best.config is None else json.loads(canon(best.config))},
         metric=metric,
         value=best.metrics[metric],
         group_mean=float(np.mean([t.metrics[metric] for t in best_group])),
@@ -161,7 +159,7 @@ def _recipe(
             distill["tokens"] = int(parse_tokens(tokens))
         except Exception:
             distill["tokens"] = tokens
-    return _jsonable(
+    return jsonable(
         {
             "trial": key,
             "reason": reason,

@@ -9,18 +9,15 @@ from typing import TYPE_CHECKING, Any
 
 from ablate.plan.stages import Stage, is_reference_eval
 from ablate.run import ray_workers
+from ablate.run.executor_state import ExecutorState
 from ablate.run.in_process import WAIT_POLL_S, record_failure
 from ablate.run.ray_workers import error_line
 from ablate.run.reference_evals import reference_writes, write_new
 from ablate.run.stage_runners import WORKER_STAGES, read_eval_metrics, record_benchmark
 
 if TYPE_CHECKING:
-    from ablate.plan.graph import StageGraph
-    from ablate.run.artifacts import ArtifactStore
     from ablate.spec.schema import Spec
-    from ablate.track.db import Records
     from ablate.track.leases import Leases
-    from ablate.track.mlflow import MlflowMirror
 
 SHARED_KINDS = ("tokenize", "teacher", "importance", "prune")
 
@@ -39,30 +36,19 @@ def is_shared(stage: Stage) -> bool:
 DRIVER_MEMORY_BYTES = 256 * 2**20  # what a task that only waits for its Ray Train workers reserves
 
 
-class SharedStages:
+class SharedStages(ExecutorState):
     """The executor's running of shared stages (see the module docstring)."""
 
-    name: str
     spec: Spec
-    graph: StageGraph
-    store: ArtifactStore
-    records: Records
     leases: Leases
     base_dir: str
-    stage_status: dict[str, str]
-    trial_ids: dict[str, int]
-    mirror: MlflowMirror
-    result: Any
     reference_rows: dict[str, list[tuple[str, int, float]]]  # trial key -> MLflow rows (mirror_references)
 
     if TYPE_CHECKING:  # provided by the executor
 
-        def _done(self, h: str) -> bool: ...
-        def _count(self, bucket: dict[str, int], kind: str) -> None: ...
         def _start_ray(self) -> None: ...
         def _worker_resources(self) -> dict[str, Any]: ...
         def _shared_resources(self) -> tuple[float, float]: ...
-        def progress(self, event: str, data: dict[str, Any]) -> None: ...
         def run_id(self, key: str) -> str: ...
 
     def run_shared_stages(self) -> dict[str, str]:
@@ -90,7 +76,9 @@ class SharedStages:
                 parent_failed = [p for p in (*sorted(data), *stage.parents) if p in failures]
                 if parent_failed:
                     del unresolved[stage.hash]
-                    what = "the tokenize stage of its data" if parent_failed[0] in data else "its parent stage"
+                    what = (
+                        "the tokenize stage of its data" if parent_failed[0] in data else "its parent stage"
+                    )
                     self._stage_failed(stage, f"not run: {what} {parent_failed[0]} failed", failures)
                     continue
                 if any(h in unresolved for h in data):

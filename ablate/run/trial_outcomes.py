@@ -8,14 +8,13 @@ from typing import TYPE_CHECKING, Any
 
 from ablate.plan.stages import BENCHMARK, trial_kinds
 from ablate.run import ray_workers, stage_runners
+from ablate.run.executor_state import ExecutorState
 from ablate.run.mlflow_runs import size_fields
 from ablate.track.mlflow_names import mlflow_rows
 
 if TYPE_CHECKING:  # the attributes this mixin uses; Executor defines them
-    from ablate.plan.graph import StageGraph
     from ablate.run.artifacts import ArtifactStore
     from ablate.track.db import Records
-    from ablate.track.mlflow import MlflowMirror
 
 
 def scalars(d: dict[str, Any]) -> dict[str, float]:
@@ -50,28 +49,17 @@ def benchmark_finals(records: Records, store: ArtifactStore, stages: dict[str, s
     return out
 
 
-class TrialOutcomes:
+class TrialOutcomes(ExecutorState):
     """The executor's handling of trial events (see the module docstring)."""
 
-    name: str
-    records: Records
-    store: ArtifactStore
-    graph: StageGraph
-    trial_ids: dict[str, int]
     run_ids: dict[str, str]
-    stage_status: dict[str, str]
     ran: dict[str, dict[str, Any]]
     trial_tags: dict[str, dict[str, str]]
     objectives: dict[str, str]  # trial key -> distill.loss
-    mirror: MlflowMirror
-    result: Any
 
     if TYPE_CHECKING:  # provided by the executor
 
-        def _done(self, h: str) -> bool: ...
-        def _count(self, bucket: dict[str, int], kind: str) -> None: ...
         def cancel_stages(self, key: str, reason: str) -> None: ...
-        def progress(self, event: str, data: dict[str, Any]) -> None: ...
 
     def trial_started(self, key: str) -> None:
         self.records.set_trial_status(self.trial_ids[key], "running")  # its stages: claimed already

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from ablate.jsonable import jsonable
 from ablate.plan.estimate import distill_flops
 from ablate.search.check import retrain_distill
 from ablate.search.enumerate import Enumeration
@@ -83,7 +84,7 @@ def search_phases(
         "retrain": {
             "tokens": retrain.tokens,
             "loss": retrain.loss,
-            "overrides": _jsonable(search.retrain_overrides()),
+            "overrides": jsonable(search.retrain_overrides()),
         },
         "phases": rows,
         # Phases whose compute is unknown (benchmark metrics) are left out of the total, and say so.
@@ -91,7 +92,3 @@ def search_phases(
         "total_gpu_hours": gpu_hours(sum(known)),
         "complete_total": len(known) == len(rows) - 1,
     }
-
-
-def _jsonable(values: dict) -> dict:
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}

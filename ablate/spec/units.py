@@ -92,3 +92,13 @@ def format_tokens(n: int) -> str:
             text = f"{n / scale:.3g}"
             return f"{text}{suffix}"
     return str(n)
+
+
+def format_duration(seconds: float) -> str:
+    """Short human form (45s, 12m05s, 3h07m): progress lines, status and the report's trial table."""
+    s = max(0, int(round(seconds)))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"

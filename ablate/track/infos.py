@@ -5,35 +5,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any
 
+from ablate.jsonable import JsonRow
 from ablate.track.tables import STATUSES, TERMINAL, Experiment, Stage, Trial
 
 # ====================================================================== plain results
 
 
-def _jsonable(v: Any) -> Any:
-    if isinstance(v, datetime):
-        return v.isoformat()
-    if isinstance(v, float) and not math.isfinite(v):
-        return None if math.isnan(v) else ("inf" if v > 0 else "-inf")
-    if isinstance(v, dict):
-        return {k: _jsonable(x) for k, x in v.items()}
-    if isinstance(v, list | tuple):
-        return [_jsonable(x) for x in v]
-    return v
-
-
-class _Info:
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-serialisable dict (datetimes as ISO strings, NaN as null, inf as "inf")."""
-        return _jsonable(asdict(self))  # type: ignore[call-overload]
-
-
 @dataclass(frozen=True)
-class ExperimentInfo(_Info):
+class ExperimentInfo(JsonRow):
     id: int
     name: str
     spec_hash: str
@@ -48,7 +31,7 @@ class ExperimentInfo(_Info):
 
 
 @dataclass(frozen=True)
-class TrialInfo(_Info):
+class TrialInfo(JsonRow):
     id: int
     experiment: str
     key: str
@@ -70,7 +53,7 @@ class TrialInfo(_Info):
 
 
 @dataclass(frozen=True)
-class StageInfo(_Info):
+class StageInfo(JsonRow):
     id: int
     hash: str
     kind: str
@@ -87,7 +70,7 @@ class StageInfo(_Info):
 
 
 @dataclass(frozen=True)
-class MetricRow(_Info):
+class MetricRow(JsonRow):
     name: str
     step: int | None
     """None for a final value."""
@@ -99,7 +82,7 @@ class MetricRow(_Info):
 
 
 @dataclass(frozen=True)
-class EventInfo(_Info):
+class EventInfo(JsonRow):
     id: int
     time: datetime
     level: str
@@ -110,7 +93,7 @@ class EventInfo(_Info):
 
 
 @dataclass(frozen=True)
-class TrialSummary(_Info):
+class TrialSummary(JsonRow):
     key: str
     status: str
     overrides: dict[str, Any]
@@ -124,7 +107,7 @@ class TrialSummary(_Info):
 
 
 @dataclass(frozen=True)
-class ExperimentSummary(_Info):
+class ExperimentSummary(JsonRow):
     experiment: ExperimentInfo
     counts: dict[str, int]
     """Trials per status, every status present."""

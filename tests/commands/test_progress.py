@@ -7,8 +7,9 @@ import io
 
 from rich.console import Console
 
-from ablate.commands.progress import StepProgress, Throttle, duration, eta_s, step_text
+from ablate.commands.progress import StepProgress, Throttle, eta_s, step_text
 from ablate.commands.submit import LiveProgress
+from ablate.spec.units import format_duration
 
 
 def _console() -> tuple[Console, io.StringIO]:
@@ -31,7 +32,7 @@ def test_eta_is_the_remaining_tokens_at_the_measured_rate():
     assert eta_s(_step(4)) == 6 * 512 / 256
     assert eta_s({"step": 0, "steps": 10}) is None and eta_s({"step": 3}) is None
     assert step_text(_step(4)) == "step 4/10, loss 0.75, 256 tok/s, ETA 12s"
-    assert [duration(s) for s in (5, 125, 7500)] == ["5s", "2m05s", "2h05m"]
+    assert [format_duration(s) for s in (5, 125, 7500)] == ["5s", "2m05s", "2h05m"]
 
 
 def test_throttle_lets_the_first_the_last_and_one_per_period_through():

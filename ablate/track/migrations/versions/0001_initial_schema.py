@@ -1,22 +1,13 @@
-"""initial schema: experiments, trials, stages, trial_stages, metrics, events
-
-Revision ID: 0001
-Revises:
-Create Date: 2026-11-28
-"""
+"""initial schema: experiments, trials, stages, trial_stages, metrics, events"""
 
 from __future__ import annotations
-
-from collections.abc import Sequence
 
 import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
-revision: str = "0001"
-down_revision: str | Sequence[str] | None = None
-branch_labels: str | Sequence[str] | None = None
-depends_on: str | Sequence[str] | None = None
+revision = "0001"
+down_revision = None
 
 STATUSES = "'pending', 'running', 'completed', 'failed', 'cancelled'"
 

@@ -3,23 +3,15 @@
 Two submissions at once must not run one stage (or one trial) twice: a submission claims a row by a
 conditional UPDATE that sets these two columns, renews `lease_until` while it works, and clears them when
 it is done. A row whose lease ran out (or whose holder's process is gone) may be taken over.
-
-Revision ID: 0002
-Revises: 0001
-Create Date: 2026-11-30
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0002"
-down_revision: str | Sequence[str] | None = "0001"
-branch_labels: str | Sequence[str] | None = None
-depends_on: str | Sequence[str] | None = None
+revision = "0002"
+down_revision = "0001"
 
 TABLES = ("stages", "trials")
 
