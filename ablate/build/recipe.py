@@ -30,6 +30,7 @@ from ablate.track.urls import DEFAULT_DB, absolute_sqlite, absolute_store, sqlit
 log = logging.getLogger(__name__)
 
 METRIC = "lm_loss"
+SEARCH = "search"  # build.trial: the winner a spec's search recorded
 
 
 class BuildError(AblateError):
@@ -175,6 +176,22 @@ def candidates(source: Source, records) -> dict[str, Candidate]:
     return out
 
 
+def search_choice(records, experiment: str, pool: dict[str, Candidate]) -> tuple[str, str]:
+    """(trial key, why) for `build.trial: search`: the search's recorded winner, as its first completed
+    retraining trial (seeds in the spec's order; picking the luckiest seed would flatter it)."""
+    rows = records.search_candidates(experiment) if records is not None else []
+    won = next((r for r in rows if r.winner), None)
+    if won is None:
+        raise BuildError(
+            f"build.trial is 'search' but experiment '{experiment}' has no search winner recorded; run "
+            "`ablate submit SPEC` with its search section first"
+        )
+    done = [k for k in won.trial_keys if k in pool and pool[k].status == "completed"]
+    if not done:
+        raise BuildError(f"the search's winner {won.name} has no completed trial (trials: {won.trial_keys})")
+    return done[0], f"the search's winner {won.name} ({won.params:,} parameters; one-shot rank {won.rank})"
+
+
 def _finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value)
 
@@ -292,7 +309,8 @@ def resolve(
     tokens: str | int | None = None,
     dry_run: bool = False,
 ) -> Recipe:
-    """The recipe to build: trial `trial` (a key, or 'best'; default the spec's build.trial)."""
+    """The recipe to build: trial `trial` (a key, 'best', or 'search' for the search's winner; default
+    the spec's build.trial)."""
     records = source.records()
     pool = candidates(source, records)
     wanted = trial or source.build.trial
@@ -307,6 +325,8 @@ def resolve(
                 f"no finished trial yet: the recipe of trial {key} is shown (of {len(pool)}); the real build "
                 "uses the best completed one"
             )
+    elif wanted == SEARCH:
+        key, why = search_choice(records, source.name, pool)
     else:
         if wanted not in pool:
             known = ", ".join(pool) or "none"

@@ -70,6 +70,8 @@ class LiveProgress:
         elif event in ("stage_wait", "trial_wait"):
             what = f"{data['kind']:<10} {data['hash']}" if event == "stage_wait" else f"trial      {key}"
             self._line(f"[dim]{what} waiting for the submission running it ({data.get('owner')})[/dim]")
+        elif event == "search":
+            self._line(f"[bold]search[/bold]     {data['text']}")
         elif event == "stage_failed":
             self._line(f"[red]{data['kind']:<10}[/red] {data['hash']} failed: {data['error']}")
         elif event == "trial_start":
@@ -193,7 +195,9 @@ def submit_command(
         if quiet:
             result = submit(loaded, address, None, recompute)
         else:
-            with LiveProgress(console, len(loaded.trials)) as progress:
+            search = loaded.spec.search  # its top_k are trials too, one per seed
+            retrained = search.score.top_k * len(loaded.spec.sweep.seeds) if search is not None else 0
+            with LiveProgress(console, len(loaded.trials) + retrained) as progress:
                 result = submit(loaded, address, progress, recompute)
         out = _console()
         print_trials(result.trials, out, f"{result.experiment}: {len(result.trials)} trials")

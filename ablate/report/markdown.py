@@ -22,6 +22,7 @@ from ablate.report.labels import Labels
 from ablate.report.model import AGREES, CLEAR, DISAGREES, Finding, Report, TrialRow, fmt_value
 from ablate.report.plots import FINDING_PREFIX, LOSS_PNG, QUALITY_PNG, finding_file, render_plots
 from ablate.report.practices import MAPPING_ROWS, PRACTICES, shape_kind
+from ablate.report.search import search_section
 from ablate.secrets import redact_text
 from ablate.spec.units import format_duration
 
@@ -251,6 +252,10 @@ def _key_table(labels: Labels) -> list[str]:
     lines = ["", "Short names in the table and the figures:", "", "| short | stands for |", "|---|---|"]
     lines += [f"| `{_cell(short)}` | `{_cell(full)}` |" for short, full in rows]
     return lines
+
+
+def _search_section(r: Report) -> list[str]:
+    return search_section(r.search)
 
 
 def _benchmarks_section(r: Report) -> list[str]:
@@ -544,6 +549,7 @@ def render_markdown(report: Report) -> str:
         _spec_section,
         _trials_section,
         _benchmarks_section,
+        _search_section,
         _findings_section,
         _plots_section,
         _best_section,

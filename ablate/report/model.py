@@ -227,6 +227,8 @@ class Report:
     at 5%."""
     benchmarks: dict[str, Any] = field(default_factory=dict)
     """lm-eval results: {"teacher": {task: {metric: v, metric_stderr: e}}, "trials": {key: {...}}}."""
+    search: dict[str, Any] = field(default_factory=dict)
+    """The spec's search, if it has one (:mod:`ablate.report.search`)."""
     references: list[Reference] = field(default_factory=list)
     """The teacher(s) and each pruned student before retraining (:mod:`ablate.report.references`)."""
     recovered: dict[str, float] = field(default_factory=dict)
@@ -275,6 +277,7 @@ class Report:
                     "references": [r.to_dict() for r in self.references],
                     "recovered": self.recovered,
                     **({"benchmarks": self.benchmarks} if self.benchmarks else {}),
+                    **({"search": self.search} if self.search else {}),
                     "mlflow": {
                         "tracking_uri": _redact(self.tracking_uri),
                         "experiment_id": self.mlflow_experiment_id,

@@ -39,7 +39,7 @@ from ablate.run import ray_workers, recompute, stage_runners
 from ablate.run.artifacts import ArtifactCorrupt, ArtifactStore
 from ablate.run.mlflow_runs import trial_run
 from ablate.run.ray_session import init_ray
-from ablate.run.shared_stages import DRIVER_MEMORY_BYTES, WAIT_POLL_S, SharedStages
+from ablate.run.shared_stages import DRIVER_MEMORY_BYTES, WAIT_POLL_S, SharedStages, is_shared
 from ablate.run.trial_outcomes import TrialOutcomes, benchmark_finals, curve_rows, final_rows
 from ablate.spec import budget
 from ablate.spec.validate import LoadedSpec
@@ -63,6 +63,7 @@ class SubmitResult:
     trials: list[dict[str, Any]] = field(default_factory=list)
     early_stopped: list[str] = field(default_factory=list)  # trial keys ASHA stopped
     wall_s: float = 0.0
+    search: dict[str, Any] | None = None  # a search's outcome (ablate.run.search)
 
     @property
     def ok(self) -> bool:
@@ -78,6 +79,7 @@ class SubmitResult:
             "stages": {"run": self.stages_run, "reused": self.stages_reused, "failed": self.stages_failed},
             "trials": self.trials,
             "early_stopped": self.early_stopped,
+            **({"search": self.search} if self.search is not None else {}),
             "wall_s": round(self.wall_s, 3),
         }
 
@@ -91,8 +93,12 @@ class Executor(SharedStages, TrialOutcomes):
         address: str | None = None,
         progress: Progress | None = None,
         recompute_stages: Sequence[str] = (),
+        shared_only: bool = False,
     ):
         self.loaded = loaded
+        # Only the shared stages of these trials, and no trial rows: a search's one-shot scoring, whose
+        # "trials" are its candidates (ablate.run.search); the top_k become trials of a later submission.
+        self.shared_only = shared_only
         self.spec = loaded.spec
         self.name = loaded.spec.name
         self.address = address
@@ -159,6 +165,8 @@ class Executor(SharedStages, TrialOutcomes):
             )
         known = {s.hash: s.status for s in self.records.stages()}
         for stage in self.graph.stages.values():
+            if self.shared_only and not is_shared(stage):
+                continue
             status = known.get(stage.hash)
             if status is None:
                 self.records.upsert_stage(stage.hash, stage.kind, stage.config, stage.parents)
@@ -172,7 +180,7 @@ class Executor(SharedStages, TrialOutcomes):
                 status = "completed"
             self.stage_status[stage.hash] = status
         existing = {t.key: t for t in self.records.trials(self.name)}
-        for trial in self.loaded.trials:
+        for trial in [] if self.shared_only else self.loaded.trials:
             info = existing.get(trial.key)
             stages = self.graph.trial_stages[trial.key]
             if info is None or info.status != "completed" or not self._linked(info.id, stages):
@@ -353,7 +361,9 @@ class Executor(SharedStages, TrialOutcomes):
         (seconds: MLflow's imports, its schema on first use, a few calls per run), which the driver needs
         only once results arrive: `_runs_ready` waits for it."""
         keys = [
-            t.key for t in self.loaded.trials if t.key not in self.run_ids and not self._trial_done(t.key)
+            t.key
+            for t in ([] if self.shared_only else self.loaded.trials)
+            if t.key not in self.run_ids and not self._trial_done(t.key)
         ]
         if keys and self._opener is None:
 
@@ -521,6 +531,9 @@ class Executor(SharedStages, TrialOutcomes):
         self.leases.start_heartbeat()
         self.register()
         failures = self.run_shared_stages()
+        if self.shared_only:
+            self.result.wall_s = time.perf_counter() - started
+            return self.result
         self.run_trials(failures)
         self.mirror_references()
         summary = self.records.experiment_summary(self.name)
@@ -575,6 +588,10 @@ def submit(
 ) -> SubmitResult:
     """Run `loaded` (see the module docstring); the records and MLflow hold the outcome.
     `recompute_stages` (kinds or hashes, see ablate.run.recompute) run again instead of being reused."""
+    if loaded.search is not None:
+        from ablate.run.search import submit_search
+
+        return submit_search(loaded, address, progress, recompute_stages)
     if not loaded.trials:
         raise RunError(f"spec {loaded.path} has no trials to run")
     executor = Executor(loaded, address, progress, recompute_stages)

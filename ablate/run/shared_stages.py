@@ -24,12 +24,13 @@ SHARED_KINDS = ("tokenize", "teacher", "importance", "prune")
 
 def is_shared(stage: Stage) -> bool:
     """Stages every trial of a teacher shares: tokenize, teacher, importance, prune, the reference evals of
-    the pruned students and the teacher, and the teacher's benchmarks (its reference row); a student's
-    benchmarks run in its trial, on the model its eval loaded."""
+    the pruned students and the teacher, and the teacher's benchmarks (its reference row), and a search's
+    benchmarks of pruned candidates (their one-shot scores); a student's benchmarks run in its trial, on
+    the model its eval loaded."""
     return (
         stage.kind in SHARED_KINDS
         or is_reference_eval(stage)
-        or (stage.kind == "benchmark" and stage.config["model"] == "teacher")
+        or (stage.kind == "benchmark" and stage.config["model"] in ("teacher", "pruned"))
     )
 
 

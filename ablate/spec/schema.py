@@ -385,7 +385,11 @@ class Tracking(Strict):
 
 
 class Build(Strict):
-    trial: str = "best"
+    trial: str = Field(
+        "best",
+        description="best: the report's best trial; search: the winner of the spec's search (see "
+        "docs/search.md); or a trial key",
+    )
     tokens: TokenCount | None = None
     formats: list[Literal["hf", "trtllm-bf16", "trtllm-fp8"]] = Field(default_factory=lambda: ["hf"])
 
@@ -450,6 +454,15 @@ class Spec(Strict):
             raise ValueError(
                 f"distill.tokens ({self.distill.tokens}) is less than one optimizer step "
                 f"(global_batch {self.distill.global_batch} x seq_len {self.data.seq_len} = {step_tokens} tokens)"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _search_build_needs_search(self) -> Spec:
+        if self.build.trial == "search" and self.search is None:
+            raise ValueError(
+                "build.trial is 'search' but the spec has no search section (expected a search section, "
+                "or build.trial: best or a trial key)"
             )
         return self
 

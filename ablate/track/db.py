@@ -51,6 +51,7 @@ from ablate.track.infos import (
     _value,
 )
 from ablate.track.logs import MetricsAndEvents
+from ablate.track.search_records import SearchRecords
 from ablate.track.tables import (
     _MAX_ERROR,
     EVENT_LEVELS,
@@ -111,7 +112,7 @@ def connect(
     return Records(url, migrate_schema=migrate_schema, busy_timeout_s=busy_timeout_s, echo=echo)
 
 
-class Records(MetricsAndEvents, BenchmarkRecords):
+class Records(MetricsAndEvents, BenchmarkRecords, SearchRecords):
     """The executor's and the CLI's view of the results database (see the module docstring)."""
 
     def __init__(

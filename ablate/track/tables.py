@@ -193,6 +193,28 @@ class BenchmarkResult(Base):
     samples: Mapped[int | None] = mapped_column(BigInteger)
 
 
+class SearchCandidate(Base):
+    """One shape a spec's `search` enumerated: its one-shot score (the pruned-eval stage's metric), its
+    rank, whether it was among the top_k retrained (and as which trials), and whether it won."""
+
+    __tablename__ = "search_candidates"
+    __table_args__ = (UniqueConstraint("experiment_id", "name"),)
+
+    id: Mapped[int] = mapped_column(_ID, primary_key=True)
+    experiment_id: Mapped[int] = mapped_column(ForeignKey("experiments.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(200))
+    shape: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    params: Mapped[int] = mapped_column(BigInteger)
+    prune_hash: Mapped[str] = mapped_column(String(128))
+    eval_hash: Mapped[str] = mapped_column(String(128))
+    metric: Mapped[str] = mapped_column(String(200))
+    score: Mapped[float | None] = mapped_column(Float(precision=53))  # None: its stages failed
+    rank: Mapped[int | None]  # 1 = best one-shot score
+    trial_keys: Mapped[list[str]] = mapped_column(default=list)  # its retraining trials (top_k only)
+    winner: Mapped[bool] = mapped_column(default=False)
+    updated_at: Mapped[datetime] = mapped_column(default=_now)
+
+
 class Event(Base):
     __tablename__ = "events"
     __table_args__ = (
