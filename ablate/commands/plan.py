@@ -45,8 +45,14 @@ def summary_line(loaded: LoadedSpec) -> str:
     run, naive = sum(graph.counts().values()), sum(graph.naive_counts().values())
     return (
         f"{loaded.path}: valid: experiment '{loaded.spec.name}', {len(loaded.trials)} trials over "
-        f"{len(loaded.spec.targets)} target(s), {run} stages to run (naive {naive})"
+        f"{len(loaded.spec.targets)} target(s), {run} stages to run (naive {naive})" + _after_search(loaded)
     )
+
+
+def _after_search(loaded: LoadedSpec) -> str:
+    """The trials of `from: search` targets, which have no shape (nor key) before the search chooses."""
+    n = len(loaded.after_search)
+    return f"; {n} more after the search, on its winner's shape (targets from: search)" if n else ""
 
 
 @click.command("validate")
@@ -56,7 +62,16 @@ def validate_command(spec_path: str, as_json: bool) -> None:
     """Check SPEC and report every problem with its file, line and path (exit 2 if any)."""
     loaded = _load_or_exit(spec_path, as_json)
     if as_json:
-        click.echo(json.dumps({"valid": True, "name": loaded.spec.name, "trials": len(loaded.trials)}))
+        click.echo(
+            json.dumps(
+                {
+                    "valid": True,
+                    "name": loaded.spec.name,
+                    "trials": len(loaded.trials),
+                    "after_search": len(loaded.after_search),
+                }
+            )
+        )
     else:
         click.echo(summary_line(loaded))
 
@@ -115,6 +130,7 @@ def plan_dict(loaded: LoadedSpec, mfu: float, gpu: str = "h100-80gb") -> dict:
     }
     if search is not None:  # a spec without search plans exactly as before
         plan["search"] = search
+        plan["after_search"] = [{"target": t.target, "overrides": t.overrides} for t in loaded.after_search]
     return plan
 
 
@@ -186,6 +202,13 @@ def print_plan(plan: dict, console: Console) -> None:
             f"{memory['total_bytes'] / 2**30:.1f} GiB" + ("" if memory["fits"] else " (!)"),
         )
     console.print(trials)
+    after = plan.get("after_search") or []
+    if after:
+        console.print(
+            f"and {len(after)} trial(s) after the search, on its winner's shape (not in the counts above): "
+            + "; ".join(", ".join(f"{k}={v}" for k, v in t["overrides"].items()) for t in after),
+            highlight=False,
+        )
     stages = Table(title="stages after de-duplication")
     for col in ("stage", "to run", "naive"):
         stages.add_column(col, justify="right" if col != "stage" else "left")

@@ -20,10 +20,10 @@ import dataclasses
 import math
 from collections.abc import Sequence
 
+from ablate.plan.graph import StageGraph
 from ablate.plan.stages import PRUNED_EVAL
 from ablate.report.metrics import metric_info
 from ablate.run.executor import Executor, Progress, SubmitResult
-from ablate.run.shared_stages import is_shared
 from ablate.run.stage_runners import read_benchmark, read_eval_metrics
 from ablate.search.enumerate import Candidate
 from ablate.search.trials import (
@@ -33,6 +33,8 @@ from ablate.search.trials import (
     retraining_trials,
     scoring_trials,
 )
+from ablate.spec.schema import Target
+from ablate.spec.sweep import with_winner
 from ablate.spec.validate import LoadedSpec
 from ablate.track.search_records import CandidateRow
 
@@ -90,11 +92,11 @@ def _score_rows(
     ]
 
 
-def _uncount_scored(result: SubmitResult, main: Executor, scoring: Executor) -> None:
-    """The retraining submission finds the stages scoring ran or reused already done: they are counted
-    once, by scoring, not again as reused."""
-    for h, stage in main.graph.stages.items():
-        if h in scoring.graph.stages and is_shared(stage) and result.stages_reused.get(stage.kind):
+def _uncount(result: SubmitResult, graph: StageGraph, earlier: set[str]) -> None:
+    """A later phase finds the stages an earlier phase of this submission ran or reused already done:
+    they are counted once, by that phase, not again as reused."""
+    for h, stage in graph.stages.items():
+        if h in earlier and result.stages_reused.get(stage.kind):
             result.stages_reused[stage.kind] -= 1
     result.stages_reused = {k: n for k, n in result.stages_reused.items() if n}
 
@@ -123,6 +125,33 @@ def winner(
             mean = sum(values) / len(values)
             means[row.name] = (-mean if higher else mean, row.rank or 0)
     return min(means, key=means.__getitem__) if means else None
+
+
+def _run_after_search(
+    loaded: LoadedSpec,
+    won: Candidate,
+    so_far: SubmitResult,
+    earlier: set[str],
+    address: str | None,
+    progress: Progress | None,
+) -> SubmitResult:
+    """The trials of `from: search` targets, with the winner's shape, as one more submission."""
+    target = Target.model_validate(won.target)
+    after = [with_winner(t, target) for t in loaded.after_search]
+    (progress or _no_progress)("search", {"text": f"{len(after)} trial(s) of the winner {won.name}"})
+    final = Executor(dataclasses.replace(loaded, trials=after), address, progress)
+    try:
+        result = final.submit()
+    finally:
+        final.close()
+    _uncount(result, final.graph, earlier)
+    _merge(result, so_far)
+    result.trials = [
+        *so_far.trials,
+        *(t for t in result.trials if t["key"] not in {x["key"] for x in so_far.trials}),
+    ]
+    result.search = so_far.search
+    return result
 
 
 def submit_search(
@@ -175,7 +204,7 @@ def submit_search(
         main.records.set_search_winner(spec.name, chosen)
     finally:
         main.close()
-    _uncount_scored(result, main, phase1)
+    _uncount(result, main.graph, set(phase1.graph.stages))
     _merge(result, scored)
     result.search = {
         "candidates": len(rows),
@@ -187,4 +216,7 @@ def submit_search(
         "select_metric": search.select_metric,
     }
     say("search", {"text": f"winner: {chosen or 'none (no retrained candidate finished)'}"})
+    if loaded.after_search and chosen is not None:
+        earlier = set(phase1.graph.stages) | set(main.graph.stages)
+        result = _run_after_search(loaded, by_name[chosen], result, earlier, address, progress)
     return result

@@ -130,7 +130,7 @@ def render_reference() -> str:
         for name, info in model.model_fields.items():
             note = (info.description or "").replace("|", "\\|")
             lines.append(
-                f"| `{name}` | {_type(info.annotation)} | {_default(info)} | {_limits(info)} | {note} |"
+                f"| `{info.alias or name}` | {_type(info.annotation)} | {_default(info)} | {_limits(info)} | {note} |"
             )
         lines.append("")
     return "\n".join(lines)

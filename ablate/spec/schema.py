@@ -230,18 +230,38 @@ class Importance(Strict):
 
 
 class Target(Strict):
-    """A student shape: any subset of the prunable axes; the others stay as in the teacher."""
+    """A student shape: any subset of the prunable axes; the others stay as in the teacher. Or
+    `{from: search}`: the shape the spec's search chooses, whose trials run once it has chosen."""
+
+    model_config = ConfigDict(**CONFIG, populate_by_name=True)  # `from` is a keyword: from_ inside
 
     hidden_size: PositiveInt | None = None
     intermediate_size: PositiveInt | None = None
     num_attention_heads: PositiveInt | None = None
     num_hidden_layers: PositiveInt | None = None
+    from_: Literal["search"] | None = Field(
+        None,
+        alias="from",
+        description="search: the winner of the spec's search section (its trials run after the search)",
+    )
 
     @model_validator(mode="after")
     def _not_empty(self) -> Target:
-        if not self.axes():
-            raise ValueError(f"a target must set at least one of {', '.join(TARGET_AXES)}")
+        if self.from_ is not None and self.axes():
+            raise ValueError(
+                f"a target from the search takes its shape from the winner (drop {', '.join(self.axes())}, "
+                "or drop from)"
+            )
+        if self.from_ is None and not self.axes():
+            raise ValueError(f"a target must set at least one of {', '.join(TARGET_AXES)}, or from: search")
         return self
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: Any) -> dict[str, Any]:
+        """As written: `from` (not the attribute's name), and absent from a target with axes."""
+        out = handler(self)
+        origin = out.pop("from_", None)
+        return out if origin is None else {**out, "from": origin}
 
     def axes(self) -> dict[str, int]:
         return {k: getattr(self, k) for k in TARGET_AXES if getattr(self, k) is not None}
@@ -459,6 +479,12 @@ class Spec(Strict):
 
     @model_validator(mode="after")
     def _search_build_needs_search(self) -> Spec:
+        found = [name for name, t in self.targets.items() if t.from_ == "search"]
+        if found and self.search is None:
+            raise ValueError(
+                f"target {found[0]} is from: search, but the spec has no search section (expected a search "
+                "section, or the target's axes)"
+            )
         if self.build.trial == "search" and self.search is None:
             raise ValueError(
                 "build.trial is 'search' but the spec has no search section (expected a search section, "

@@ -15,7 +15,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, PydanticUserError, TypeAdapter, ValidationError
 
-from ablate.spec.schema import CONFIG, MEMORY_FIELDS, TRIAL_SECTIONS, Distill, Seed, Spec
+from ablate.spec.schema import CONFIG, MEMORY_FIELDS, TRIAL_SECTIONS, Distill, Seed, Spec, Target
 
 TARGET_AXIS = "target"
 SEED_AXIS = "seed"  # in a grid: the seeds of that grid's trials (instead of sweep.seeds)
@@ -218,6 +218,11 @@ InvalidTrial = Callable[[dict[str, Any], ValidationError], None]
 
 
 def expand(raw: dict, spec: Spec, invalid: InvalidTrial | None = None) -> list[Trial]:
+    """The trials that can run now (see :func:`expand_all`)."""
+    return expand_all(raw, spec, invalid)[0]
+
+
+def expand_all(raw: dict, spec: Spec, invalid: InvalidTrial | None = None) -> tuple[list[Trial], list[Trial]]:
     """The trials of a spec whose grid and excludes are valid (spec.validate checks them first).
 
     A combination the schema refuses (global_batch not a multiple of a swept micro_batch, say) raises
@@ -225,6 +230,9 @@ def expand(raw: dict, spec: Spec, invalid: InvalidTrial | None = None) -> list[T
     reports every such trial from this one pass instead of validating each trial twice.
     Every trial's overrides name every swept axis of every grid (an axis its own grid does not sweep
     shows the value the trial runs with), so trials from different grids compare axis by axis.
+
+    Trials of a `from: search` target come second: their spec's target has no axes until the search has
+    chosen (:func:`with_winner`), so they have no key yet and run after it.
     """
     collect = gc.isenabled()
     gc.disable()  # thousands of live Spec objects: the collector would walk them all, again and again
@@ -235,8 +243,9 @@ def expand(raw: dict, spec: Spec, invalid: InvalidTrial | None = None) -> list[T
             gc.enable()
 
 
-def _expand(raw: dict, spec: Spec, invalid: InvalidTrial | None) -> list[Trial]:
+def _expand(raw: dict, spec: Spec, invalid: InvalidTrial | None) -> tuple[list[Trial], list[Trial]]:
     trials: list[Trial] = []
+    deferred: list[Trial] = []
     seen: set[str] = set()
     axes = spec.sweep.axes()
     for point, normal in kept_points(raw, spec):
@@ -265,13 +274,33 @@ def _expand(raw: dict, spec: Spec, invalid: InvalidTrial | None) -> list[Trial]:
             }
         )
         seeds = [normal[SEED_AXIS]] if SEED_AXIS in normal else spec.sweep.seeds
+        if trial_spec.targets[normal[TARGET_AXIS]].from_ is not None:
+            deferred += [Trial("", {**full, "seed": s}, normal[TARGET_AXIS], s, trial_spec) for s in seeds]
+            continue
         for seed in seeds:
             key = stable_hash(resolved_config(trial_spec, normal[TARGET_AXIS], seed))
             if key in seen:
                 continue
             seen.add(key)
             trials.append(Trial(key, {**full, "seed": seed}, normal[TARGET_AXIS], seed, trial_spec))
-    return trials
+    return trials, deferred
 
 
-__all__ = ["Trial", "expand", "grid_points", "normalise", "schema_has_path", "set_path", "ValidationError"]
+def with_winner(trial: Trial, target: Target) -> Trial:
+    """A deferred trial (its target `from: search`) with the search's winner as its shape, and its key."""
+    spec = trial.spec.model_copy(update={"targets": {**trial.spec.targets, trial.target: target}})
+    return Trial(stable_hash(resolved_config(spec, trial.target, trial.seed)), trial.overrides, trial.target,
+                 trial.seed, spec)  # fmt: skip
+
+
+__all__ = [
+    "Trial",
+    "expand",
+    "expand_all",
+    "with_winner",
+    "grid_points",
+    "normalise",
+    "schema_has_path",
+    "set_path",
+    "ValidationError",
+]

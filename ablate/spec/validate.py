@@ -6,6 +6,7 @@ teacher's config (no weights, no network).
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import typing
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ from ablate.spec.sweep import (
     SEED_AXIS,
     TARGET_AXIS,
     Trial,
-    expand,
+    expand_all,
     grid_points,
     grid_size,
     match_masks,
@@ -60,6 +61,9 @@ class LoadedSpec:
     teacher_config: PretrainedConfig
     trials: list[Trial]
     search: Enumeration | None = None  # the candidates of spec.search, enumerated once here
+    # Trials of a `from: search` target: no shape (and no key) until the search's winner is recorded;
+    # ablate.run.search runs them after it (sweep.with_winner).
+    after_search: list[Trial] = dataclasses.field(default_factory=list)
 
 
 def load_spec(path: str | Path) -> LoadedSpec:
@@ -94,10 +98,10 @@ def load_spec(path: str | Path) -> LoadedSpec:
                 _problem(source, ("sweep", "grid"), describe_error(err, raw) + note) for err in exc.errors()
             )
 
-    trials = expand(raw, spec, invalid)
+    trials, after_search = expand_all(raw, spec, invalid)
     if problems:
         raise SpecError(_shown(_unique(problems), path))
-    return LoadedSpec(path, raw, spec, source, teacher_config, trials, search)
+    return LoadedSpec(path, raw, spec, source, teacher_config, trials, search, after_search)
 
 
 def resolve_relative(spec_path: Path, value: str) -> str:

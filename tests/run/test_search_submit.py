@@ -96,3 +96,20 @@ def test_build_and_report_take_the_search_winner(searched):
     assert len(retrained) >= 2 and all(not math.isnan(c["retrained"]) for c in retrained)
     text = render_markdown(report)
     assert "## Search" in text and f"**{winner}** (winner)" in text
+
+
+def test_a_target_from_the_search_runs_on_the_winners_shape_after_it(searched):
+    workspace, _ = searched
+    spec = workspace / "search.yaml"
+    text = spec.read_text().replace("  width: {hidden_size: 48, intermediate_size: 96}\n",
+                                    "  width: {hidden_size: 48, intermediate_size: 96}\n  found: {from: search}\n")
+    spec.write_text(text.replace("grid: {target: [width]}", "grid: {target: [width, found]}"))  # fmt: skip
+    result = submit_here(workspace, "search.yaml")
+    assert result.ok and result.stages_run == {"distill": 1, "eval": 1}, result.to_dict()
+    with records_of(workspace) as records:
+        (winner,) = [r for r in records.search_candidates("search") if r.winner]
+        (found,) = [t for t in records.trials("search") if t.overrides["target"] == "found"]
+    assert found.status == "completed" and {**TEACHER_SHAPE, **found.config["target"]} == winner.shape
+    assert found.config["distill"]["tokens"] == 2000  # the spec's distillation, not the search's retraining
+    again = submit_here(workspace, "search.yaml")
+    assert again.ok and not again.stages_run

@@ -145,3 +145,19 @@ def test_field_errors(write, old, new, expected):
 def test_search_settings_cannot_be_swept(write):
     out = refused(write, SEARCH_SPEC + "sweep:\n  grid:\n    search.score.top_k: [2, 3]\n")
     assert "sweep.grid.search.score.top_k: search path 'search.score.top_k' cannot be swept" in out
+
+
+def test_a_target_from_the_search_is_planned_after_it_and_needs_a_search(write):
+    with_found = SEARCH_SPEC.replace(
+        "  width: {hidden_size: 48, intermediate_size: 96}\n",
+        "  width: {hidden_size: 48, intermediate_size: 96}\n  found: {from: search}\n",
+    )
+    plan = json.loads(run(["plan", str(write(with_found)), "--json"]).output)
+    assert [t["overrides"]["target"] for t in plan["after_search"]] == ["found"]
+    assert all(t["overrides"]["target"] == "width" for t in plan["trials"])
+    no_search = with_found[: with_found.index("search:")]
+    assert "target found is from: search, but the spec has no search section" in refused(write, no_search)
+    both = with_found.replace("found: {from: search}", "found: {from: search, hidden_size: 32}")
+    assert "a target from the search takes its shape from the winner (drop hidden_size" in refused(write, both)
+    build = SEARCH_SPEC[: SEARCH_SPEC.index("search:")] + "build: {trial: search}\n"
+    assert "build.trial is 'search' but the spec has no search section" in refused(write, build)
