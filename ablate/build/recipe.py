@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ablate.errors import AblateError
-from ablate.plan.stages import TEACHER_BENCHMARK, TOKENIZE, Stage, benchmark_stage, trial_stages
+from ablate.plan.stages import ROUND, TEACHER_BENCHMARK, TOKENIZE, Stage, benchmark_stage, trial_stages
 from ablate.spec.load import recorded_mapping
 from ablate.spec.schema import TRIAL_SECTIONS, Build, Spec, Tracking
 from ablate.spec.sweep import Trial, stable_hash
@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 METRIC = "lm_loss"
 SEARCH = "search"  # build.trial: the winner a spec's search recorded
+LINK_ORDER = ("importance", "prune", "distill")  # the stages of one round, in the order they run
 
 
 class BuildError(AblateError):
@@ -126,13 +127,26 @@ def _section(model, value):
         return model()
 
 
+def _targets_of(target: str, config: dict[str, Any]) -> dict[str, Any]:
+    """The spec targets a recorded config implies: its own, and the ones it was pruned through (its
+    `lineage`, named TARGET~0, TARGET~1, ...: keys leave names out, so any names rebuild the key)."""
+    lineage = config.get("lineage") or [{"target": config["target"], "chain": False}]
+    targets: dict[str, Any] = {}
+    previous: str | None = None
+    for i, link in enumerate(lineage):
+        name = target if i == len(lineage) - 1 else f"{target}~{i}"
+        targets[name] = {**link["target"], **({"from": previous, "chain": link["chain"]} if previous else {})}
+        previous = name
+    return targets
+
+
 def trial_from_record(experiment: str, key: str, overrides: dict[str, Any], config: dict[str, Any]) -> Trial:
     """The Trial a recorded trial config describes, checked to hash to the recorded key."""
     target = str(overrides.get("target") or "target")
     data = {
         "name": experiment,
         **{k: config[k] for k in TRIAL_SECTIONS},
-        "targets": {target: config["target"]},
+        "targets": _targets_of(target, config),
     }
     try:
         spec = Spec.model_validate(data)
@@ -269,9 +283,14 @@ class Recipe:
         """Every stage the final model needs, in the order they run: the trial's tokenize, teacher,
         importance and prune stages, then the final distill and eval (the trial's own when no longer
         run was asked for)."""
+        rounds = sorted(
+            ((k, s) for k, s in self.stages.items() if k.startswith(ROUND)),
+            key=lambda item: (int(item[0][len(ROUND) :].split(":")[0]), LINK_ORDER.index(item[1].kind)),
+        )
         return [
             *(s for k, s in sorted(self.stages.items()) if k.startswith(TOKENIZE)),
             self.stages["teacher"],
+            *(s for _, s in rounds),  # the targets it is pruned through first (rounds and chains)
             self.stages["importance"],
             self.stages["prune"],
             self.final_distill,

@@ -13,7 +13,7 @@ from typing import Any
 
 from ablate.benchmarks.fingerprint import task_fingerprint
 from ablate.spec.schema import MEMORY_FIELDS, Distill, Spec
-from ablate.spec.sweep import Trial, stable_hash
+from ablate.spec.sweep import Trial, stable_hash, target_lineage
 
 STAGE_KINDS = ("tokenize", "teacher", "importance", "prune", "distill", "eval", "benchmark")
 TOKENIZE = "tokenize:"  # trial_stages key of the tokenize stage of the trial's k-th data source: tokenize:K
@@ -22,6 +22,8 @@ TEACHER_BENCHMARK = "teacher-benchmark:"  # ... and of its teacher (a shared sta
 # trial_stages keys of the held-out evals of its pruned student before retraining and of its teacher
 # alone: shared stages, the report's reference rows
 PRUNED_EVAL = "pruned-eval"
+ROUND = "round"  # trial_stages keys of the links a student is pruned through first: roundK:importance, ...
+DISTILL_TEACHER = "distill-teacher"  # a chain link's teacher: the previous link's distill stage
 TEACHER_EVAL = "teacher-eval"
 REFERENCE_EVALS = {PRUNED_EVAL: "pruned", TEACHER_EVAL: "teacher"}  # key -> config["model"]
 BEFORE_TRAINING = 0
@@ -84,15 +86,29 @@ def trial_stages(trial: Trial, base_dir: str | None = None) -> dict[str, Stage]:
         importance_config["depth_targets"] = sorted(
             {t.num_hidden_layers for t in spec.targets.values() if t.num_hidden_layers is not None}
         )
-    importance = Stage("importance", importance_config, (teacher.hash,))
-    prune = Stage("prune", {"target": resolved["target"]}, (importance.hash,))
-    distill = Stage(
-        "distill", {"distill": resolved["distill"], "seed": trial.seed, **data}, (prune.hash, teacher.hash)
-    )
-    evaluate = Stage("eval", data, (distill.hash, teacher.hash))
+    distill_config = {"distill": resolved["distill"], "seed": trial.seed, **data}
+    # Each link pruned from the last one's distilled student (a round), and with `chain` also taught by
+    # it; the first from the teacher. A link's stages are the ones a trial of that target alone has, so a
+    # shared prefix (the same settings up to a link) runs once.
+    links = target_lineage(spec, trial.target)
+    rounds: dict[str, Stage] = {}
+    source, link_teacher = teacher, teacher
+    for i, link in enumerate(links):
+        importance = Stage("importance", importance_config, (source.hash,))
+        prune = Stage("prune", {"target": link["target"]}, (importance.hash,))
+        if link["chain"]:
+            link_teacher = source
+        distill = Stage("distill", distill_config, (prune.hash, link_teacher.hash))
+        if i < len(links) - 1:
+            rounds |= {f"{ROUND}{i}:{s.kind}": s for s in (importance, prune, distill)}
+        source = distill
+    evaluate = Stage("eval", data, (distill.hash, teacher.hash))  # against the spec's teacher, always
     tokenize = tokenize_stages(resolved["data"], resolved["teacher"]["model"], base_dir)
     stages = {f"{TOKENIZE}{k}": stage for k, stage in enumerate(tokenize)}  # first: the graph's roots
-    stages |= {s.kind: s for s in (teacher, importance, prune, distill, evaluate)}
+    stages |= {"teacher": teacher, **rounds}
+    stages |= {s.kind: s for s in (importance, prune, distill, evaluate)}
+    if link_teacher is not teacher:
+        stages[DISTILL_TEACHER] = link_teacher
     # The held-out metrics the trial's are read against: its pruned student before any retraining (against
     # the teacher, as the trial's eval) and the teacher alone, on the same eval batches. Added as stages of
     # their own ("model" in the config: no existing stage's hash moved), shared by every trial of a prune

@@ -75,6 +75,7 @@ class Axis:
         out = json.loads(canon(t.config))
         if self.axis == TARGET_AXIS:
             out.pop("target", None)
+            out.pop("lineage", None)  # the targets it was pruned through (rounds, chains): part of the target
         elif self.field is not None:
             if isinstance(out.get("target"), dict):
                 out["target"].pop(self.field[1], None)

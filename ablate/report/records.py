@@ -99,6 +99,16 @@ def _series(records: Any, trial_id: int, metric: str) -> dict[str, list[float]]:
     return out
 
 
+def _shape(config: Mapping[str, Any] | None) -> dict[str, int] | None:
+    """A trial's pruned axes: its target's, over those of the targets it was pruned through (lineage)."""
+    if not config or not isinstance(config.get("target"), dict):
+        return None
+    shape: dict[str, int] = {}
+    for link in config.get("lineage") or []:
+        shape.update(link.get("target") or {})
+    return {**shape, **config["target"]}
+
+
 def _axis_order(spec: Mapping[str, Any], trials: Sequence[Any]) -> list[str]:
     """Override keys in the spec's order: target (when not in the grid), the grid's axes as written, any
     others sorted, seed last. (PostgreSQL's JSONB does not keep key order, so the records cannot say.)"""
@@ -247,7 +257,7 @@ def build_report(
     for t in summary.trials:
         info = infos.get(t.key)
         config = info.config if info is not None else None
-        shape = dict(config["target"]) if config and isinstance(config.get("target"), dict) else None
+        shape = _shape(config)
         s = _series(records, info.id, metric) if info is not None else {}
         if s:
             series[t.key] = s

@@ -39,7 +39,7 @@ from ablate.run import ray_workers, recompute, stage_runners
 from ablate.run.artifacts import ArtifactCorrupt, ArtifactStore
 from ablate.run.mlflow_runs import trial_run
 from ablate.run.ray_session import init_ray
-from ablate.run.shared_stages import DRIVER_MEMORY_BYTES, WAIT_POLL_S, SharedStages, is_shared
+from ablate.run.shared_stages import DRIVER_MEMORY_BYTES, WAIT_POLL_S, SharedStages, shared_of
 from ablate.run.trial_outcomes import TrialOutcomes, benchmark_finals, curve_rows, final_rows
 from ablate.spec import budget
 from ablate.spec.validate import LoadedSpec
@@ -164,8 +164,9 @@ class Executor(SharedStages, TrialOutcomes):
                 experiment=self.name,
             )
         known = {s.hash: s.status for s in self.records.stages()}
+        shared = {s.hash for s in shared_of(self.graph)}
         for stage in self.graph.stages.values():
-            if self.shared_only and not is_shared(stage):
+            if self.shared_only and stage.hash not in shared:
                 continue
             status = known.get(stage.hash)
             if status is None:
@@ -353,8 +354,10 @@ class Executor(SharedStages, TrialOutcomes):
 
     def _count_trial_reused(self, key: str) -> None:
         stages = self.graph.trial_stages[key]
+        shared = {s.hash for s in shared_of(self.graph)}  # counted by the shared phase already
         for k in trial_kinds(stages):
-            self._count(self.result.stages_reused, self.graph.stages[stages[k]].kind)
+            if stages[k] not in shared:
+                self._count(self.result.stages_reused, self.graph.stages[stages[k]].kind)
 
     def _start_ray(self) -> None:
         """Start (or join) Ray. Meanwhile a thread opens MLflow and the child runs of the trials to come
@@ -439,10 +442,11 @@ class Executor(SharedStages, TrialOutcomes):
         from ray import tune
 
         trial_res = self.spec.resources.trial
+        shared = {s.hash for s in shared_of(self.graph)}  # a round's distill: counted there
         for t in todo:
             self.run_id(t.key)  # every child run exists before the first result arrives
             stages = self.graph.trial_stages[t.key]
-            if self._done(stages["distill"]):
+            if self._done(stages["distill"]) and stages["distill"] not in shared:
                 self._count(self.result.stages_reused, "distill")
         payloads = {
             t.key: {

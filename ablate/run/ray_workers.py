@@ -16,7 +16,7 @@ import torch
 
 from ablate.distill.parallel import Parallel
 from ablate.errors import AblateError
-from ablate.plan.stages import Stage, trial_kinds
+from ablate.plan.stages import DISTILL_TEACHER, Stage, trial_kinds
 from ablate.run.artifacts import ArtifactStore
 from ablate.run.stage_runners import StageContext, read_distill_facts, read_eval_metrics, run_stage
 from ablate.secrets import redact_text
@@ -251,7 +251,7 @@ def trial_body(
 
     kind = "distill"
     try:
-        parents = {"prune": stages["prune"], "teacher": teacher}
+        parents = {"prune": stages["prune"], "teacher": stages.get(DISTILL_TEACHER, teacher)}
         ctx = StageContext(store, parents, base_dir, on_step, parallel, device, payload.get("work_token"))
         facts = run_stage(distill, ctx)
         if facts.get("reused"):  # published by an earlier attempt: the driver records its curves

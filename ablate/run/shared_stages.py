@@ -16,6 +16,7 @@ from ablate.run.reference_evals import reference_writes, write_new
 from ablate.run.stage_runners import WORKER_STAGES, read_eval_metrics, record_benchmark
 
 if TYPE_CHECKING:
+    from ablate.plan.graph import StageGraph
     from ablate.spec.schema import Spec
     from ablate.track.leases import Leases
 
@@ -32,6 +33,14 @@ def is_shared(stage: Stage) -> bool:
         or is_reference_eval(stage)
         or (stage.kind == "benchmark" and stage.config["model"] in ("teacher", "pruned"))
     )
+
+
+def shared_of(graph: StageGraph) -> list[Stage]:
+    """The stages run before the trials, in dependency order: the shared kinds (is_shared), and the
+    distillations a later pruning starts from (the earlier links of rounds and chains), which the
+    importance and prune stages after them wait for."""
+    sources = {p for s in graph.stages.values() if s.kind == "importance" for p in s.parents}
+    return [s for s in graph.stages.values() if is_shared(s) or s.hash in sources]
 
 
 DRIVER_MEMORY_BYTES = 256 * 2**20  # what a task that only waits for its Ray Train workers reserves
@@ -60,7 +69,7 @@ class SharedStages(ExecutorState):
         Each stage is claimed before it is launched (ablate.track.leases); one that another live
         submission runs is waited for (its record polled) and then counted as reused, and its
         children are launched once it is completed."""
-        shared = [s for s in self.graph.stages.values() if is_shared(s)]
+        shared = shared_of(self.graph)
         self.reference_rows = {}
         for stage in shared:
             if self._done(stage.hash):

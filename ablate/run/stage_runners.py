@@ -99,9 +99,12 @@ def load_for_rank(ref: str, parallel: Parallel | None = None):
 
 
 def load_teacher(store: ArtifactStore, teacher_hash: str, parallel: Parallel | None = None):
-    """The teacher a trial distils from: the corrected checkpoint if there is one, else the original
-    (on the meta device on FSDP workers other than rank 0, see load_for_rank)."""
+    """The model a stage prunes or distils from: a teacher stage's (the corrected checkpoint if there is
+    one, else the original), or a distill stage's student (a round or chain link: pruned from, or taught
+    by, an earlier target's student). On the meta device on FSDP workers other than rank 0 (load_for_rank)."""
     folder = store.local_path(teacher_hash)
+    if not (folder / "teacher.json").exists():  # a distilled student
+        return load_for_rank(str(folder / "model"), parallel)
     info = json.loads((folder / "teacher.json").read_text())
     return load_for_rank(str(folder / "model") if info["corrected"] else info["model_ref"], parallel)
 
@@ -294,7 +297,8 @@ def run_teacher(stage: Stage, ctx: StageContext) -> dict[str, Any]:
 def run_importance(stage: Stage, ctx: StageContext) -> dict[str, Any]:
     from ablate.models.placement import place
 
-    teacher_model, tokenizer = load_teacher(ctx.store, ctx.parents["teacher"].hash)
+    (source,) = ctx.parents.values()  # the teacher, or an earlier link's distilled student
+    teacher_model, tokenizer = load_teacher(ctx.store, source.hash)
     teacher_model = place(teacher_model)  # on this stage's GPUs, split over several if there are
     started = time.perf_counter()
     scores = score_importance(teacher_model, tokenizer, stage.config, ctx.base_dir)
@@ -330,7 +334,8 @@ def run_distill(stage: Stage, ctx: StageContext) -> dict[str, Any]:
     from ablate.distill.train import TrainConfig, train
 
     parallel = ctx.parallel
-    prune, teacher_stage = ctx.parents["prune"], ctx.parents["teacher"]
+    prune = ctx.parents["prune"]
+    teacher_stage = ctx.parents.get("teacher") or ctx.parents["distill"]  # a chain link's: the last student
     distill = dict(stage.config["distill"])
     asked = distill.pop("eval_every", None)
     config = TrainConfig.from_mapping(

@@ -61,6 +61,7 @@ LOSSES: tuple[str, ...] = get_args(Loss)
 REINIT_LOSSES = frozenset({"scratch"})  # losses that re-initialise the pruned student before training
 SCHEDULES: tuple[str, ...] = get_args(Schedule)
 TARGET_AXES = ("hidden_size", "intermediate_size", "num_attention_heads", "num_hidden_layers")
+SEARCH = "search"  # targets.NAME.from: the search's winner
 # Settings of how a training run uses memory, not of what it computes (same losses up to rounding):
 # left out of trial keys and stage hashes while at their defaults (ablate.spec.sweep), so adding them
 # changed no existing key.
@@ -239,28 +240,44 @@ class Target(Strict):
     intermediate_size: PositiveInt | None = None
     num_attention_heads: PositiveInt | None = None
     num_hidden_layers: PositiveInt | None = None
-    from_: Literal["search"] | None = Field(
+    from_: Annotated[str, Field(min_length=1, max_length=200)] | None = Field(
         None,
         alias="from",
-        description="search: the winner of the spec's search section (its trials run after the search)",
+        description="search: the winner of the spec's search section (its trials run after the search); "
+        "a target's name: pruned from that target's distilled student instead of the teacher, a round of "
+        "iterative compression (docs/search.md)",
+    )
+    chain: bool = Field(
+        False,
+        description="with from: TARGET, that distilled student is also this target's teacher (a chain, "
+        "12B -> 8B -> 4B) instead of the spec's teacher (rounds)",
     )
 
     @model_validator(mode="after")
     def _not_empty(self) -> Target:
-        if self.from_ is not None and self.axes():
+        if self.from_ == SEARCH and self.axes():
             raise ValueError(
                 f"a target from the search takes its shape from the winner (drop {', '.join(self.axes())}, "
                 "or drop from)"
             )
-        if self.from_ is None and not self.axes():
+        if self.from_ != SEARCH and not self.axes():
             raise ValueError(f"a target must set at least one of {', '.join(TARGET_AXES)}, or from: search")
+        if self.chain and self.from_ in (None, SEARCH):
+            raise ValueError("chain needs from: TARGET (the target whose distilled student teaches this one)")
         return self
+
+    @property
+    def source(self) -> str | None:
+        """The target this one is pruned from (a round or a chain link); None: from the teacher."""
+        return None if self.from_ in (None, SEARCH) else self.from_
 
     @model_serializer(mode="wrap")
     def _dump(self, handler: Any) -> dict[str, Any]:
         """As written: `from` (not the attribute's name), and absent from a target with axes."""
         out = handler(self)
         origin = out.pop("from_", None)
+        if not out.get("chain"):
+            out.pop("chain", None)
         return out if origin is None else {**out, "from": origin}
 
     def axes(self) -> dict[str, int]:
@@ -479,7 +496,29 @@ class Spec(Strict):
 
     @model_validator(mode="after")
     def _search_build_needs_search(self) -> Spec:
-        found = [name for name, t in self.targets.items() if t.from_ == "search"]
+        for name, target in self.targets.items():
+            source = target.source
+            if source is None:
+                continue
+            if source not in self.targets or self.targets[source].from_ == SEARCH:
+                names = [n for n, t in self.targets.items() if n != name and t.from_ != SEARCH]
+                raise ValueError(
+                    f"target {name}: from {source!r} names no target it can be pruned from (expected one "
+                    f"of: {', '.join(names) or 'none'}; or search)"
+                )
+            seen = [name]
+            while source is not None:
+                if source in seen:
+                    raise ValueError(f"targets {' -> '.join([*seen, source])} are pruned from each other in a cycle")
+                seen.append(source)
+                source = self.targets[source].source
+            if self.distill.loss == "kld+intermediate":
+                raise ValueError(
+                    f"target {name} is pruned from target {target.source}: kld+intermediate matches hidden "
+                    "states through the teacher's kept channels, which a second pruning does not track yet "
+                    "(expected distill.loss kld or ce)"
+                )
+        found = [name for name, t in self.targets.items() if t.from_ == SEARCH]
         if found and self.search is None:
             raise ValueError(
                 f"target {found[0]} is from: search, but the spec has no search section (expected a search "

@@ -15,7 +15,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, PydanticUserError, TypeAdapter, ValidationError
 
-from ablate.spec.schema import CONFIG, MEMORY_FIELDS, TRIAL_SECTIONS, Distill, Seed, Spec, Target
+from ablate.spec.schema import CONFIG, MEMORY_FIELDS, SEARCH, TRIAL_SECTIONS, Distill, Seed, Spec, Target
 
 TARGET_AXIS = "target"
 SEED_AXIS = "seed"  # in a grid: the seeds of that grid's trials (instead of sweep.seeds)
@@ -34,7 +34,11 @@ class Trial:
 
     @property
     def shape(self) -> dict[str, int]:
-        return self.spec.targets[self.target].axes()
+        """The pruned axes of its student: its target's, over those of the targets it is pruned through."""
+        out: dict[str, int] = {}
+        for link in target_lineage(self.spec, self.target):
+            out.update(link["target"])
+        return out
 
     def resolved(self) -> dict[str, Any]:
         return resolved_config(self.spec, self.target, self.seed)
@@ -67,8 +71,22 @@ def resolved_config(spec: Spec, target: str, seed: int) -> dict[str, Any]:
             if (value if own is None else own) != default:
                 correction[name] = value if own is None else own
     dumped["target"] = spec.targets[target].axes()
+    lineage = target_lineage(spec, target)
+    if len(lineage) > 1:  # pruned through other targets first: they are part of what it computes
+        dumped["lineage"] = lineage
     dumped["seed"] = seed
     return dumped
+
+
+def target_lineage(spec: Spec, target: str) -> list[dict[str, Any]]:
+    """The shapes a target's student is pruned through, from the teacher's first prune to its own, each
+    with whether it is taught by the previous one's student (`chain`); names left out, as in keys."""
+    links: list[dict[str, Any]] = []
+    name: str | None = target
+    while name is not None:
+        links.append({"target": spec.targets[name].axes(), "chain": spec.targets[name].chain})
+        name = spec.targets[name].source
+    return links[::-1]
 
 
 def schema_has_path(model: type[BaseModel], parts: list[str], raw: dict) -> bool:
@@ -274,7 +292,7 @@ def _expand(raw: dict, spec: Spec, invalid: InvalidTrial | None) -> tuple[list[T
             }
         )
         seeds = [normal[SEED_AXIS]] if SEED_AXIS in normal else spec.sweep.seeds
-        if trial_spec.targets[normal[TARGET_AXIS]].from_ is not None:
+        if trial_spec.targets[normal[TARGET_AXIS]].from_ == SEARCH:
             deferred += [Trial("", {**full, "seed": s}, normal[TARGET_AXIS], s, trial_spec) for s in seeds]
             continue
         for seed in seeds:

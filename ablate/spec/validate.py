@@ -19,7 +19,7 @@ from ablate.errors import AblateError, SpecError
 from ablate.spec.limits import MAX_COUNT, MAX_TRIALS
 from ablate.spec.load import Path_, Problem, SourceMap, dotted, load_document
 from ablate.spec.problems import shorten
-from ablate.spec.schema import Spec
+from ablate.spec.schema import TARGET_AXES, Spec
 from ablate.spec.sweep import (
     SEED_AXIS,
     TARGET_AXIS,
@@ -255,7 +255,29 @@ def _check_teacher(
             axis = message.split("=")[0].split(" ")[0]
             path = ("targets", name, axis) if axis in target.axes() else ("targets", name)
             problems.append(_problem(source, path, message))
+        if target.source is not None:
+            start = _shape_of_target(spec, target.source, config)
+            for axis, value in target.axes().items():
+                if value > start[axis]:
+                    problems.append(_problem(source, ("targets", name, axis), (
+                        f"{axis}={value} is larger than target {target.source}'s {start[axis]}, which it is "
+                        f"pruned from (expected at most {start[axis]})")))  # fmt: skip
     return config, problems
+
+
+def _shape_of_target(spec: Spec, name: str, config: PretrainedConfig) -> dict[str, int]:
+    """A target's whole shape: the teacher's axes, with the target's own (and those of the targets it is
+    pruned from) in place."""
+    from ablate.models.arch import shape_of
+
+    chain = []
+    while name is not None:
+        chain.append(spec.targets[name])
+        name = spec.targets[name].source
+    shape = {axis: shape_of(config)[axis] for axis in TARGET_AXES}
+    for target in reversed(chain):
+        shape.update(target.axes())
+    return shape
 
 
 def _check_benchmarks(spec: Spec, spec_path: Path, source: SourceMap) -> list[Problem]:
