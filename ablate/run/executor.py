@@ -593,9 +593,9 @@ def submit(
     """Run `loaded` (see the module docstring); the records and MLflow hold the outcome.
     `recompute_stages` (kinds or hashes, see ablate.run.recompute) run again instead of being reused."""
     if loaded.search is not None:
-        from ablate.run.search import submit_search
+        from ablate.run.search import Phase, submit_search
 
-        return submit_search(loaded, address, progress, recompute_stages)
+        return submit_search(loaded, Phase(address, progress, recompute_stages))
     if not loaded.trials:
         raise RunError(f"spec {loaded.path} has no trials to run")
     executor = Executor(loaded, address, progress, recompute_stages)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from ablate.plan.graph import StageGraph
 from ablate.plan.stages import PRUNED_EVAL
@@ -37,10 +38,6 @@ from ablate.spec.schema import Target
 from ablate.spec.sweep import with_winner
 from ablate.spec.validate import LoadedSpec
 from ablate.track.search_records import CandidateRow
-
-
-def _no_progress(event: str, data: dict) -> None:
-    return None
 
 
 def rank(scores: dict[str, float | None], higher_is_better: bool) -> dict[str, int]:
@@ -128,18 +125,13 @@ def winner(
 
 
 def _run_after_search(
-    loaded: LoadedSpec,
-    won: Candidate,
-    so_far: SubmitResult,
-    earlier: set[str],
-    address: str | None,
-    progress: Progress | None,
+    loaded: LoadedSpec, won: Candidate, so_far: SubmitResult, earlier: set[str], phase: Phase
 ) -> SubmitResult:
     """The trials of `from: search` targets, with the winner's shape, as one more submission."""
     target = Target.model_validate(won.target)
     after = [with_winner(t, target) for t in loaded.after_search]
-    (progress or _no_progress)("search", {"text": f"{len(after)} trial(s) of the winner {won.name}"})
-    final = Executor(dataclasses.replace(loaded, trials=after), address, progress)
+    phase.say(f"{len(after)} trial(s) of the winner {won.name}")
+    final = phase.executor(dataclasses.replace(loaded, trials=after), recompute=False)
     try:
         result = final.submit()
     finally:
@@ -154,23 +146,35 @@ def _run_after_search(
     return result
 
 
-def submit_search(
-    loaded: LoadedSpec,
-    address: str | None = None,
-    progress: Progress | None = None,
-    recompute_stages: Sequence[str] = (),
-) -> SubmitResult:
+@dataclass(frozen=True)
+class Phase:
+    """How each phase's submission is made: the cluster, the progress sink and what to recompute are the
+    user's submission's (ablate.run.executor.submit hands them over)."""
+
+    address: str | None
+    progress: Progress | None
+    recompute_stages: Sequence[str]
+
+    def executor(self, loaded: LoadedSpec, recompute: bool = True, shared_only: bool = False) -> Executor:
+        stages = self.recompute_stages if recompute else ()
+        return Executor(loaded, self.address, self.progress, stages, shared_only=shared_only)
+
+    def say(self, text: str) -> None:
+        if self.progress is not None:
+            self.progress("search", {"text": text})
+
+
+def submit_search(loaded: LoadedSpec, phase: Phase) -> SubmitResult:
     """Score, rank, retrain the top_k (with the spec's own trials), record the winner (see above)."""
     spec, found = loaded.spec, loaded.search
     assert spec.search is not None and found is not None
     search = spec.search
-    say = progress or _no_progress
     score_higher = metric_info(search.score.metric, search.score.higher_is_better).higher_is_better
     select_higher = metric_info(search.select_metric, search.select.higher_is_better).higher_is_better
 
     scoring = dataclasses.replace(loaded, trials=scoring_trials(spec, found.candidates))
-    say("search", {"text": f"scoring {len(found.candidates)} candidates one-shot by {search.score.metric}"})
-    phase1 = Executor(scoring, address, progress, recompute_stages, shared_only=True)
+    phase.say(f"scoring {len(found.candidates)} candidates one-shot by {search.score.metric}")
+    phase1 = phase.executor(scoring, shared_only=True)
     task = benchmark_task(search.score.metric)
     if task is not None:  # scored by a benchmark: lm-eval on every pruned candidate
         add_scoring_benchmarks(phase1.graph, scoring.trials, task, str(loaded.path.parent))
@@ -190,11 +194,11 @@ def submit_search(
         keys.setdefault(trial.target, []).append(trial.key)
     rows = [dataclasses.replace(r, trial_keys=keys.get(r.name, [])) for r in rows]
     best_one_shot = ranked[0].name if ranked else None
-    say("search", {"text": f"retraining the top {len(top)} of {len(rows)}: {', '.join(top)}"})
+    phase.say(f"retraining the top {len(top)} of {len(rows)}: {', '.join(top)}")
 
     own = {t.key for t in loaded.trials}
     trials = [*loaded.trials, *(t for t in retrain if t.key not in own)]
-    main = Executor(dataclasses.replace(loaded, trials=trials), address, progress, recompute_stages)
+    main = phase.executor(dataclasses.replace(loaded, trials=trials))
     main.recompute -= ran_already  # what scoring re-ran in this submission is not run a third time
     try:
         main.records.record_search(spec.name, rows)
@@ -215,8 +219,8 @@ def submit_search(
         "score_metric": search.score.metric,
         "select_metric": search.select_metric,
     }
-    say("search", {"text": f"winner: {chosen or 'none (no retrained candidate finished)'}"})
+    phase.say(f"winner: {chosen or 'none (no retrained candidate finished)'}")
     if loaded.after_search and chosen is not None:
         earlier = set(phase1.graph.stages) | set(main.graph.stages)
-        result = _run_after_search(loaded, by_name[chosen], result, earlier, address, progress)
+        result = _run_after_search(loaded, by_name[chosen], result, earlier, phase)
     return result
