@@ -27,8 +27,7 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +39,7 @@ from ablate.run.artifacts import ArtifactCorrupt, ArtifactStore
 from ablate.run.mlflow_runs import trial_run
 from ablate.run.ray_session import init_ray
 from ablate.run.shared_stages import DRIVER_MEMORY_BYTES, WAIT_POLL_S, SharedStages, shared_of
+from ablate.run.submit_result import Progress, SubmitResult
 from ablate.run.trial_outcomes import TrialOutcomes, benchmark_finals, curve_rows, final_rows
 from ablate.spec import budget
 from ablate.spec.validate import LoadedSpec
@@ -49,39 +49,8 @@ from ablate.track.mlflow import MlflowMirror
 from ablate.track.urls import absolute_sqlite, absolute_store
 
 log = logging.getLogger(__name__)
-Progress = Callable[[str, dict[str, Any]], None]
 
 __all__ = ["Executor", "SubmitResult", "init_ray", "submit"]
-
-
-@dataclass
-class SubmitResult:
-    experiment: str
-    stages_run: dict[str, int] = field(default_factory=dict)
-    stages_reused: dict[str, int] = field(default_factory=dict)
-    stages_failed: dict[str, int] = field(default_factory=dict)
-    trials: list[dict[str, Any]] = field(default_factory=list)
-    early_stopped: list[str] = field(default_factory=list)  # trial keys ASHA stopped
-    wall_s: float = 0.0
-    search: dict[str, Any] | None = None  # a search's outcome (ablate.run.search)
-
-    @property
-    def ok(self) -> bool:
-        """Nothing failed and every trial completed (or was stopped early by ASHA, which is its job)."""
-        return not sum(self.stages_failed.values()) and all(
-            t["status"] == "completed" or t["key"] in self.early_stopped for t in self.trials
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "experiment": self.experiment,
-            "ok": self.ok,
-            "stages": {"run": self.stages_run, "reused": self.stages_reused, "failed": self.stages_failed},
-            "trials": self.trials,
-            "early_stopped": self.early_stopped,
-            **({"search": self.search} if self.search is not None else {}),
-            "wall_s": round(self.wall_s, 3),
-        }
 
 
 class Executor(SharedStages, TrialOutcomes):

@@ -21,11 +21,11 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ablate.plan.graph import StageGraph
 from ablate.plan.stages import PRUNED_EVAL
 from ablate.report.metrics import metric_info
-from ablate.run.executor import Executor, Progress, SubmitResult
+from ablate.run.executor import Executor
 from ablate.run.stage_runners import read_benchmark, read_eval_metrics
+from ablate.run.submit_result import Progress, SubmitResult
 from ablate.search.enumerate import Candidate
 from ablate.search.trials import (
     PRUNED_BENCHMARK,
@@ -89,26 +89,6 @@ def _score_rows(
     ]
 
 
-def _uncount(result: SubmitResult, graph: StageGraph, earlier: set[str]) -> None:
-    """A later phase finds the stages an earlier phase of this submission ran or reused already done:
-    they are counted once, by that phase, not again as reused."""
-    for h, stage in graph.stages.items():
-        if h in earlier and result.stages_reused.get(stage.kind):
-            result.stages_reused[stage.kind] -= 1
-    result.stages_reused = {k: n for k, n in result.stages_reused.items() if n}
-
-
-def _merge(into: SubmitResult, other: SubmitResult) -> None:
-    for mine, theirs in (
-        (into.stages_run, other.stages_run),
-        (into.stages_reused, other.stages_reused),
-        (into.stages_failed, other.stages_failed),
-    ):
-        for kind, n in theirs.items():
-            mine[kind] = mine.get(kind, 0) + n
-    into.wall_s += other.wall_s
-
-
 def winner(
     rows: Sequence[CandidateRow], finals: dict[str, dict[str, float]], metric: str, higher: bool
 ) -> str | None:
@@ -136,8 +116,8 @@ def _run_after_search(
         result = final.submit()
     finally:
         final.close()
-    _uncount(result, final.graph, earlier)
-    _merge(result, so_far)
+    result.uncount(final.graph, earlier)
+    result.merge(so_far)
     result.trials = [
         *so_far.trials,
         *(t for t in result.trials if t["key"] not in {x["key"] for x in so_far.trials}),
@@ -208,8 +188,8 @@ def submit_search(loaded: LoadedSpec, phase: Phase) -> SubmitResult:
         main.records.set_search_winner(spec.name, chosen)
     finally:
         main.close()
-    _uncount(result, main.graph, set(phase1.graph.stages))
-    _merge(result, scored)
+    result.uncount(main.graph, set(phase1.graph.stages))
+    result.merge(scored)
     result.search = {
         "candidates": len(rows),
         "scored": len(ranked),
