@@ -118,10 +118,8 @@ def _run_after_search(
         final.close()
     result.uncount(final.graph, earlier)
     result.merge(so_far)
-    result.trials = [
-        *so_far.trials,
-        *(t for t in result.trials if t["key"] not in {x["key"] for x in so_far.trials}),
-    ]
+    listed = {t["key"] for t in so_far.trials}
+    result.trials = [*so_far.trials, *(t for t in result.trials if t["key"] not in listed)]
     result.search = so_far.search
     return result
 
