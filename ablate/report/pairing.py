@@ -75,7 +75,11 @@ class Axis:
         out = json.loads(canon(t.config))
         if self.axis == TARGET_AXIS:
             out.pop("target", None)
-            out.pop("lineage", None)  # the targets it was pruned through (rounds, chains): part of the target
+            # The targets it was pruned through (rounds, chains) are part of the target, and each link
+            # distils distill.tokens: a lineage compares with a direct prune at the same total tokens.
+            links = len(out.pop("lineage", None) or [None])
+            if links > 1 and isinstance(out.get("distill"), dict) and "tokens" in out["distill"]:
+                out["distill"]["tokens"] = out["distill"]["tokens"] * links
         elif self.field is not None:
             if isinstance(out.get("target"), dict):
                 out["target"].pop(self.field[1], None)

@@ -117,19 +117,27 @@ def test_pair_difference_is_a_minus_b():
     assert Pair("a", "b", 3.5, 3.0, {}).diff == pytest.approx(0.5)
 
 
-def test_a_chain_pairs_with_the_direct_compression_to_the_same_shape():
-    """Targets pruned through another (rounds, chains) carry a `lineage` in their config: part of the
-    target, so it leaves the context and the chain pairs with the direct prune seed by seed."""
+def _chain_rows(grid) -> list[TrialRow]:
     raw = yaml.safe_load(SPEC.replace("  depth: {num_hidden_layers: 2}\n",
                                       "  chained: {hidden_size: 32, from: width, chain: true}\n"
                                       "  direct: {hidden_size: 32, intermediate_size: 64}\n"))  # fmt: skip
-    raw["sweep"] = {"grid": {"target": ["chained", "direct"]}, "seeds": [0, 1, 2]}
+    raw["sweep"] = {"grid": grid, "seeds": [0, 1, 2]}
     rows = []
     for i, t in enumerate(expand(raw, Spec.model_validate(raw))):
         config = t.resolved()
         loss = 3.0 + 0.01 * t.seed + (0.2 if t.target == "direct" else 0.0)
         rows.append(TrialRow(i, t.key, "completed", t.overrides, config, {"lm_loss": loss}, None, None, None,
                              None, None, config["target"]))  # fmt: skip
+    return rows
+
+
+def test_a_chain_pairs_with_the_direct_compression_at_the_same_total_tokens():
+    """Targets pruned through another (rounds, chains) carry a `lineage` in their config: part of the
+    target, so it leaves the context, and the chain (2 links of 2k tokens) pairs seed by seed with the
+    direct prune given the same 4k tokens in all, not with one given a link's 2k."""
+    rows = _chain_rows([{"target": ["chained"]}, {"target": ["direct"], "distill.tokens": ["4k"]}])
     assert "lineage" in rows[0].config and "lineage" not in rows[-1].config
     pairs = Axis(rows, "target").pairs(rows, "chained", "direct", "lm_loss")
     assert len(pairs) == 3 and all(p.diff == pytest.approx(-0.2) for p in pairs)
+    same_link = _chain_rows({"target": ["chained", "direct"]})  # direct at 2k: half the chain's tokens
+    assert Axis(same_link, "target").pairs(same_link, "chained", "direct", "lm_loss") == []
