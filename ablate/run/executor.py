@@ -85,6 +85,7 @@ class Executor(SharedStages, TrialOutcomes):
         self.trial_infos: dict[str, TrialInfo] = {}
         self.run_ids: dict[str, str] = {}
         self.stage_status: dict[str, str] = {}
+        self.shared_hashes: set[str] = set()  # set by register()
         self.ran: dict[str, dict[str, Any]] = {}  # trial key -> node, start and end of its work (this run)
         self.trial_tags: dict[str, dict[str, str]] = {}  # MLflow tags set when the trial ends
         self.objectives = {t.key: t.spec.distill.loss for t in loaded.trials}  # names MLflow's metrics
@@ -133,9 +134,11 @@ class Executor(SharedStages, TrialOutcomes):
                 experiment=self.name,
             )
         known = {s.hash: s.status for s in self.records.stages()}
-        shared = {s.hash for s in shared_of(self.graph)}
+        # Run before the trials, by the shared phase (and counted there); the graph is final by now (a
+        # search adds its scoring benchmarks before submitting).
+        self.shared_hashes = {s.hash for s in shared_of(self.graph)}
         for stage in self.graph.stages.values():
-            if self.shared_only and stage.hash not in shared:
+            if self.shared_only and stage.hash not in self.shared_hashes:
                 continue
             status = known.get(stage.hash)
             if status is None:
@@ -323,9 +326,8 @@ class Executor(SharedStages, TrialOutcomes):
 
     def _count_trial_reused(self, key: str) -> None:
         stages = self.graph.trial_stages[key]
-        shared = {s.hash for s in shared_of(self.graph)}  # counted by the shared phase already
         for k in trial_kinds(stages):
-            if stages[k] not in shared:
+            if stages[k] not in self.shared_hashes:  # counted by the shared phase already
                 self._count(self.result.stages_reused, self.graph.stages[stages[k]].kind)
 
     def _start_ray(self) -> None:
@@ -411,11 +413,10 @@ class Executor(SharedStages, TrialOutcomes):
         from ray import tune
 
         trial_res = self.spec.resources.trial
-        shared = {s.hash for s in shared_of(self.graph)}  # a round's distill: counted there
         for t in todo:
             self.run_id(t.key)  # every child run exists before the first result arrives
             stages = self.graph.trial_stages[t.key]
-            if self._done(stages["distill"]) and stages["distill"] not in shared:
+            if self._done(stages["distill"]) and stages["distill"] not in self.shared_hashes:
                 self._count(self.result.stages_reused, "distill")
         payloads = {
             t.key: {

@@ -30,6 +30,7 @@ from ablate.spec.sweep import (
     match_masks,
     normalise,
     schema_has_path,
+    target_lineage,
 )
 
 if TYPE_CHECKING:  # transformers and torch load only once a spec parses (a bad file fails fast)
@@ -266,17 +267,12 @@ def _check_teacher(
 
 
 def _shape_of_target(spec: Spec, name: str, config: PretrainedConfig) -> dict[str, int]:
-    """A target's whole shape: the teacher's axes, with the target's own (and those of the targets it is
-    pruned from) in place."""
+    """A target's whole shape: the teacher's axes, with those of every link of its lineage in place."""
     from ablate.models.arch import shape_of
 
-    chain = []
-    while name is not None:
-        chain.append(spec.targets[name])
-        name = spec.targets[name].source
     shape = {axis: shape_of(config)[axis] for axis in TARGET_AXES}
-    for target in reversed(chain):
-        shape.update(target.axes())
+    for link in target_lineage(spec, name):
+        shape.update(link["target"])
     return shape
 
 
