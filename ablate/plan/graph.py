@@ -16,8 +16,8 @@ class StageGraph:
     naive: Counter = field(default_factory=Counter)  # stages if every trial ran its own
 
     def _kinds(self) -> list[str]:
-        """Every stage kind, benchmark only where the spec has benchmarks (eval.tasks)."""
-        return [k for k in STAGE_KINDS if k != "benchmark" or self.naive.get(k)]
+        """Every stage kind, benchmark and align only where the spec has them (eval.tasks, align)."""
+        return [k for k in STAGE_KINDS if k not in ("benchmark", "align") or self.naive.get(k)]
 
     def counts(self) -> dict[str, int]:
         found = Counter(s.kind for s in self.stages.values())

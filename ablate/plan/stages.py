@@ -15,10 +15,12 @@ from ablate.benchmarks.fingerprint import task_fingerprint
 from ablate.spec.schema import MEMORY_FIELDS, Distill, Spec
 from ablate.spec.sweep import Trial, stable_hash, target_lineage
 
-STAGE_KINDS = ("tokenize", "teacher", "importance", "prune", "distill", "eval", "benchmark")
+STAGE_KINDS = ("tokenize", "teacher", "importance", "prune", "distill", "eval", "benchmark", "align")
 TOKENIZE = "tokenize:"  # trial_stages key of the tokenize stage of the trial's k-th data source: tokenize:K
 BENCHMARK = "benchmark:"  # trial_stages key of a benchmark of the trial's student: benchmark:TASK
 TEACHER_BENCHMARK = "teacher-benchmark:"  # ... and of its teacher (a shared stage)
+ALIGN = "align:"  # trial_stages key of the trial's alignment stages, in order: align:0, align:1, ...
+ALIGNED_BENCHMARK = "aligned-benchmark:"  # ... and of a benchmark of its aligned model (after the last)
 # trial_stages keys of the held-out evals of its pruned student before retraining and of its teacher
 # alone: shared stages, the report's reference rows
 PRUNED_EVAL = "pruned-eval"
@@ -118,7 +120,40 @@ def trial_stages(trial: Trial, base_dir: str | None = None) -> dict[str, Stage]:
     for task in spec.eval.tasks:
         stages[BENCHMARK + task] = benchmark_stage(spec, task, distill, "student", base_dir)
         stages[TEACHER_BENCHMARK + task] = benchmark_stage(spec, task, teacher, "teacher", base_dir)
+    aligned = align_stages(resolved, distill, trial.seed, base_dir)
+    stages |= {f"{ALIGN}{k}": stage for k, stage in enumerate(aligned)}
+    if aligned:
+        for task in spec.eval.tasks:
+            stages[ALIGNED_BENCHMARK + task] = benchmark_stage(spec, task, aligned[-1], "aligned", base_dir)
     return stages
+
+
+def align_stages(resolved: Mapping[str, Any], distill: Stage, seed: int, base_dir: str | None) -> list[Stage]:
+    """The trial's alignment stages, each a child of the one before (the first of its distill stage). A
+    stage's identity is its own settings, the chat template, the content of its data and of every set it is
+    evaluated on (its own and the earlier stages'), the seed and its parent: trials that share a distilled
+    student and a prefix of stages share that prefix, and a stage added at the end moves no other hash."""
+    align = resolved.get("align")
+    if not align:
+        return []
+    from ablate.align.sets import fingerprint, resolve
+
+    out: list[Stage] = []
+    evals: list[dict[str, Any]] = []
+    parent = distill
+    for settings in align["stages"]:
+        try:
+            content = fingerprint(resolve(settings["data"], base_dir))
+        except Exception:  # noqa: BLE001 - a missing file: validate names it; the stage fails when run
+            content = None
+        data = {"data": settings["data"], "content": content, "method": settings["method"]}
+        data["held_out"], data["max_length"] = settings["held_out"], settings["max_length"]
+        if data not in evals:
+            evals.append(data)
+        config = {"stage": settings, "chat_template": align["chat_template"], "evals": list(evals), "seed": seed}
+        parent = Stage("align", config, (parent.hash,))
+        out.append(parent)
+    return out
 
 
 def is_reference_eval(stage: Stage) -> bool:
@@ -174,6 +209,13 @@ def benchmark_stage(spec: Spec, task: str, model: Stage, role: str, spec_dir: st
 
 
 def trial_kinds(stages: Mapping[str, Any]) -> list[str]:
-    """The keys of a trial's own stages (run in its Tune trial, in this order): distill, eval, then its
-    student's benchmarks."""
-    return ["distill", "eval", *sorted(k for k in stages if k.startswith(BENCHMARK))]
+    """The keys of a trial's own stages (run in its Tune trial, in this order): distill, eval, its student's
+    benchmarks, then its alignment stages in order and the aligned model's benchmarks."""
+    aligned = sorted((k for k in stages if k.startswith(ALIGN)), key=lambda k: int(k[len(ALIGN) :]))
+    return [
+        "distill",
+        "eval",
+        *sorted(k for k in stages if k.startswith(BENCHMARK)),
+        *aligned,
+        *sorted(k for k in stages if k.startswith(ALIGNED_BENCHMARK)),
+    ]

@@ -40,7 +40,7 @@ from ablate.run.mlflow_runs import trial_run
 from ablate.run.ray_session import init_ray
 from ablate.run.shared_stages import DRIVER_MEMORY_BYTES, WAIT_POLL_S, SharedStages, shared_of
 from ablate.run.submit_result import Progress, SubmitResult
-from ablate.run.trial_outcomes import TrialOutcomes, benchmark_finals, curve_rows, final_rows
+from ablate.run.trial_outcomes import TrialOutcomes, align_results, benchmark_finals, curve_rows, final_rows
 from ablate.spec import budget
 from ablate.spec.validate import LoadedSpec
 from ablate.track.db import Records, TrialInfo, connect
@@ -313,7 +313,9 @@ class Executor(SharedStages, TrialOutcomes):
         facts = stage_runners.read_distill_facts(self.store, stages["distill"])
         final = stage_runners.read_eval_metrics(self.store, stages["eval"])
         final |= benchmark_finals(self.records, self.store, stages)
-        rows = curve_rows(facts)
+        aligned, align_rows = align_results(self.store, stages)
+        final |= aligned
+        rows = curve_rows(facts) + align_rows
         trial_id, run_id = self.trial_ids[key], self.run_id(key)
         self.records.log_metrics(trial_id, rows)
         self.records.log_final_metrics(trial_id, final)

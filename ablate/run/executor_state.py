@@ -22,6 +22,7 @@ class ExecutorState:
     records: Records
     stage_status: dict[str, str]  # stage hash -> status as this submission knows it
     trial_ids: dict[str, int]  # trial key -> its row in the records
+    shared_hashes: set[str]  # the hashes of the shared stages (counted by the shared phase)
     mirror: MlflowMirror
     result: Any  # the SubmitResult this submission returns
 

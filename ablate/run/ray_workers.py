@@ -16,7 +16,7 @@ import torch
 
 from ablate.distill.parallel import Parallel
 from ablate.errors import AblateError
-from ablate.plan.stages import DISTILL_TEACHER, Stage, trial_kinds
+from ablate.plan.stages import ALIGN, ALIGNED_BENCHMARK, BENCHMARK, DISTILL_TEACHER, Stage, trial_kinds
 from ablate.run.artifacts import ArtifactStore
 from ablate.run.stage_runners import StageContext, read_distill_facts, read_eval_metrics, run_stage
 from ablate.secrets import redact_text
@@ -197,6 +197,37 @@ def train_worker(config: dict[str, Any]) -> None:
     trial_body(payload, ray.train.report, parallel, device)
 
 
+def after_eval_context(
+    kind: str,
+    stages: dict[str, Stage],
+    store: ArtifactStore,
+    base_dir: str,
+    models: dict[str, Any],
+    device: str | None,
+    report: Callable[[dict[str, Any]], None] | None,
+) -> StageContext:
+    """The context of a trial's stage after its eval: a benchmark of its student (on the model eval already
+    loaded), an alignment stage (its parent: the distilled student or the stage before), or a benchmark of
+    its aligned model (the last alignment stage's)."""
+    if kind.startswith(BENCHMARK):
+        return StageContext(store, {"distill": stages["distill"]}, base_dir, models=models)
+    align_keys = [k for k in trial_kinds(stages) if k.startswith(ALIGN)]
+    if kind.startswith(ALIGNED_BENCHMARK):
+        return StageContext(store, {"align": stages[align_keys[-1]]}, base_dir, models=models)
+    i = align_keys.index(kind)
+    parent = stages[align_keys[i - 1]] if i else stages["distill"]
+    name = stages[kind].config["stage"]["name"]
+
+    def on_step(m: dict[str, Any]) -> None:
+        if report is not None:
+            text = f"align {name} ({i + 1} of {len(align_keys)}) step {m['step']}/{m['steps']}, loss {m['loss']:.3f}"
+            report({"phase": PHASE_STAGE, "stage": text})
+
+    if report is not None:
+        report({"phase": PHASE_STAGE, "stage": f"align {name} ({i + 1} of {len(align_keys)})"})
+    return StageContext(store, {"parent": parent}, base_dir, on_step, device=device)
+
+
 def trial_body(
     payload: dict[str, Any],
     report: Callable[[dict[str, Any]], None],
@@ -257,8 +288,10 @@ def trial_body(
         if facts.get("reused"):  # published by an earlier attempt: the driver records its curves
             facts = read_distill_facts(store, distill.hash)
         kind = "eval"
-        benchmarks = len(trial_kinds(stages)) - 2
+        benchmarks = sum(k.startswith(BENCHMARK) for k in stages)
+        aligned = sum(k.startswith(ALIGN) for k in stages)
         more = f" and {benchmarks} benchmark(s)" if benchmarks else ""
+        more += f", then {aligned} alignment stage(s)" if aligned else ""
         report({"phase": PHASE_STAGE, "stage": f"evaluating{more}"})  # every rank: a barrier on Ray Train
         metrics: dict[str, float] = {}
         if parallel.is_main:  # the published student is a plain model: one process evaluates it
@@ -266,9 +299,11 @@ def trial_body(
             metrics = run_stage(evaluate, ctx)
             if metrics.get("reused"):
                 metrics = read_eval_metrics(store, evaluate.hash)
-            for kind in trial_kinds(stages)[2:]:  # benchmarks, on the student eval already loaded
-                bench_ctx = StageContext(store, {"distill": distill}, base_dir, models=ctx.models)
-                run_stage(stages[kind], bench_ctx)
+            # Progress of the alignment stages, as progress lines (not metrics): a one-process trial only,
+            # since a report is a barrier that the other workers of a Ray Train trial would not join.
+            tell = None if parallel.distributed else report
+            for kind in trial_kinds(stages)[2:]:
+                run_stage(stages[kind], after_eval_context(kind, stages, store, base_dir, ctx.models, device, tell))
     except AblateError as exc:
         report({"phase": PHASE_FAILED, "stage": kind, "error": error_line(exc), "finished": time.time()})
         return

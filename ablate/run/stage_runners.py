@@ -13,6 +13,7 @@ engine steps they are made of (splits, importance, evaluation) also serve the si
     distill     model/ (HF checkpoint of the trained student) + result.json (TrainResult)
     eval        metrics.json (a trial's student, or a reference eval's pruned student or teacher)
     benchmark   benchmark.json (lm-eval metrics with standard errors, per task)
+    align       model/ (HF checkpoint with its chat template) + align.json (ablate.run.align_stage)
 """
 
 from __future__ import annotations
@@ -430,6 +431,13 @@ def run_benchmark(stage: Stage, ctx: StageContext) -> dict[str, Any]:
     return facts
 
 
+def run_align(stage: Stage, ctx: StageContext) -> dict[str, Any]:
+    """An alignment stage (ablate.run.align_stage, on TRL): imported when one runs."""
+    from ablate.run.align_stage import run_align as run
+
+    return run(stage, ctx)
+
+
 WORKER_STAGES = ("teacher", "distill")  # the stages that train, and so can run on several workers
 RUNNERS: dict[str, Callable[[Stage, StageContext], dict[str, Any]]] = {
     "tokenize": run_tokenize,
@@ -439,6 +447,7 @@ RUNNERS: dict[str, Callable[[Stage, StageContext], dict[str, Any]]] = {
     "distill": run_distill,
     "eval": run_eval,
     "benchmark": run_benchmark,
+    "align": run_align,
 }
 
 

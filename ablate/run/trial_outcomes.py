@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ablate.plan.stages import BENCHMARK, trial_kinds
+from ablate.plan.stages import ALIGN, ALIGNED_BENCHMARK, BENCHMARK, trial_kinds
 from ablate.run import ray_workers, stage_runners
 from ablate.run.executor_state import ExecutorState
 from ablate.run.mlflow_runs import size_fields
@@ -43,10 +43,31 @@ def benchmark_finals(records: Records, store: ArtifactStore, stages: dict[str, s
     report's --metric), each stage's results (with standard errors) stored in the records on the way."""
     out: dict[str, float] = {}
     for key in trial_kinds(stages):
-        if key.startswith(BENCHMARK):
+        prefix = "aligned/" if key.startswith(ALIGNED_BENCHMARK) else "" if key.startswith(BENCHMARK) else None
+        if prefix is not None:
             for task, values in stage_runners.record_benchmark(store, records, stages[key]).items():
-                out |= {f"{task}/{m}": float(v) for m, v in values.items() if not m.endswith("_stderr")}
+                out |= {f"{prefix}{task}/{m}": float(v) for m, v in values.items() if not m.endswith("_stderr")}
     return out
+
+
+def align_results(store: ArtifactStore, stages: dict[str, str]) -> tuple[dict[str, float], list[tuple[str, int, float]]]:
+    """The trial's alignment stages as final metrics (`NAME/METRIC` after the stage, `NAME/before/METRIC`
+    before it, `NAME/train_seconds`, `NAME/train_tokens`, `NAME/train_flops`) and their loss curves as
+    per-step rows (`NAME/loss`)."""
+    from ablate.run.align_stage import read_align_facts
+
+    finals: dict[str, float] = {}
+    rows: list[tuple[str, int, float]] = []
+    for key in trial_kinds(stages):
+        if not key.startswith(ALIGN):
+            continue
+        facts = read_align_facts(store, stages[key])
+        name = facts["name"]
+        finals |= {f"{name}/{m}": float(v) for m, v in facts["after"].items()}
+        finals |= {f"{name}/before/{m}": float(v) for m, v in facts["before"].items()}
+        finals |= {f"{name}/train_{k}": float(facts[k]) for k in ("seconds", "tokens", "flops")}
+        rows += [(f"{name}/loss", i + 1, float(v)) for i, v in enumerate(facts.get("loss_curve") or [])]
+    return finals, rows
 
 
 class TrialOutcomes(ExecutorState):
@@ -138,7 +159,12 @@ class TrialOutcomes(ExecutorState):
                 self.records.mark_stage_completed(stages[kind], self.store.path_for(stages[kind]))
                 self.stage_status[stages[kind]] = "completed"
                 self._count(self.result.stages_run, self.graph.stages[stages[kind]].kind)
+            elif stages[kind] not in self.shared_hashes:  # an earlier submission's or trial's (a shared prefix)
+                self._count(self.result.stages_reused, self.graph.stages[stages[kind]].kind)
         final |= benchmark_finals(self.records, self.store, stages)
+        aligned, align_rows = align_results(self.store, stages)
+        final |= aligned
+        self.record_steps(key, align_rows)
         self.records.log_final_metrics(trial_id, final)
         self.records.set_trial_status(trial_id, "completed")
         resumed = facts.get("resumed_from_step")
@@ -184,4 +210,4 @@ class TrialOutcomes(ExecutorState):
         self.progress("trial_failed", {"key": key, "error": error})
 
 
-__all__ = ["TrialOutcomes", "benchmark_finals", "curve_rows", "final_rows", "scalars"]
+__all__ = ["TrialOutcomes", "align_results", "benchmark_finals", "curve_rows", "final_rows", "scalars"]

@@ -444,6 +444,7 @@ class ReportSettings(Strict):
     )
 
 
+from ablate.spec.align import Align  # noqa: E402  (its stages use the shared field types above)
 from ablate.spec.search import Search  # noqa: E402  (its retraining overrides are Distill's fields)
 
 
@@ -464,6 +465,9 @@ class Spec(Strict):
     report: ReportSettings = Field(default_factory=ReportSettings)
     search: Search | None = Field(
         None, description="search the shapes that meet a parameter budget (docs/search.md); None: no search"
+    )
+    align: Align | None = Field(
+        None, description="instruction tuning and preference stages after distillation (docs/align.md); None: none"
     )
 
     @model_validator(mode="after")

@@ -74,6 +74,8 @@ def resolved_config(spec: Spec, target: str, seed: int) -> dict[str, Any]:
     lineage = target_lineage(spec, target)
     if len(lineage) > 1:  # pruned through other targets first: they are part of what it computes
         dumped["lineage"] = lineage
+    if spec.align is not None:  # in order: a mapping's order is lost in the canonical hash
+        dumped["align"] = {"stages": spec.align.ordered(), "chat_template": spec.align.chat_template}
     dumped["seed"] = seed
     return dumped
 

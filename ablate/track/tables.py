@@ -28,7 +28,7 @@ from ablate.errors import RunError
 
 STATUSES = ("pending", "running", "completed", "failed", "cancelled")
 TERMINAL = frozenset({"completed", "failed", "cancelled"})
-STAGE_KINDS = ("tokenize", "teacher", "importance", "prune", "distill", "eval", "benchmark")
+STAGE_KINDS = ("tokenize", "teacher", "importance", "prune", "distill", "eval", "benchmark", "align")
 EVENT_LEVELS = ("debug", "info", "warning", "error")
 FINAL_STEP = -1
 """``metrics.step`` of a trial's final value of a metric (per-step values have ``step >= 0``)."""

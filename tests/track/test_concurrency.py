@@ -47,7 +47,7 @@ def test_migrations_applied_once_when_processes_start_together(db_url):
     assert sorted(migrated) == [False] * (N_PROCS - 1) + [True]
     with connect(db_url) as r, r.engine.connect() as conn:
         assert not r.migrated
-        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all() == ["0005"]
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all() == ["0006"]
 
 
 ITERS = 10

@@ -87,7 +87,7 @@ def test_connect_migrates_once_and_schema_matches_models(db_url):
     try:
         assert r1.migrated and not r2.migrated
         with r1.engine.connect() as conn:
-            assert conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all() == ["0005"]
+            assert conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all() == ["0006"]
             diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
         assert diff == [], f"models and migrations disagree: {diff}"
     finally:
@@ -111,6 +111,7 @@ def test_migrations_ship_inside_the_package():
         "versions/0003_benchmarks.py",
         "versions/0004_tokenize_stage.py",
         "versions/0005_search_candidates.py",
+        "versions/0006_align_stage.py",
         "stage_kinds.py",
     ]:
         assert (d / rel).is_file(), rel
@@ -119,7 +120,7 @@ def test_migrations_ship_inside_the_package():
 
     from ablate.track.engine import _alembic_config
 
-    assert ScriptDirectory.from_config(_alembic_config()).get_current_head() == "0005"
+    assert ScriptDirectory.from_config(_alembic_config()).get_current_head() == "0006"
 
 
 def test_database_newer_than_code_is_refused(records, db_url):
