@@ -80,6 +80,10 @@ def load_spec(path: str | Path) -> LoadedSpec:
         teacher_config, teacher_problems = _check_teacher(spec, path, source)
         problems += teacher_problems
         problems += _check_benchmarks(spec, path, source)
+        if spec.align is not None:
+            from ablate.spec.align_check import check_align
+
+            problems += [_problem(source, where, message) for where, message in check_align(spec, path)]
         if spec.search is not None and teacher_config is not None:
             from ablate.search.check import check_search
 

@@ -1,0 +1,50 @@
+"""The align section on real Ray, SQLite and MLflow (tests/run/specs/align_sft.yaml, align.yaml): the tiny
+spec's kld students through SFT on the shipped instruction set, then the same plus DPO on the shipped
+preference set. SFT lowers the held-out instruction loss, DPO raises the held-out chosen-over-rejected
+margin, adding the DPO stage runs only it, and a re-submit runs nothing."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from tests.run.conftest import make_workspace, mlflow_runs, records_of, split_runs, submit_here
+
+pytestmark = pytest.mark.slow
+
+
+def _finals(workspace, experiment):
+    with records_of(workspace) as records:
+        return {t.overrides["target"]: records.final_metrics(t.id) for t in records.trials(experiment)}
+
+
+def test_sft_then_dpo_after_distillation_run_once_and_measure_what_they_train(tiny_run, tmp_path):
+    workspace = make_workspace(tmp_path / "ws")
+    # the tiny spec's artifacts: its kld trials are these trials' distilled students, so only alignment runs
+    shutil.copytree(tiny_run.workspace / ".ablate" / "artifacts", workspace / ".ablate" / "artifacts")
+
+    first = submit_here(workspace, "align_sft.yaml")
+    assert first.ok and first.stages_run == {"align": 2}, first.to_dict()
+    for target, m in _finals(workspace, "align-sft").items():
+        assert m["sft/instruct_loss"] < m["sft/before/instruct_loss"] - 0.05, target
+        assert m["sft/train_tokens"] > 0 and m["sft/train_seconds"] > 0
+
+    second = submit_here(workspace, "align.yaml")  # the same stages plus dpo: only dpo runs
+    assert second.ok and second.stages_run == {"align": 2}, second.to_dict()
+    assert second.stages_reused.get("align") == 2
+    finals = _finals(workspace, "align")
+    for target, m in finals.items():
+        assert m["dpo/pref_margin"] > m["dpo/before/pref_margin"], target
+        assert m["dpo/before/instruct_loss"] == pytest.approx(m["sft/instruct_loss"])  # the same model, measured twice
+        assert m["dpo/train_flops"] > m["sft/train_flops"]  # pairs of answers and the reference's forward
+
+    again = submit_here(workspace, "align.yaml")
+    assert again.ok and not again.stages_run and again.stages_reused["align"] == 4
+
+    _, runs = split_runs(mlflow_runs(workspace, "align"))
+    for run in runs.values():
+        # held-out values as eval/NAME (after each stage), the training loss per step as STAGE/loss
+        assert {"eval/sft/instruct_loss", "eval/dpo/pref_margin", "eval/dpo/pref_win_rate", "dpo/loss"} <= set(
+            run.data.metrics
+        )
