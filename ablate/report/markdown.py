@@ -22,6 +22,7 @@ from ablate.report.labels import Labels
 from ablate.report.model import AGREES, CLEAR, DISAGREES, Finding, Report, TrialRow, fmt_value
 from ablate.report.plots import FINDING_PREFIX, LOSS_PNG, QUALITY_PNG, finding_file, render_plots
 from ablate.report.practices import MAPPING_ROWS, PRACTICES, shape_kind
+from ablate.report.align import align_section
 from ablate.report.search import search_section
 from ablate.secrets import redact_text
 from ablate.spec.units import format_duration
@@ -256,6 +257,11 @@ def _key_table(labels: Labels) -> list[str]:
 
 def _search_section(r: Report) -> list[str]:
     return search_section(r.search)
+
+
+def _align_section(r: Report) -> list[str]:
+    short = Labels(r.trials)
+    return align_section(r.align, {t.key: f"`{t.key}` ({_cell(short.overrides(t))})" for t in r.trials})
 
 
 def _benchmarks_section(r: Report) -> list[str]:
@@ -551,6 +557,7 @@ def render_markdown(report: Report) -> str:
         _benchmarks_section,
         _search_section,
         _findings_section,
+        _align_section,
         _plots_section,
         _best_section,
         _compute_section,

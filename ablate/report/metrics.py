@@ -51,6 +51,10 @@ KNOWN: dict[str, MetricInfo] = {
         MetricInfo("acc", True, 0.005),
         MetricInfo("acc_norm", True, 0.005),
         MetricInfo("exact_match", True, 0.005),
+        # the align section's held-out metrics (ablate.align.metrics)
+        MetricInfo("instruct_loss", False, 0.01),
+        MetricInfo("pref_margin", True, 0.1),  # nats of log-likelihood over a whole answer
+        MetricInfo("pref_win_rate", True, 0.01),
     )
 }
 

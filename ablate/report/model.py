@@ -229,6 +229,8 @@ class Report:
     """lm-eval results: {"teacher": {task: {metric: v, metric_stderr: e}}, "trials": {key: {...}}}."""
     search: dict[str, Any] = field(default_factory=dict)
     """The spec's search, if it has one (:mod:`ablate.report.search`)."""
+    align: dict[str, Any] = field(default_factory=dict)
+    """The spec's alignment stages, if it has them (:mod:`ablate.report.align`)."""
     references: list[Reference] = field(default_factory=list)
     """The teacher(s) and each pruned student before retraining (:mod:`ablate.report.references`)."""
     recovered: dict[str, float] = field(default_factory=dict)
@@ -278,6 +280,7 @@ class Report:
                     "recovered": self.recovered,
                     **({"benchmarks": self.benchmarks} if self.benchmarks else {}),
                     **({"search": self.search} if self.search else {}),
+                    **({"align": self.align} if self.align else {}),
                     "mlflow": {
                         "tracking_uri": _redact(self.tracking_uri),
                         "experiment_id": self.mlflow_experiment_id,

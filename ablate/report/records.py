@@ -18,6 +18,7 @@ from ablate.report.metrics import metric_info
 from ablate.report.model import BestTrial, Report, ReportError, TrialRow, canon, finished
 from ablate.report.practices import PRACTICES
 from ablate.report.references import references_for
+from ablate.report.align import align_of
 from ablate.report.search import search_of
 from ablate.spec.load import recorded_mapping
 from ablate.track.urls import DEFAULT_MLFLOW
@@ -323,6 +324,7 @@ def build_report(
         family_size=sum(1 for f in findings if f.n >= MIN_PAIRS),
         benchmarks=benchmarks_of(records, {key: i.id for key, i in infos.items()}),
         search=search_of(records, name, rows, _get(spec, "search")),
+        align=align_of(spec, rows, metric),
         references=references,
         recovered=recovered,
     )

@@ -48,3 +48,18 @@ def test_sft_then_dpo_after_distillation_run_once_and_measure_what_they_train(ti
         assert {"eval/sft/instruct_loss", "eval/dpo/pref_margin", "eval/dpo/pref_win_rate", "dpo/loss"} <= set(
             run.data.metrics
         )
+
+    # the report: each trial after each stage, and whether the base ranking survives each stage
+    from ablate.report.markdown import render_markdown
+    from ablate.report.records import build_report
+
+    with records_of(workspace) as records:
+        report = build_report(records, "align")
+    assert [s["name"] for s in report.align["stages"]] == ["sft", "dpo"]
+    assert report.align["metrics"] == ["lm_loss", "sft/instruct_loss", "dpo/pref_margin"]
+    (survival,) = report.align["survival"]  # target: width vs depth, on all three metrics
+    assert survival["axis"] == "target" and len(survival["by_metric"]) == 3
+    text = render_markdown(report)
+    assert "## Alignment" in text and "Does the base ranking survive alignment?" in text
+    assert f"| {finals['width']['dpo/pref_margin']:.4g} |" in text
+
