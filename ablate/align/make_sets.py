@@ -84,7 +84,8 @@ def build_sets() -> tuple[list[dict], list[dict]]:
         instruct.append(
             {
                 "id": f"about-{t}",
-                "messages": _user(f'What does the Python reference say about "{title}"?') + _assistant(prose[0]),
+                "messages": _user(f'What does the Python reference say about "{title}"?')
+                + _assistant(prose[0]),
             }
         )
         for i in range(min(CONTINUATIONS, len(prose) - 1)):

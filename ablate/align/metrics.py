@@ -19,7 +19,9 @@ INSTRUCT_METRICS = ("instruct_loss",)
 PREFERENCE_METRICS = ("pref_margin", "pref_win_rate")
 
 
-def encode(tokenizer: Any, prompt: list[dict], completion: list[dict], max_length: int) -> tuple[list[int], int]:
+def encode(
+    tokenizer: Any, prompt: list[dict], completion: list[dict], max_length: int
+) -> tuple[list[int], int]:
     """Token ids of the chat-formatted prompt and answer (cut to max_length) and where the answer starts."""
     prompt_text = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
     full_text = tokenizer.apply_chat_template(prompt + completion, tokenize=False)
@@ -35,7 +37,11 @@ def encode(tokenizer: Any, prompt: list[dict], completion: list[dict], max_lengt
 
 @torch.no_grad()
 def answer_logprobs(
-    model: Any, tokenizer: Any, pairs: Sequence[tuple[list[dict], list[dict]]], max_length: int, batch_size: int = 8
+    model: Any,
+    tokenizer: Any,
+    pairs: Sequence[tuple[list[dict], list[dict]]],
+    max_length: int,
+    batch_size: int = 8,
 ) -> list[tuple[float, int]]:
     """(sum of log-probabilities, token count) of each answer given its prompt."""
     device = next(model.parameters()).device

@@ -127,7 +127,9 @@ def normalise(row: dict[str, Any], method: str, where: str) -> dict[str, Any]:
         }
     turns = _turns(row["messages"], "user", where)
     if len(turns) < 2 or turns[-1]["role"] != "assistant":
-        raise AlignDataError(f"{where}: messages must end with the assistant's turn, after at least one other")
+        raise AlignDataError(
+            f"{where}: messages must end with the assistant's turn, after at least one other"
+        )
     return {"prompt": turns[:-1], "completion": turns[-1:]}
 
 

@@ -99,11 +99,13 @@ def align_model(
     import datasets
     import torch
     from transformers import TrainerCallback
+    from transformers.trainer_callback import PrinterCallback
     from transformers.trainer_utils import get_last_checkpoint
 
     steps = steps_for(settings, len(train_records))
     work.mkdir(parents=True, exist_ok=True)
     config = trl_config(settings, steps, work, seed, use_cpu=not torch.cuda.is_available())
+    datasets.disable_progress_bars()  # TRL's tokenizing bars: ablate's progress is the step line
     dataset = datasets.Dataset.from_list(train_records)
     started = time.perf_counter()
 
@@ -130,13 +132,20 @@ def align_model(
         from trl import SFTTrainer
 
         trainer = SFTTrainer(
-            model=model, args=config, train_dataset=dataset, processing_class=tokenizer, callbacks=[Progress()]
+            model=model,
+            args=config,
+            train_dataset=dataset,
+            processing_class=tokenizer,
+            callbacks=[Progress()],
         )
+    trainer.remove_callback(PrinterCallback)  # its log dicts on stdout: progress goes through on_step
     checkpoint = get_last_checkpoint(str(work)) if work.is_dir() else None
     resumed = int(checkpoint.rsplit("-", 1)[-1]) if checkpoint else 0
     trainer.train(resume_from_checkpoint=checkpoint)
     examples = steps * settings["global_batch"]
-    tokens = int(examples * tokens_per_example(tokenizer, train_records, settings["method"], settings["max_length"]))
+    tokens = int(
+        examples * tokens_per_example(tokenizer, train_records, settings["method"], settings["max_length"])
+    )
     params = sum(p.numel() for p in model.parameters())
     # forward + backward of the policy (6N per token); a preference stage also runs the reference forward (2N)
     flops = float((8 if settings["method"] in PREFERENCE_METHODS else 6) * params * tokens)

@@ -284,9 +284,11 @@ def model_card(
     dry_run: bool = False,
     teacher_source: str | None = None,
     benchmarks: list[tuple[str, Benchmarks]] | None = None,
+    aligned: list[dict[str, Any]] | None = None,
 ) -> str:
     """README.md of the built model; `benchmarks` are (row label, lm-eval results) with this model's row
-    labelled "this model" (its results become the card's `model-index`)."""
+    labelled "this model" (its results become the card's `model-index`); `aligned`: each alignment stage's
+    settings and facts (ablate.run.align_stage), in order, when the model was aligned after distillation."""
     trial = recipe.trial
     resolved = trial.resolved()
     teacher_ref = resolved["teacher"]["model"]
@@ -384,7 +386,13 @@ def model_card(
     if dry_run or not eval_rows:
         lines += ["Not measured yet (dry run): `ablate build` fills this table.", ""]
     else:
+        if aligned:
+            lines += ["Measured on the distilled model, before the alignment stages below.", ""]
         lines += [*evaluation_table(eval_rows), ""]
+    if aligned:
+        from ablate.build.card_align import alignment_lines
+
+        lines += alignment_lines(aligned)
     if benchmarks and not dry_run:
         lines += [
             "## Benchmarks",

@@ -413,9 +413,15 @@ def _export(
     teacher_params = sum(p.numel() for p in teacher.parameters())
     teacher_shape = shape_of(teacher.config)
     del teacher
-    distill_hash = recipe.final_distill.hash
-    source_dir = store.local_path(distill_hash) / "model"
-    origin = f"artifact {distill_hash}: recompute it with `ablate submit {_spec_word(recipe)} --recompute {distill_hash}`"
+    final_hash = recipe.final_model.hash  # the last alignment stage's model, else the final distill's
+    source_dir = store.local_path(final_hash) / "model"
+    origin = f"artifact {final_hash}: recompute it with `ablate submit {_spec_word(recipe)} --recompute {final_hash}`"
+    if recipe.align:
+        from ablate.run.align_stage import read_align_facts
+
+        aligned = [{**s.config["stage"], **read_align_facts(store, s.hash)} for s in recipe.align]
+    else:
+        aligned = None
 
     def write(tmp: Path) -> None:
         facts = ex.export_model(source_dir, tmp / ex.MODEL_DIR, dtype, origin=origin)
@@ -435,6 +441,7 @@ def _export(
             benchmarks=[("teacher", result.benchmarks["teacher"]), ("this model", result.benchmarks["model"])]
             if result.benchmarks
             else None,
+            aligned=aligned,
         )
         (tmp / ex.MODEL_DIR / "README.md").write_text(card)
         (tmp / PLAN).write_text(json.dumps(plan_dict(recipe, result.stages), indent=1) + "\n")

@@ -20,7 +20,15 @@ from pathlib import Path
 from typing import Any
 
 from ablate.errors import AblateError
-from ablate.plan.stages import ROUND, TEACHER_BENCHMARK, TOKENIZE, Stage, benchmark_stage, trial_stages
+from ablate.plan.stages import (
+    ROUND,
+    TEACHER_BENCHMARK,
+    TOKENIZE,
+    Stage,
+    align_stages,
+    benchmark_stage,
+    trial_stages,
+)
 from ablate.spec.load import recorded_mapping
 from ablate.spec.schema import TRIAL_SECTIONS, Build, Spec, Tracking
 from ablate.spec.sweep import Trial, stable_hash
@@ -148,6 +156,10 @@ def trial_from_record(experiment: str, key: str, overrides: dict[str, Any], conf
         **{k: config[k] for k in TRIAL_SECTIONS},
         "targets": _targets_of(target, config),
     }
+    if config.get("align"):  # recorded as a list in order (sweep.resolved_config): the spec's mapping again
+        align = config["align"]
+        stages = {s["name"]: {k: v for k, v in s.items() if k != "name"} for s in align["stages"]}
+        data["align"] = {"stages": stages, "chat_template": align.get("chat_template")}
     try:
         spec = Spec.model_validate(data)
     except Exception as exc:  # noqa: BLE001
@@ -266,6 +278,12 @@ class Recipe:
     formats: list[str]
     pool: dict[str, Candidate] = field(default_factory=dict)
     benchmarks: list[Stage] = field(default_factory=list)  # the final model's and the teacher's (eval.tasks)
+    align: list[Stage] = field(default_factory=list)  # the alignment stages after the final distill (align)
+
+    @property
+    def final_model(self) -> Stage:
+        """The stage whose model is built: the last alignment stage, else the final distill."""
+        return self.align[-1] if self.align else self.final_distill
 
     @property
     def extra_distill(self) -> bool:
@@ -275,7 +293,7 @@ class Recipe:
     def id(self) -> str:
         """Identity of what the build produces: the final distill and eval stages."""
         return stable_hash(
-            [self.final_distill.hash, self.final_eval.hash, *(s.hash for s in self.benchmarks)], 16
+            [self.final_distill.hash, self.final_eval.hash, *(s.hash for s in [*self.align, *self.benchmarks])], 16
         )
 
     @property
@@ -295,12 +313,14 @@ class Recipe:
             self.stages["prune"],
             self.final_distill,
             self.final_eval,
+            *self.align,
             *self.benchmarks,
         ]
 
     def parents(self, stage: Stage) -> dict[str, Stage]:
         by_hash = {
-            s.hash: s for s in [*self.stages.values(), self.final_distill, self.final_eval, *self.benchmarks]
+            s.hash: s
+            for s in [*self.stages.values(), self.final_distill, self.final_eval, *self.align, *self.benchmarks]
         }
         return {by_hash[h].kind: by_hash[h] for h in stage.parents}
 
@@ -380,17 +400,21 @@ def resolve(
     else:
         final_tokens = trial_tokens
     base_dir = str(source.spec_path.parent) if source.spec_path else None
+    # the trial's alignment stages, after the final distill (the trial's own when no longer run was asked)
+    align = align_stages(chosen.trial.resolved(), final_distill, chosen.trial.seed, base_dir)
+    final_model, role = (align[-1], "aligned") if align else (final_distill, "student")
     benchmarks = [
         stage
         for task in chosen.trial.spec.eval.tasks
         for stage in (
             stages[TEACHER_BENCHMARK + task],
-            benchmark_stage(chosen.trial.spec, task, final_distill, "student", base_dir),
+            benchmark_stage(chosen.trial.spec, task, final_model, role, base_dir),
         )
     ]
     return Recipe(
         source=source,
         benchmarks=benchmarks,
+        align=align,
         trial=chosen.trial,
         chosen_by=why,
         status=chosen.status,

@@ -64,7 +64,9 @@ def align_of(spec: Mapping[str, Any], trials: Sequence[TrialRow], base_metric: s
                     }
                 )
         leaders = [e["leader"] for e in entry["by_metric"]]
-        entry["survives"] = None if None in leaders or len(leaders) < len(metrics) else len(set(map(str, leaders))) == 1
+        entry["survives"] = (
+            None if None in leaders or len(leaders) < len(metrics) else len(set(map(str, leaders))) == 1
+        )
         survival.append(entry)
     return {"stages": stages, "rows": rows, "metrics": metrics, "survival": survival}
 
@@ -112,10 +114,18 @@ def align_section(align: Mapping[str, Any], labels: Mapping[str, str]) -> list[s
             cells.append(_fmt(row.get(f"{s['name']}/train_seconds"), 3))
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Compute per stage (mean over trials):", ""]
-    lines += ["| stage | method | seconds | training tokens | FLOPs (6N per token, 8N with a reference) |", "|---|---|---|---|---|"]
+    lines += [
+        "| stage | method | seconds | training tokens | FLOPs (6N per token, 8N with a reference) |",
+        "|---|---|---|---|---|",
+    ]
     for s in stages:
-        cols = [_mean([r.get(f"{s['name']}/train_{k}") for r in align["rows"]]) for k in ("seconds", "tokens", "flops")]
-        lines.append(f"| {s['name']} | {s['method']} | {_fmt(cols[0], 3)} | {_fmt(cols[1], 3)} | {_fmt(cols[2], 3)} |")
+        cols = [
+            _mean([r.get(f"{s['name']}/train_{k}") for r in align["rows"]])
+            for k in ("seconds", "tokens", "flops")
+        ]
+        lines.append(
+            f"| {s['name']} | {s['method']} | {_fmt(cols[0], 3)} | {_fmt(cols[1], 3)} | {_fmt(cols[2], 3)} |"
+        )
     if align["survival"]:
         lines += [
             "",
@@ -134,7 +144,7 @@ def align_section(align: Mapping[str, Any], labels: Mapping[str, str]) -> list[s
             lines.append("| " + " | ".join(cells) + f" | {survives} |")
         lines += [
             "",
-            "\"survives\": the same value leads on every metric (a leader within the metric's tie margin counts "
+            '"survives": the same value leads on every metric (a leader within the metric\'s tie margin counts '
             "as none). With fewer than 3 pairs a comparison has no verdict; its leader is still shown.",
         ]
     return lines
@@ -145,7 +155,9 @@ def _cell(e: Mapping[str, Any] | None) -> str:
         return "-"
     leader = "tie" if e["leader"] is None else f"{e['leader']} ahead"
     p = "" if math.isnan(e["p_adjusted"]) else f", p {e['p_adjusted']:.2g}"
-    return f"{leader} ({e['wins_a']}-{e['wins_b']} of {e['n']}, mean {e['mean_diff']:+.3g}{p}; {e['verdict']})"
+    return (
+        f"{leader} ({e['wins_a']}-{e['wins_b']} of {e['n']}, mean {e['mean_diff']:+.3g}{p}; {e['verdict']})"
+    )
 
 
 def _mean(values: Sequence[Any]) -> float | None:

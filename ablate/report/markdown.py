@@ -16,13 +16,13 @@ from typing import Any
 
 import yaml
 
+from ablate.report.align import align_section
 from ablate.report.benchmarks import benchmarks_section
 from ablate.report.findings import MIN_PAIRS, RULE_ROWS, RULES_NOTE
 from ablate.report.labels import Labels
 from ablate.report.model import AGREES, CLEAR, DISAGREES, Finding, Report, TrialRow, fmt_value
 from ablate.report.plots import FINDING_PREFIX, LOSS_PNG, QUALITY_PNG, finding_file, render_plots
 from ablate.report.practices import MAPPING_ROWS, PRACTICES, shape_kind
-from ablate.report.align import align_section
 from ablate.report.search import search_section
 from ablate.secrets import redact_text
 from ablate.spec.units import format_duration

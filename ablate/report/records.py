@@ -12,13 +12,13 @@ from typing import Any
 import numpy as np
 
 from ablate.jsonable import jsonable
+from ablate.report.align import align_of
 from ablate.report.benchmarks import benchmarks_of
 from ablate.report.findings import MIN_PAIRS, findings_for
 from ablate.report.metrics import metric_info
 from ablate.report.model import BestTrial, Report, ReportError, TrialRow, canon, finished
 from ablate.report.practices import PRACTICES
 from ablate.report.references import references_for
-from ablate.report.align import align_of
 from ablate.report.search import search_of
 from ablate.spec.load import recorded_mapping
 from ablate.track.urls import DEFAULT_MLFLOW

@@ -24,7 +24,9 @@ def eval_name(metric: str, owner: str, clashes: bool) -> str:
     return f"{metric}@{owner}" if clashes else metric
 
 
-def held_out_metrics(model: Any, tokenizer: Any, evals: list[dict[str, Any]], sets: dict[int, Any]) -> dict[str, float]:
+def held_out_metrics(
+    model: Any, tokenizer: Any, evals: list[dict[str, Any]], sets: dict[int, Any]
+) -> dict[str, float]:
     """The model's metrics on the held-out records of each set in `evals` (ablate.align.metrics)."""
     from ablate.align.metrics import instruct_metrics, preference_metrics
     from ablate.spec.align import PREFERENCE_METHODS
@@ -57,13 +59,22 @@ def run_align(stage: Stage, ctx: StageContext) -> dict[str, Any]:
         model.to(ctx.device)
     elif torch.cuda.is_available():
         model.to("cuda")
-    sets = {i: load_set(e["data"], e["method"], e["held_out"], ctx.base_dir) for i, e in enumerate(config["evals"])}
-    own = next(i for i, e in enumerate(config["evals"]) if e["data"] == settings["data"] and e["method"] == settings["method"])
+    sets = {
+        i: load_set(e["data"], e["method"], e["held_out"], ctx.base_dir)
+        for i, e in enumerate(config["evals"])
+    }
+    own = next(
+        i
+        for i, e in enumerate(config["evals"])
+        if e["data"] == settings["data"] and e["method"] == settings["method"]
+    )
     started = time.perf_counter()
     before = held_out_metrics(model, tokenizer, config["evals"], sets)
     work = store_work_dir(ctx.store, stage.hash, ctx.work_token)
     model.train()
-    result = align_model(model, tokenizer, settings, sets[own].train, work, config["seed"], on_step=ctx.on_step)
+    result = align_model(
+        model, tokenizer, settings, sets[own].train, work, config["seed"], on_step=ctx.on_step
+    )
     model.eval()
     after = held_out_metrics(model, tokenizer, config["evals"], sets)
     facts = {

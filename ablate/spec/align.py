@@ -50,9 +50,14 @@ class AlignStage(Strict):
     weight_decay: Rate = 0.0
     global_batch: PositiveInt = 8
     micro_batch: PositiveInt = 4
-    max_length: PositiveInt = Field(512, description="tokens per example (prompt and answer); longer ones are cut")
+    max_length: PositiveInt = Field(
+        512, description="tokens per example (prompt and answer); longer ones are cut"
+    )
     beta: float = Field(
-        0.1, gt=0, le=100, description="dpo/ipo: strength of the pull toward the reference (the previous model)"
+        0.1,
+        gt=0,
+        le=100,
+        description="dpo/ipo: strength of the pull toward the reference (the previous model)",
     )
     checkpoint_every: PositiveInt = Field(50, description="optimizer steps between resume checkpoints")
 
@@ -76,7 +81,9 @@ class Align(Strict):
     """The alignment stages after distillation, in the order written."""
 
     stages: dict[StageName, AlignStage] = Field(
-        min_length=1, max_length=16, description="name -> stage, run in the order written (sft1, sft2, dpo1, ...)"
+        min_length=1,
+        max_length=16,
+        description="name -> stage, run in the order written (sft1, sft2, dpo1, ...)",
     )
     chat_template: Annotated[str, Field(min_length=1, max_length=20_000)] | None = Field(
         None,

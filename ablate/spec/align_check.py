@@ -19,7 +19,12 @@ def check_align(spec: Spec, spec_path: Path) -> list[tuple[Where, str]]:
         return []
     problems: list[tuple[Where, str]] = []
     if importlib.util.find_spec("trl") is None:
-        problems.append((("align",), "the align section runs on TRL, which is not installed (pip install 'ablate[align]')"))
+        problems.append(
+            (
+                ("align",),
+                "the align section runs on TRL, which is not installed (pip install 'ablate[align]')",
+            )
+        )
     from ablate.align.sets import AlignDataError, load_set
 
     for name, stage in align.stages.items():

@@ -28,7 +28,10 @@ def test_answer_logprobs_match_a_token_by_token_sum(tiny):
     model, tokenizer = tiny
     pairs = [
         ([{"role": "user", "content": "What is a list?"}], [{"role": "assistant", "content": "A sequence."}]),
-        ([{"role": "user", "content": "Hi"}], [{"role": "assistant", "content": "Hello there, how are you?"}]),
+        (
+            [{"role": "user", "content": "Hi"}],
+            [{"role": "assistant", "content": "Hello there, how are you?"}],
+        ),
         ([{"role": "user", "content": "x" * 40}], [{"role": "assistant", "content": "y"}]),
     ]
     got = answer_logprobs(model, tokenizer, pairs, 512, batch_size=2)  # padded batches of unequal length
@@ -49,9 +52,9 @@ def test_metrics_from_the_log_likelihoods(tiny):
     prefs = preference_metrics(model, tokenizer, [{"prompt": prompt, "chosen": good, "rejected": bad}], 512)
     assert prefs["pref_margin"] == pytest.approx(lg - lb, rel=1e-6)
     assert prefs["pref_win_rate"] == float(lg > lb)
-    assert instruct_metrics(model, tokenizer, [{"prompt": prompt, "completion": good}], 512)["instruct_loss"] == (
-        pytest.approx(-lg / ng, rel=1e-6)
-    )
+    assert instruct_metrics(model, tokenizer, [{"prompt": prompt, "completion": good}], 512)[
+        "instruct_loss"
+    ] == (pytest.approx(-lg / ng, rel=1e-6))
 
 
 def test_a_tokenizer_without_a_template_needs_one_from_the_spec(tiny):

@@ -28,7 +28,9 @@ def test_shipped_sets_load_in_their_methods_form():
 def test_a_preference_set_without_chosen_and_rejected_is_named(tmp_path):
     path = tmp_path / "prefs.jsonl"
     path.write_text(json.dumps({"prompt": "hi", "chosen": "hello"}) + "\n")
-    with pytest.raises(AlignDataError, match=r"record 1: no rejected \(method dpo needs prompt, chosen, rejected"):
+    with pytest.raises(
+        AlignDataError, match=r"record 1: no rejected \(method dpo needs prompt, chosen, rejected"
+    ):
         load_set(str(path), "dpo", 0.1)
     with pytest.raises(AlignDataError, match="no such file"):
         resolve(str(tmp_path / "missing.jsonl"))
@@ -44,7 +46,9 @@ def test_sft_messages_must_end_with_the_answer(tmp_path):
         load_set(str(path), "sft", 0.3)
 
 
-@pytest.mark.skipif(sys.version_info[:2] != (3, 11), reason="the shipped sets were made from Python 3.11's docs")
+@pytest.mark.skipif(
+    sys.version_info[:2] != (3, 11), reason="the shipped sets were made from Python 3.11's docs"
+)
 def test_the_shipped_files_are_what_make_sets_writes():
     from ablate.align.make_sets import INSTRUCT_FILE, PREFS_FILE, build_sets
 

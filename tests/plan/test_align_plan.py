@@ -28,7 +28,9 @@ def _specs(tmp_path: Path) -> Path:
 def test_align_stages_follow_distill_and_share_prefixes(tmp_path):
     folder = _specs(tmp_path)
     tiny, sft, both = (load_spec(folder / n) for n in ("tiny.yaml", "align_sft.yaml", "align.yaml"))
-    plain = {t.overrides["target"]: trial_stages(t) for t in tiny.trials if t.overrides["distill.loss"] == "kld"}
+    plain = {
+        t.overrides["target"]: trial_stages(t) for t in tiny.trials if t.overrides["distill.loss"] == "kld"
+    }
     one = {t.overrides["target"]: trial_stages(t) for t in sft.trials}
     two = {t.overrides["target"]: trial_stages(t) for t in both.trials}
     for target, stages in two.items():

@@ -36,7 +36,9 @@ def test_sft_then_dpo_after_distillation_run_once_and_measure_what_they_train(ti
     finals = _finals(workspace, "align")
     for target, m in finals.items():
         assert m["dpo/pref_margin"] > m["dpo/before/pref_margin"], target
-        assert m["dpo/before/instruct_loss"] == pytest.approx(m["sft/instruct_loss"])  # the same model, measured twice
+        assert m["dpo/before/instruct_loss"] == pytest.approx(
+            m["sft/instruct_loss"]
+        )  # the same model, measured twice
         assert m["dpo/train_flops"] > m["sft/train_flops"]  # pairs of answers and the reference's forward
 
     again = submit_here(workspace, "align.yaml")
@@ -45,9 +47,12 @@ def test_sft_then_dpo_after_distillation_run_once_and_measure_what_they_train(ti
     _, runs = split_runs(mlflow_runs(workspace, "align"))
     for run in runs.values():
         # held-out values as eval/NAME (after each stage), the training loss per step as STAGE/loss
-        assert {"eval/sft/instruct_loss", "eval/dpo/pref_margin", "eval/dpo/pref_win_rate", "dpo/loss"} <= set(
-            run.data.metrics
-        )
+        assert {
+            "eval/sft/instruct_loss",
+            "eval/dpo/pref_margin",
+            "eval/dpo/pref_win_rate",
+            "dpo/loss",
+        } <= set(run.data.metrics)
 
     # the report: each trial after each stage, and whether the base ranking survives each stage
     from ablate.report.markdown import render_markdown
@@ -62,4 +67,33 @@ def test_sft_then_dpo_after_distillation_run_once_and_measure_what_they_train(ti
     text = render_markdown(report)
     assert "## Alignment" in text and "Does the base ranking survive alignment?" in text
     assert f"| {finals['width']['dpo/pref_margin']:.4g} |" in text
+
+    # the build exports the aligned model (the last stage's weights, with its chat template) and its card
+    # names every stage; at the trial's own budget it runs no stage
+    from contextlib import chdir
+
+    import torch
+
+    from ablate.build.pipeline import build
+    from ablate.build.recipe import open_source
+    from ablate.models.registry import load_model
+    from ablate.run.artifacts import ArtifactStore
+
+    with chdir(workspace):
+        built = build(open_source("align.yaml"), trial="best", tokens="2k", out=str(workspace / "built"))
+    assert built.stages_run == 0, built.stages
+    card = (workspace / "built" / "model" / "README.md").read_text()
+    assert "## Alignment" in card and "1. **sft**" in card and "2. **dpo**" in card
+    with records_of(workspace) as records:
+        (trial,) = [t for t in records.trials("align") if t.key == built.trial]
+        last = [s for s in records.trial_stages(trial.id) if s.kind == "align"]
+    dpo = next(s for s in last if s.config["stage"]["name"] == "dpo")
+    store = ArtifactStore(str(workspace / ".ablate" / "artifacts"))
+    aligned, _ = load_model(str(store.local_path(dpo.hash) / "model"))
+    exported, tokenizer = load_model(str(workspace / "built" / "model"))
+    for a, b in zip(aligned.state_dict().values(), exported.state_dict().values(), strict=True):
+        assert torch.equal(a, b.to(a.dtype))
+    assert "<|im_start|>assistant" in tokenizer.apply_chat_template(
+        [{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True
+    )
 
