@@ -30,7 +30,7 @@ from ablate.plan.stages import (
     trial_stages,
 )
 from ablate.spec.load import recorded_mapping
-from ablate.spec.schema import TRIAL_SECTIONS, Build, Spec, Tracking
+from ablate.spec.schema import TRIAL_SECTIONS, Build, Evaluation, Spec, Tracking
 from ablate.spec.sweep import Trial, stable_hash
 from ablate.spec.units import format_tokens, parse_tokens
 from ablate.track.urls import DEFAULT_DB, absolute_sqlite, absolute_store, sqlite_missing
@@ -148,13 +148,22 @@ def _targets_of(target: str, config: dict[str, Any]) -> dict[str, Any]:
     return targets
 
 
-def trial_from_record(experiment: str, key: str, overrides: dict[str, Any], config: dict[str, Any]) -> Trial:
-    """The Trial a recorded trial config describes, checked to hash to the recorded key."""
+def trial_from_record(
+    experiment: str,
+    key: str,
+    overrides: dict[str, Any],
+    config: dict[str, Any],
+    evaluation: dict[str, Any] | None = None,
+) -> Trial:
+    """The Trial a recorded trial config describes, checked to hash to the recorded key. `evaluation`: the
+    recorded spec's `eval` section (its benchmarks; not part of a trial key), so a build by experiment
+    name benchmarks the built model as a build from the spec file does."""
     target = str(overrides.get("target") or "target")
     data = {
         "name": experiment,
         **{k: config[k] for k in TRIAL_SECTIONS},
         "targets": _targets_of(target, config),
+        **({"eval": evaluation} if evaluation else {}),
     }
     if config.get("align"):  # recorded as a list in order (sweep.resolved_config): the spec's mapping again
         align = config["align"]
@@ -189,13 +198,18 @@ def candidates(source: Source, records) -> dict[str, Candidate]:
     if records is None or records.get_experiment(source.name) is None:
         return out
     summary = {t.key: t for t in records.experiment_summary(source.name).trials}
+    evaluation = recorded_mapping(source.spec_text).get("eval") if source.spec_text else None
+    try:
+        Evaluation.model_validate(evaluation or {})
+    except ValueError:  # a section this version no longer reads: the build then runs no benchmark
+        evaluation = None
     for info in records.trials(source.name):
         s = summary.get(info.key)
         status, metrics = (s.status, dict(s.final_metrics)) if s else (info.status, {})
         trial = out[info.key].trial if info.key in out else None
         if trial is None and info.config:
             try:
-                trial = trial_from_record(source.name, info.key, info.overrides, info.config)
+                trial = trial_from_record(source.name, info.key, info.overrides, info.config, evaluation)
             except BuildError as exc:  # an old trial: only an error if it is the one chosen
                 log.warning("%s", exc)
         out[info.key] = Candidate(info.key, status, metrics, trial)

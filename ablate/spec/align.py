@@ -72,7 +72,8 @@ class AlignStage(Strict):
                 f"examples ({self.examples}) is less than one optimizer step (global_batch {self.global_batch}); "
                 f"expected at least {self.global_batch}"
             )
-        if "beta" in self.model_fields_set and self.method not in PREFERENCE_METHODS:
+        default_beta = AlignStage.model_fields["beta"].default  # a recorded config carries it for every stage
+        if self.beta != default_beta and self.method not in PREFERENCE_METHODS:
             raise ValueError(f"beta is read only by dpo and ipo (method is {self.method}); drop it")
         return self
 

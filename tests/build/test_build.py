@@ -121,7 +121,14 @@ def test_build_exports_a_model_plain_transformers_loads_and_generates(tiny, tmp_
 def test_building_twice_reuses_every_stage(tiny, tmp_path, monkeypatch):
     out = tmp_path / "build"
     first = _build(tiny, tmp_path, out=out)
-    assert {s["kind"] for s in first.stages} == {"tokenize", "teacher", "importance", "prune", "distill", "eval"}
+    assert {s["kind"] for s in first.stages} == {
+        "tokenize",
+        "teacher",
+        "importance",
+        "prune",
+        "distill",
+        "eval",
+    }
     before = (out / MANIFEST).read_text()
 
     def refuse(*args, **kwargs):
@@ -240,6 +247,21 @@ def test_build_by_experiment_name_is_the_same_recipe(tiny, tmp_path):
     by_name = resolve(open_source("tiny", db=tiny.db, artifacts=str(tiny.artifacts)))
     assert by_name.id == by_spec.id and by_name.trial.key == by_spec.trial.key
     assert [s.hash for s in by_name.chain] == [s.hash for s in by_spec.chain]
+
+
+def test_build_by_experiment_name_benchmarks_as_the_recorded_spec_asks(tiny):
+    """The recorded spec's eval section is not part of a trial key, but its benchmarks are part of a build."""
+    import dataclasses
+
+    source = open_source("tiny", db=tiny.db, artifacts=str(tiny.artifacts))
+    assert not resolve(source).benchmarks  # tiny.yaml has no eval.tasks
+    asked = dataclasses.replace(source, spec_text=source.spec_text + "\neval: {tasks: [pydoc_cloze]}\n")
+    recipe = resolve(asked)
+    assert [(s.config["model"], s.config["task"]) for s in recipe.benchmarks] == [
+        ("teacher", "pydoc_cloze"),
+        ("student", "pydoc_cloze"),
+    ]
+    assert recipe.trial.key == resolve(source).trial.key
 
 
 # --- bad input: clear errors, nothing overwritten ----------------------------------------------------

@@ -43,7 +43,9 @@ def test_sigkill_mid_alignment_then_resume(tiny_run, tmp_path):
     try:
 
         def checkpointed() -> bool:
-            assert proc.poll() is None, f"the submission ended early: {(tmp_path / 'first-submit.log').read_text()}"
+            assert proc.poll() is None, (
+                f"the submission ended early: {(tmp_path / 'first-submit.log').read_text()}"
+            )
             return any(work.glob("align-*/checkpoint-4"))
 
         wait_until(checkpointed, timeout=400, interval=0.3, what="the SFT stage's checkpoint at step 4")

@@ -79,7 +79,13 @@ def test_sft_then_dpo_after_distillation_run_once_and_measure_what_they_train(ti
     from ablate.models.registry import load_model
     from ablate.run.artifacts import ArtifactStore
 
+    from ablate.build.recipe import resolve
+
     with chdir(workspace):
+        by_spec = resolve(open_source("align.yaml"), trial="best", tokens="2k")
+        by_name = resolve(open_source("align"), trial="best", tokens="2k")  # from the recorded configs
+        assert [s.hash for s in by_name.chain] == [s.hash for s in by_spec.chain]
+        assert [s.kind for s in by_spec.chain][-2:] == ["align", "align"]
         built = build(open_source("align.yaml"), trial="best", tokens="2k", out=str(workspace / "built"))
     assert built.stages_run == 0, built.stages
     card = (workspace / "built" / "model" / "README.md").read_text()
