@@ -75,11 +75,9 @@ def test_sft_then_dpo_after_distillation_run_once_and_measure_what_they_train(ti
     import torch
 
     from ablate.build.pipeline import build
-    from ablate.build.recipe import open_source
+    from ablate.build.recipe import open_source, resolve
     from ablate.models.registry import load_model
     from ablate.run.artifacts import ArtifactStore
-
-    from ablate.build.recipe import resolve
 
     with chdir(workspace):
         by_spec = resolve(open_source("align.yaml"), trial="best", tokens="2k")
