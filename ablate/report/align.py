@@ -19,6 +19,7 @@ from ablate.report.model import TrialRow
 # The metric each kind of stage is judged by after it (the first is its finding's), in the order shown.
 STAGE_METRICS = {"sft": ("instruct_loss",), "dpo": ("pref_margin", "pref_win_rate")}
 STAGE_METRICS["ipo"] = STAGE_METRICS["dpo"]
+ALIGNED = "aligned/"  # the aligned model's benchmark metrics: aligned/TASK/METRIC
 
 
 def align_of(spec: Mapping[str, Any], trials: Sequence[TrialRow], base_metric: str) -> dict[str, Any]:
@@ -38,7 +39,12 @@ def align_of(spec: Mapping[str, Any], trials: Sequence[TrialRow], base_metric: s
             first = STAGE_METRICS.get(s["method"], ("",))[0]
             row[f"{s['name']}/before/{first}"] = t.metrics.get(f"{s['name']}/before/{first}")
         rows.append(row)
-    metrics = [base_metric] + [f"{s['name']}/{STAGE_METRICS[s['method']][0]}" for s in stages]
+    # the aligned model's benchmarks (eval.tasks: aligned/TASK/METRIC) beside the distilled student's (TASK/METRIC)
+    benchmarks = sorted({m for t in finished for m in t.metrics if m.startswith(ALIGNED) and "_stderr" not in m})
+    for row, t in zip(rows, finished, strict=True):
+        for m in benchmarks:
+            row[m], row[m[len(ALIGNED) :]] = t.metrics.get(m), t.metrics.get(m[len(ALIGNED) :])
+    metrics = [base_metric] + [f"{s['name']}/{STAGE_METRICS[s['method']][0]}" for s in stages] + benchmarks
     survival: list[dict[str, Any]] = []
     by_metric = {m: _findings(finished, m) for m in metrics}
     for f in by_metric[base_metric]:
@@ -68,7 +74,7 @@ def align_of(spec: Mapping[str, Any], trials: Sequence[TrialRow], base_metric: s
             None if None in leaders or len(leaders) < len(metrics) else len(set(map(str, leaders))) == 1
         )
         survival.append(entry)
-    return {"stages": stages, "rows": rows, "metrics": metrics, "survival": survival}
+    return {"stages": stages, "rows": rows, "metrics": metrics, "benchmarks": benchmarks, "survival": survival}
 
 
 def _findings(trials: Sequence[TrialRow], metric: str) -> list[Any]:
@@ -126,6 +132,15 @@ def align_section(align: Mapping[str, Any], labels: Mapping[str, str]) -> list[s
         lines.append(
             f"| {s['name']} | {s['method']} | {_fmt(cols[0], 3)} | {_fmt(cols[1], 3)} | {_fmt(cols[2], 3)} |"
         )
+    if align.get("benchmarks"):
+        names = align["benchmarks"]
+        lines += ["", "Benchmarks (`eval.tasks`) of each trial's distilled student and of its aligned model:", ""]
+        head = ["trial", *(f"{m[len(ALIGNED) :]} distilled | {m[len(ALIGNED) :]} aligned" for m in names)]
+        lines += ["| " + " | ".join(head) + " |", "|" + "---|" * (1 + 2 * len(names))]
+        for row in align["rows"]:
+            cells = [labels.get(row["key"], row["key"])]
+            cells += [f"{_fmt(row.get(m[len(ALIGNED) :]))} | {_fmt(row.get(m))}" for m in names]
+            lines.append("| " + " | ".join(cells) + " |")
     if align["survival"]:
         lines += [
             "",
