@@ -417,9 +417,7 @@ class Executor(SharedStages, TrialOutcomes):
         trial_res = self.spec.resources.trial
         for t in todo:
             self.run_id(t.key)  # every child run exists before the first result arrives
-            stages = self.graph.trial_stages[t.key]
-            if self._done(stages["distill"]) and stages["distill"] not in self.shared_hashes:
-                self._count(self.result.stages_reused, "distill")
+            # a trial stage done before the trial ran (its distill, say) is counted reused when it completes
         payloads = {
             t.key: {
                 "stages": {k: self.graph.stages[h] for k, h in self.graph.trial_stages[t.key].items()},
