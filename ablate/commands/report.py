@@ -79,8 +79,8 @@ def report_command(
 
     Exit 2 (and nothing written) for an unknown experiment, no finished trials or an unknown metric.
     """
-    from ablate.report.markdown import write_report
     from ablate.report.records import build_report
+    from ablate.report.write import write_report
 
     records = open_records(db)
     try:

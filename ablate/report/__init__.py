@@ -15,7 +15,7 @@ __all__ = ["BestTrial", "Finding", "Report", "ReportError", "TrialRow", "build_r
 
 
 def write_report(report, out_dir):  # noqa: ANN001 - re-exported lazily (matplotlib is imported on use)
-    """Write report.md and its PNG figures into ``out_dir``; see :func:`ablate.report.markdown.write_report`."""
-    from ablate.report.markdown import write_report as _write
+    """Write report.md and its PNG figures into ``out_dir``; see :func:`ablate.report.write.write_report`."""
+    from ablate.report.write import write_report as _write
 
     return _write(report, out_dir)

@@ -1,17 +1,13 @@
 """``reports/<experiment>/report.md`` and its figures.
 
-:func:`render_markdown` turns a :class:`~ablate.report.findings.Report` into the markdown text;
-:func:`write_report` renders everything in memory first (so a failure leaves no partial report), then
-writes each file atomically and removes figures of an earlier version that no longer exist. Nothing in the
-output depends on when or where it was generated, so the same records give byte-identical files.
+:func:`render_markdown` turns a :class:`~ablate.report.findings.Report` into the markdown text
+(:mod:`ablate.report.write` writes it with the figures). Nothing in the output depends on when or where it
+was generated, so the same records give byte-identical files.
 """
 
 from __future__ import annotations
 
 import math
-import os
-import tempfile
-from pathlib import Path
 from typing import Any
 
 import yaml
@@ -21,13 +17,12 @@ from ablate.report.benchmarks import benchmarks_section
 from ablate.report.findings import MIN_PAIRS, RULE_ROWS, RULES_NOTE
 from ablate.report.labels import Labels
 from ablate.report.model import AGREES, CLEAR, DISAGREES, Finding, Report, TrialRow, fmt_value
-from ablate.report.plots import FINDING_PREFIX, LOSS_PNG, QUALITY_PNG, finding_file, render_plots
+from ablate.report.plots import LOSS_PNG, QUALITY_PNG, finding_file
 from ablate.report.practices import MAPPING_ROWS, PRACTICES, shape_kind
 from ablate.report.search import search_section
-from ablate.secrets import redact_text
 from ablate.spec.units import format_duration
 
-__all__ = ["REPORT_MD", "render_markdown", "write_report"]
+__all__ = ["REPORT_MD", "render_markdown"]
 
 REPORT_MD = "report.md"
 METRIC_COLUMNS = (
@@ -567,37 +562,3 @@ def render_markdown(report: Report) -> str:
         if lines[-1] != "":
             lines.append("")
     return "\n".join(lines).rstrip("\n") + "\n"
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_report(report: Report, out_dir: str | os.PathLike[str]) -> list[Path]:
-    """Write report.md and its PNGs into ``out_dir`` (created); returns the paths written, report.md first.
-
-    Everything is rendered before the first file is written, so an error leaves no partial report.
-    """
-
-    files = {REPORT_MD: redact_text(render_markdown(report)).encode()}  # no spec password in the report
-    files.update(render_plots(report))
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    written = []
-    for name, data in files.items():
-        path = out / name
-        if not path.exists() or path.read_bytes() != data:
-            _atomic_write(path, data)
-        written.append(path)
-    for old in out.glob(f"{FINDING_PREFIX}*.png"):
-        if old.name not in files:
-            old.unlink()
-    return written

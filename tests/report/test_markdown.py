@@ -8,8 +8,9 @@ import re
 
 import pytest
 
-from ablate.report.markdown import REPORT_MD, render_markdown, write_report
+from ablate.report.markdown import REPORT_MD, render_markdown
 from ablate.report.records import build_report
+from ablate.report.write import write_report
 from tests.report.known import build_known
 from tests.track.conftest import pg_schema
 

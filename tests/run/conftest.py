@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -156,6 +157,38 @@ def wait_until(condition: Callable[[], Any], timeout: float, interval: float = 0
             return value
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what or condition}")
+
+
+def submit_then_kill(
+    workspace: Path, spec: str, ready: Callable[[], Any], log_path: Path, timeout: float, *args: str
+) -> Any:
+    """`ablate submit SPEC` in its own session from `workspace`; once `ready()` returns something true, the
+    whole session is SIGKILLed (Ray's processes share it) and none may outlive it. Returns what `ready`
+    returned; a submission that ends on its own first fails the test with its log."""
+    log = log_path.open("w")
+    proc = subprocess.Popen(
+        [*ABLATE, "submit", spec, *args],
+        cwd=workspace,
+        env=clean_env(),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    sid = proc.pid
+    try:
+
+        def running_and_ready() -> Any:
+            assert proc.poll() is None, f"the submission ended early: {log_path.read_text()}"
+            return ready()
+
+        seen = wait_until(running_and_ready, timeout=timeout, interval=0.3, what=f"{spec} to be killed")
+        os.killpg(sid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        wait_until(lambda: not session_processes(sid), timeout=30, what="the killed submission's processes")
+    finally:
+        kill_session(sid)
+        log.close()
+    return seen
 
 
 @dataclass

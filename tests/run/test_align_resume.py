@@ -4,22 +4,15 @@ last checkpoint (its work folder, taken over from the dead run), not from step 0
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
-import subprocess
 
 import pytest
 
 from tests.run.conftest import (
-    ABLATE,
-    clean_env,
-    kill_session,
     make_workspace,
     records_of,
-    session_processes,
     submit_here,
-    wait_until,
+    submit_then_kill,
 )
 
 pytestmark = pytest.mark.slow
@@ -30,31 +23,13 @@ def test_sigkill_mid_alignment_then_resume(tiny_run, tmp_path):
     # the tiny spec's artifacts hold this trial's distilled student: only the SFT stage runs
     shutil.copytree(tiny_run.workspace / ".ablate" / "artifacts", workspace / ".ablate" / "artifacts")
     work = workspace / ".ablate" / "artifacts" / ".work"
-    log = (tmp_path / "first-submit.log").open("w")
-    proc = subprocess.Popen(
-        [*ABLATE, "submit", "align_kill.yaml", "--quiet"],
-        cwd=workspace,
-        env=clean_env(),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
+
+    def checkpointed() -> bool:
+        return any(work.glob("align-*/checkpoint-4"))
+
+    submit_then_kill(
+        workspace, "align_kill.yaml", checkpointed, tmp_path / "first-submit.log", 400, "--quiet"
     )
-    sid = proc.pid
-    try:
-
-        def checkpointed() -> bool:
-            assert proc.poll() is None, (
-                f"the submission ended early: {(tmp_path / 'first-submit.log').read_text()}"
-            )
-            return any(work.glob("align-*/checkpoint-4"))
-
-        wait_until(checkpointed, timeout=400, interval=0.3, what="the SFT stage's checkpoint at step 4")
-        os.killpg(sid, signal.SIGKILL)
-        proc.wait(timeout=30)
-        wait_until(lambda: not session_processes(sid), timeout=30, what="the killed submission's processes")
-    finally:
-        kill_session(sid)
-        log.close()
 
     result = submit_here(workspace, "align_kill.yaml")
     assert result.ok and result.stages_run == {"align": 1}, result.to_dict()

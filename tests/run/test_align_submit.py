@@ -100,4 +100,3 @@ def test_sft_then_dpo_after_distillation_run_once_and_measure_what_they_train(ti
     assert "<|im_start|>assistant" in tokenizer.apply_chat_template(
         [{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True
     )
-

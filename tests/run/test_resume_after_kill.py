@@ -8,24 +8,17 @@ per-step metrics past a checkpoint, checks that nothing of it survives, then sub
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
 
 import pytest
 
 from tests.run.conftest import (
-    ABLATE,
-    clean_env,
-    kill_session,
     make_workspace,
     mlflow_client,
     mlflow_runs,
     records_of,
-    session_processes,
     split_runs,
     submit_here,
-    wait_until,
+    submit_then_kill,
 )
 
 pytestmark = pytest.mark.slow
@@ -54,33 +47,14 @@ def _progress(workspace) -> dict[str, int]:
 def test_sigkill_mid_distillation_then_resume(tiny_run, tmp_path):
     # The shared stages are copied from the session's tiny workspace: only the distillations run.
     workspace = make_workspace(tmp_path / "ws", artifacts_from=tiny_run.workspace)
-    log = (tmp_path / "first-submit.log").open("w")
-    proc = subprocess.Popen(
-        [*ABLATE, "submit", "kill.yaml", "--json"],
-        cwd=workspace,
-        env=clean_env(),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
+
+    def mid_distillation() -> dict[str, int] | None:
+        steps = _progress(workspace)
+        return steps if len(steps) == 2 and min(steps.values()) >= KILL_PAST_STEP else None
+
+    at_kill = submit_then_kill(
+        workspace, "kill.yaml", mid_distillation, tmp_path / "first-submit.log", 300, "--json"
     )
-    sid = proc.pid
-    try:
-
-        def mid_distillation() -> dict[str, int] | None:
-            assert proc.poll() is None, (
-                f"the submission ended early: {(tmp_path / 'first-submit.log').read_text()}"
-            )
-            steps = _progress(workspace)
-            return steps if len(steps) == 2 and min(steps.values()) >= KILL_PAST_STEP else None
-
-        at_kill = wait_until(mid_distillation, timeout=300, interval=0.3, what="steps past two checkpoints")
-        os.killpg(sid, signal.SIGKILL)
-        proc.wait(timeout=30)
-        # Ray's processes share the driver's fate (and its session): none may outlive the kill.
-        wait_until(lambda: not session_processes(sid), timeout=30, what="the killed submission's processes")
-    finally:
-        kill_session(sid)
-        log.close()
     recorded = _progress(workspace)
     with records_of(workspace) as records:
         trials = records.trials("tiny-kill")
