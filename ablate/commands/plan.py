@@ -103,6 +103,20 @@ def plan_dict(loaded: LoadedSpec, mfu: float, gpu: str = "h100-80gb") -> dict:
 
         search = search_phases(loaded.spec, loaded.search, est.teacher.params, est.gpu_hours)
     total_flops = est.total_flops + (search["total_flops"] if search else 0.0)
+    align = None
+    if loaded.spec.align is not None:
+        from ablate.plan.align_estimate import align_plan
+
+        params = {row.key: row.params for row in est.trials}
+        student = {
+            h: params[key]
+            for key, kinds in graph.trial_stages.items()
+            for h in kinds.values()
+            if key in params
+        }
+        stages = {h: s for h, s in graph.stages.items() if s.kind == "align"}
+        align = align_plan(loaded.spec, stages, student, loaded.path.parent)
+        total_flops += sum(row["flops"] or 0.0 for row in align)
     plan = {
         "name": loaded.spec.name,
         "spec": str(loaded.path),
@@ -128,6 +142,11 @@ def plan_dict(loaded: LoadedSpec, mfu: float, gpu: str = "h100-80gb") -> dict:
         "total_flops": total_flops,
         "total_gpu_hours": est.gpu_hours(total_flops),
     }
+    if align is not None:
+        plan["align"] = [
+            {**row, "gpu_hours": None if row["flops"] is None else est.gpu_hours(row["flops"])}
+            for row in align
+        ]
     if search is not None:  # a spec without search plans exactly as before
         plan["search"] = search
         plan["after_search"] = [{"target": t.target, "overrides": t.overrides} for t in loaded.after_search]
@@ -221,6 +240,8 @@ def print_plan(plan: dict, console: Console) -> None:
     )
     console.print(stages)
     console.print(data_table(plan["data"]))
+    if plan.get("align"):
+        console.print(align_table(plan["align"]))
     if "search" in plan:
         print_search(plan["search"], console)
     for warning in plan["warnings"]:
@@ -274,6 +295,25 @@ def print_search(search: dict, console: Console) -> None:
             p["note"],
         )
     console.print(phases)
+
+
+def align_table(rows: list[dict]) -> Table:
+    """Per alignment stage (after each trial's distillation): distinct runs, examples and tokens each, FLOPs."""
+    table = Table(title="alignment stages (after distillation)")
+    for col in ("stage", "method", "runs", "examples/run", "tokens/run", "FLOPs", "GPU-h"):
+        table.add_column(col, justify="left" if col in ("stage", "method") else "right")
+    for r in rows:
+        unknown = r["flops"] is None
+        table.add_row(
+            r["stage"],
+            r["method"],
+            str(r["runs"]),
+            str(r["examples"]),
+            "not estimated" if unknown else format_tokens(r["tokens_per_run"]),
+            "-" if unknown else f"{r['flops']:.3g}",
+            "-" if unknown else f"{r['gpu_hours']:,.3g}",
+        )
+    return table
 
 
 def data_table(data: dict) -> Table:

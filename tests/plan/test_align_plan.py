@@ -7,6 +7,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import pytest
+
 from ablate.plan.graph import build_graph
 from ablate.plan.stages import ALIGN, trial_kinds, trial_stages
 from ablate.spec.validate import load_spec
@@ -44,3 +46,17 @@ def test_align_stages_follow_distill_and_share_prefixes(tmp_path):
     graph = build_graph(sweep.trials)
     assert graph.counts()["align"] == 3  # one sft for both betas, one dpo each
     assert {t.key for t in sweep.trials} & {t.key for t in both.trials}  # beta 0.5 is align.yaml's trial
+
+
+def test_the_plan_counts_each_alignment_stage_once_with_its_tokens_and_flops(tmp_path):
+    from ablate.commands.plan import plan_dict
+
+    folder = _specs(tmp_path)
+    plan = plan_dict(load_spec(folder / "sweep.yaml"), mfu=0.4)
+    rows = {r["stage"]: r for r in plan["align"]}
+    assert (rows["sft"]["runs"], rows["dpo"]["runs"]) == (1, 2)  # one sft serves both betas
+    assert rows["sft"]["examples"] == 32 and rows["sft"]["tokens_per_run"] > 32 * 100  # byte tokens
+    (trial,) = {t["params"] for t in plan["trials"]}
+    assert rows["sft"]["flops"] == pytest.approx(6 * trial * rows["sft"]["tokens_per_run"], rel=1e-3)
+    assert rows["dpo"]["flops"] == pytest.approx(2 * 8 * trial * rows["dpo"]["tokens_per_run"], rel=1e-3)
+    assert plan["total_flops"] >= rows["sft"]["flops"] + rows["dpo"]["flops"]
