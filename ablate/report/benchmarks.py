@@ -21,9 +21,10 @@ def benchmarks_of(records: Any, trial_ids: dict[str, int]) -> dict[str, Any]:
         results = records.benchmark_results(s.hash for s in stages)
         for stage in stages:
             found = results.get(stage.hash, {})
-            if stage.config.get("model") == "teacher":
+            role = stage.config.get("model")
+            if role == "teacher":
                 teacher.update(found)
-            else:
+            elif role != "aligned":  # the aligned model's results are the Alignment section's, beside these
                 trials.setdefault(key, {}).update(found)
     if not (teacher or trials):
         return {}
