@@ -24,7 +24,7 @@ def benchmarks_of(records: Any, trial_ids: dict[str, int]) -> dict[str, Any]:
             role = stage.config.get("model")
             if role == "teacher":
                 teacher.update(found)
-            elif role != "aligned":  # the aligned model's results are the Alignment section's, beside these
+            elif role == "student":  # not a search candidate's pruned model, nor the aligned model
                 trials.setdefault(key, {}).update(found)
     if not (teacher or trials):
         return {}

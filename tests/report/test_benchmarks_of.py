@@ -1,7 +1,7 @@
 """The report's benchmark table reads the distilled student's and the teacher's results from the records;
-a trial with alignment stages also has benchmarks of its aligned model, which belong to the Alignment
-section and must not replace the student's (a real study showed the aligned values under the
-"distilled student" heading when they were recorded after it)."""
+a trial's other benchmarked models (its aligned model, shown in the Alignment section; a search
+candidate's pruned model) must not replace the student's (a real study showed the aligned values under
+the "distilled student" heading when they were recorded after it)."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ def test_the_table_shows_the_distilled_student_not_its_aligned_model(tmp_path):
         records.upsert_experiment("bench", "name: bench\n", "0" * 16)
         # in the order a trial runs them: the student's benchmark, the teacher's, then the aligned model's
         stages = [
+            _benchmark(records, "benchmark-pruned", "pruned", 0.40),  # a search candidate's, one-shot
             _benchmark(records, "benchmark-student", "student", 0.50),
             _benchmark(records, "benchmark-teacher", "teacher", 0.75),
             _benchmark(records, "benchmark-aligned", "aligned", 0.60),
