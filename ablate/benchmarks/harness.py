@@ -10,7 +10,7 @@ import logging
 import time
 from typing import Any
 
-from ablate.benchmarks.tasks_index import TaskSet, task_manager
+from ablate.benchmarks.tasks_index import TaskSet, manager_for
 from ablate.errors import ModelError
 
 log = logging.getLogger(__name__)
@@ -57,7 +57,7 @@ def run_benchmarks(
             tasks=list(tasks.names),
             num_fewshot=num_fewshot,
             limit=limit,
-            task_manager=task_manager(tasks.include_paths),
+            task_manager=manager_for(tasks.names, tasks.include_paths),
             log_samples=keep_samples,
         )
     except (ConnectionError, OSError) as exc:

@@ -42,12 +42,24 @@ def offline() -> bool:
 
 
 @lru_cache(maxsize=8)
-def task_manager(include_paths: tuple[str, ...] = ()):
-    """lm-eval's TaskManager over its own tasks, the shipped ones and `include_paths` (cached: indexing
-    lm-eval's ~10k task YAMLs takes seconds)."""
+def task_manager(include_paths: tuple[str, ...] = (), defaults: bool = True):
+    """lm-eval's TaskManager over the shipped tasks and `include_paths`, and with `defaults` over lm-eval's
+    own (cached: indexing lm-eval's ~10k task YAMLs takes about 6 s)."""
     from lm_eval.tasks import TaskManager
 
-    return TaskManager(include_path=[str(SHIPPED_TASKS), *include_paths])
+    return TaskManager(include_path=[str(SHIPPED_TASKS), *include_paths], include_defaults=defaults)
+
+
+def manager_for(names: tuple[str, ...], include_paths: tuple[str, ...] = ()):
+    """The TaskManager to load `names` with: the shipped tasks and `include_paths` alone when every name is
+    a plain task defined there (the same entry as in the full index, where those folders take precedence),
+    so a benchmark of local tasks skips lm-eval's 6 s index in each process; otherwise the full one (a
+    group or tag may gather lm-eval's own tasks)."""
+    local = task_manager(include_paths, defaults=False)
+    kinds = [local.task_index[n].kind.name if n in local.task_index else None for n in names]
+    if names and all(kind in ("TASK", "PY_TASK") for kind in kinds):
+        return local
+    return task_manager(include_paths)
 
 
 def _folder_tasks(folder: Path) -> list[str]:
@@ -78,7 +90,7 @@ def resolve(tasks: list[str], base_dir: str | None = None, field: str = "eval.ta
             )
         else:
             names.append(item)
-    manager = task_manager(tuple(includes))
+    manager = manager_for(tuple(dict.fromkeys(names)), tuple(includes))
     known = set(manager.all_tasks)
     for name in names:
         if name not in known:

@@ -19,6 +19,7 @@ from ablate.errors import AblateError
 from ablate.plan.stages import ALIGN, ALIGNED_BENCHMARK, BENCHMARK, DISTILL_TEACHER, Stage, trial_kinds
 from ablate.run.artifacts import ArtifactStore
 from ablate.run.stage_runners import StageContext, read_distill_facts, read_eval_metrics, run_stage
+from ablate.run.step_reports import EVERY_S, StepBatches
 from ablate.secrets import redact_text
 
 
@@ -161,8 +162,9 @@ def tune_trial(config: dict[str, Any], payloads: dict[str, dict[str, Any]]) -> N
     `tune.report` (the driver records it; workers never write to the records or MLflow). A trial of
     several workers (strategy ddp or fsdp in its payload) runs them on Ray Train (`train_on_workers`).
 
-    Reports, in order: `phase=start` (node, host, pid, time), one `phase=distill` per optimizer step
-    (`step`, `steps`, `loss` at the top for schedulers, every numeric value under `m`), one
+    Reports, in order: `phase=start` (node, host, pid, time), `phase=distill` results (`batch`: one or
+    more optimizer steps, each with `step`, `steps`, `loss` and every numeric value under `m`; the last
+    step's at the top, for schedulers; ablate.run.step_reports), one
     `phase=stage` when it moves on to its eval and benchmarks (`stage`: what, for the progress), then
     `phase=done` (`final`: eval metrics, `facts`: steps, tokens, resumed_from_step) or `phase=failed`
     (`error`: one line, `stage`: its kind). A deterministic failure (an AblateError: divergence, a bad
@@ -264,13 +266,17 @@ def trial_body(
     distill, evaluate, teacher = stages["distill"], stages["eval"], stages["teacher"]
     base_dir = payload["base_dir"]
 
+    # On Ray Train workers a report waits for the controller's poll: steps go out in batches there
+    # (ablate.run.step_reports); a one-process trial reports every step.
+    steps_out = StepBatches(report, parallel, every_s=EVERY_S if parallel.distributed else 0.0)
+
     def on_step(metrics: dict[str, Any]) -> None:
         values = {
             k: float(v)
             for k, v in metrics.items()
             if k not in _BOOKKEEPING and isinstance(v, (int, float)) and not isinstance(v, bool)
         }
-        report(
+        steps_out.add(
             {
                 "phase": PHASE_STEP,
                 "step": int(metrics["step"]),
@@ -305,6 +311,7 @@ def trial_body(
             for kind in trial_kinds(stages)[2:]:
                 run_stage(stages[kind], after_eval_context(kind, stages, store, base_dir, ctx.models, device, tell))
     except AblateError as exc:
+        steps_out.flush()  # the steps before a divergence are recorded
         report({"phase": PHASE_FAILED, "stage": kind, "error": error_line(exc), "finished": time.time()})
         return
     report({"phase": PHASE_DONE, "final": metrics, "facts": facts, "finished": time.time()})

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 from ray.tune import Callback, Stopper
 
 from ablate.run import ray_workers
+from ablate.run.step_reports import unbatch
 
 
 class TrialSink(Protocol):
@@ -63,15 +64,15 @@ class RecordingCallback(_DriverOnly, Callback):
         key = self._key(trial)
         phase = result.get("phase")
         if phase == ray_workers.PHASE_STEP:
-            step = self.last_step[key] = int(result["step"])
-            rows = self.buffer.setdefault(key, [])
-            rows.extend((name, step, value) for name, value in (result.get("m") or {}).items())
-            m = result.get("m") or {}
-            self.sink.progress(
-                "trial_step",
-                {"key": key, "step": step, "steps": result.get("steps"), "loss": result.get("loss"),
-                 "tokens": m.get("tokens"), "tokens_per_s": m.get("tokens_per_s")},
-            )  # fmt: skip
+            for item in unbatch(result):  # Ray Train workers send several steps in one result
+                step = self.last_step[key] = int(item["step"])
+                m = item.get("m") or {}
+                self.buffer.setdefault(key, []).extend((name, step, value) for name, value in m.items())
+                self.sink.progress(
+                    "trial_step",
+                    {"key": key, "step": step, "steps": item.get("steps"), "loss": item.get("loss"),
+                     "tokens": m.get("tokens"), "tokens_per_s": m.get("tokens_per_s")},
+                )  # fmt: skip
         elif phase == ray_workers.PHASE_STAGE:
             self.sink.progress("trial_stage", {"key": key, "stage": result.get("stage")})
         elif phase == ray_workers.PHASE_START:

@@ -14,7 +14,7 @@ import torch
 
 from ablate.benchmarks import make_pydoc_cloze
 from ablate.benchmarks.harness import run_benchmarks
-from ablate.benchmarks.tasks_index import SHIPPED_TASKS, resolve
+from ablate.benchmarks.tasks_index import SHIPPED_TASKS, manager_for, resolve, task_manager
 from ablate.errors import SpecError
 
 TASK = SHIPPED_TASKS / "pydoc_cloze"
@@ -60,10 +60,25 @@ def test_folder_of_tasks_and_bad_folder(tmp_path):
         resolve([str(tmp_path / "empty")])
 
 
+def test_local_tasks_skip_lm_evals_index_and_resolve_to_the_same_entry(tmp_path):
+    folder = tmp_path / "mytasks"
+    shutil.copytree(TASK, folder)
+    full = task_manager((str(folder),))
+    local = manager_for(("pydoc_cloze",), (str(folder),))
+    assert (
+        "pydoc_cloze" in local.all_tasks and "hellaswag" not in local.all_tasks
+    )  # lm-eval's own: not indexed
+    assert local.task_index["pydoc_cloze"].yaml_path == full.task_index["pydoc_cloze"].yaml_path
+    # a name only lm-eval defines, or one of them among local ones: the full index
+    assert manager_for(("hellaswag",)) is task_manager(())
+    assert manager_for(("pydoc_cloze", "hellaswag"), (str(folder),)) is full
+
+
 @pytest.mark.slow
 def test_in_memory_run_equals_lm_eval_cli(tmp_path):
     """Same saved model, same task and limit: every metric, its stderr and each choice's log-likelihood
-    equal lm-eval's CLI to 1e-6."""
+    equal lm-eval's CLI to 1e-6 (ours loads the shipped task from its own index, the CLI from lm-eval's
+    whole one)."""
     from ablate.models.registry import load_model
 
     model, tokenizer = load_model("builtin:tiny-mistral")

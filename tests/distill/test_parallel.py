@@ -38,12 +38,10 @@ class Stop(Exception):
     pass
 
 
-def _worker(cfg: dict) -> None:
-    """One Ray Train worker: the same call on every rank, only `parallel` differs. Each worker leaves
-    `worker-<rank>.json`; rank 0's trainer writes train_result.json."""
-    torch.set_num_threads(1)
-    parallel = Parallel.current(cfg["strategy"])
-    if cfg.get("meta") and parallel.rank:  # no weights: the trainer broadcasts rank 0's into the shards
+def _train_one(run: dict, parallel: Parallel) -> None:
+    """One training of a worker's list: the same call on every rank, only `parallel` differs. Each worker
+    leaves `worker-<rank>.json` in the run's folder; rank 0's trainer writes train_result.json there."""
+    if run.get("meta") and parallel.rank:  # no weights: the trainer broadcasts rank 0's into the shards
         teacher = meta_copy(tiny_mistral_config())
         student = meta_copy(tiny_model(hidden_size=48, intermediate_size=64).config)
     else:
@@ -51,23 +49,34 @@ def _worker(cfg: dict) -> None:
         student = slice_prune(teacher, hidden=48, ffn=64)
 
     def on_step(metrics):
-        if metrics["step"] == cfg.get("stop_at"):
+        if metrics["step"] == run.get("stop_at"):
             raise Stop
 
     stopped = False
     try:
         train(
-            student, teacher, text_batches(SEQ, 20), config(loss=cfg.get("loss", "kld"), **cfg.get("settings", {})),
-            cfg["out"],
+            student, teacher, text_batches(SEQ, 20), config(loss=run.get("loss", "kld"), **run.get("settings", {})),
+            run["out"],
             on_step=on_step, parallel=parallel,
         )  # fmt: skip
     except Stop:
         stopped = True
     facts = {"rank": parallel.rank, "world": parallel.world, "stopped": stopped}
-    (Path(cfg["out"]) / f"worker-{parallel.rank}.json").write_text(json.dumps(facts))
+    (Path(run["out"]) / f"worker-{parallel.rank}.json").write_text(json.dumps(facts))
 
 
-def run_workers(strategy: str, out: Path, storage: Path, **extra) -> dict:
+def _worker(cfg: dict) -> None:
+    """One Ray Train worker: every training of `cfg["runs"]` in turn, in one process group (a TorchTrainer
+    costs seconds to start on two cores; a tiny training, a fraction of one)."""
+    torch.set_num_threads(1)
+    parallel = Parallel.current(cfg["strategy"])
+    for run in cfg["runs"]:
+        _train_one(run, parallel)
+
+
+def run_workers(strategy: str, storage: Path, runs: dict[str, dict]) -> dict[str, dict]:
+    """The trainings `runs` (name -> settings, each with its own `out` folder) on two workers of one
+    TorchTrainer; name -> what rank 0 wrote (train_result.json) and whether the run was stopped."""
     import ray.cloudpickle
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -75,15 +84,51 @@ def run_workers(strategy: str, out: Path, storage: Path, **extra) -> dict:
     ray.cloudpickle.register_pickle_by_value(sys.modules["tests"])  # workers cannot import the tests
     trainer = TorchTrainer(
         _worker,
-        train_loop_config={"strategy": strategy, "out": str(out), **extra},
+        train_loop_config={
+            "strategy": strategy,
+            "runs": [{**run, "out": str(run["out"])} for run in runs.values()],
+        },
         scaling_config=ScalingConfig(num_workers=2, use_gpu=False, resources_per_worker={"CPU": 1}),
         run_config=RunConfig(name=f"parallel-{strategy}", storage_path=str(storage)),
     )
     trainer.fit()
-    workers = [json.loads((out / f"worker-{rank}.json").read_text()) for rank in range(2)]
-    assert [w["world"] for w in workers] == [2, 2] and len({w["stopped"] for w in workers}) == 1
-    result = out / "train_result.json"
-    return {"stopped": workers[0]["stopped"], **(json.loads(result.read_text()) if result.exists() else {})}
+    results = {}
+    for name, run in runs.items():
+        out = Path(run["out"])
+        workers = [json.loads((out / f"worker-{rank}.json").read_text()) for rank in range(2)]
+        assert [w["world"] for w in workers] == [2, 2] and len({w["stopped"] for w in workers}) == 1, name
+        result = out / "train_result.json"
+        results[name] = {
+            "stopped": workers[0]["stopped"],
+            **(json.loads(result.read_text()) if result.exists() else {}),
+        }
+    return results
+
+
+CHECKPOINTED = {"activation_checkpointing": True, "logit_chunk": 5}  # and logit chunks of 5 positions
+
+
+@pytest.fixture(scope="module")
+def ddp(ray_local, tmp_path_factory) -> dict[str, dict]:
+    folder = tmp_path_factory.mktemp("ddp")
+    runs = {"whole": {}, "checkpointed": {"settings": CHECKPOINTED}}
+    return run_workers("ddp", folder / "ray", {name: {**r, "out": folder / name} for name, r in runs.items()})
+
+
+@pytest.fixture(scope="module")
+def fsdp(ray_local, tmp_path_factory) -> dict[str, dict]:
+    folder = tmp_path_factory.mktemp("fsdp")
+    runs = {
+        "stopped": {"stop_at": STOP_AFTER},
+        "whole": {},
+        "intermediate": {"loss": "kld+intermediate"},
+        "meta": {"meta": True},
+        "checkpointed": {"settings": CHECKPOINTED},
+    }
+    results = run_workers(
+        "fsdp", folder / "ray", {name: {**r, "out": folder / name} for name, r in runs.items()}
+    )
+    return {name: {**result, "out": folder / name} for name, result in results.items()}
 
 
 @pytest.fixture(scope="module")
@@ -101,18 +146,17 @@ def assert_same_curve(got: list[float], want: list[float]) -> None:
         assert abs(a - b) <= 1e-5 * abs(b), f"step {step}: {a} vs {b} (single process)"
 
 
-def test_ddp_on_two_workers_gives_the_single_process_losses(ray_local, single, tmp_path):
-    metrics = run_workers("ddp", tmp_path / "out", tmp_path / "ray")
+def test_ddp_on_two_workers_gives_the_single_process_losses(ddp, single):
+    metrics = ddp["whole"]
     assert metrics["tokens"] == single.tokens == STEPS * 8 * SEQ
     assert_same_curve(metrics["loss_curve"], single.loss_curve)
     # Not trivially equal: the curve moves, so a worker that trained on the wrong data would show.
     assert single.loss_curve[-1] < 0.8 * single.loss_curve[0]
 
 
-def test_fsdp_on_two_workers_gives_the_same_losses_and_resumes_as_one_process(ray_local, single, tmp_path):
-    out = tmp_path / "out"
-    metrics = run_workers("fsdp", out, tmp_path / "ray", stop_at=STOP_AFTER)
-    assert metrics["stopped"]
+def test_fsdp_on_two_workers_gives_the_same_losses_and_resumes_as_one_process(fsdp, single):
+    out = fsdp["stopped"]["out"]
+    assert fsdp["stopped"]["stopped"]
     saved = load_checkpoint(out)
     assert saved["sharded"] and saved["step"] == 4 and saved["workers"] == 2
     shards = sorted(p.name for p in (out / DCP_CHECKPOINT).iterdir())
@@ -126,35 +170,34 @@ def test_fsdp_on_two_workers_gives_the_same_losses_and_resumes_as_one_process(ra
     # The one-process run now owns the folder: its checkpoint replaced the sharded one.
     assert (out / "checkpoint.pt").is_file() and not (out / DCP_CHECKPOINT).exists()
 
-    finished = run_workers("fsdp", tmp_path / "whole", tmp_path / "ray2")
-    assert finished["tokens"] == single.tokens
+    finished = fsdp["whole"]
+    assert not finished["stopped"] and finished["tokens"] == single.tokens
     assert_same_curve(finished["loss_curve"], single.loss_curve)
 
 
-def test_intermediate_state_distillation_on_two_fsdp_workers_gives_the_same_losses(ray_local, tmp_path):
+def test_intermediate_state_distillation_on_two_fsdp_workers_gives_the_same_losses(fsdp, tmp_path):
     # kld+intermediate trains a projection beside the sharded student: replicated, averaged by hand.
     teacher = tiny_model(seed=0)
     student = slice_prune(teacher, hidden=48, ffn=64)
     alone = train(student, teacher, text_batches(SEQ, 20), config(loss="kld+intermediate"), tmp_path / "one")
-    metrics = run_workers("fsdp", tmp_path / "out", tmp_path / "ray", loss="kld+intermediate")
+    metrics = fsdp["intermediate"]
     assert metrics["tokens"] == alone.tokens
     assert_same_curve(metrics["loss_curve"], alone.loss_curve)
 
 
-def test_fsdp_workers_built_on_the_meta_device_train_like_whole_copies(ray_local, single, tmp_path):
+def test_fsdp_workers_built_on_the_meta_device_train_like_whole_copies(fsdp, single):
     # Rank 1 never holds weights of its own: it builds both models on meta and gets rank 0's shards.
-    metrics = run_workers("fsdp", tmp_path / "out", tmp_path / "ray", meta=True)
+    metrics = fsdp["meta"]
     assert metrics["tokens"] == single.tokens
     assert_same_curve(metrics["loss_curve"], single.loss_curve)
 
 
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
 def test_activation_checkpointing_and_small_logit_chunks_on_two_workers_give_the_same_losses(
-    ray_local, single, tmp_path, strategy
+    request, single, strategy
 ):
     # Checkpointed layers under DDP's reducer and FSDP2's per-layer hooks; logit chunks of 5 positions.
-    settings = {"activation_checkpointing": True, "logit_chunk": 5}
-    metrics = run_workers(strategy, tmp_path / "out", tmp_path / "ray", settings=settings)
+    metrics = request.getfixturevalue(strategy)["checkpointed"]
     assert metrics["tokens"] == single.tokens
     assert_same_curve(metrics["loss_curve"], single.loss_curve)
 

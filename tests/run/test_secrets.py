@@ -56,6 +56,17 @@ def leaky_spec(folder: Path, db: str, mlflow: str, password: str) -> Path:
     return path
 
 
+def alive(read):
+    """`read()` of a psutil process, or None once it has exited (a zombie: a short-lived helper of the
+    MLflow server that ended between listing and reading it, which has no command line or environment)."""
+    import psutil
+
+    try:
+        return read()
+    except (psutil.ZombieProcess, psutil.NoSuchProcess):
+        return None
+
+
 def invoke(folder: Path, args: list[str]):
     from ablate.cli import main
 
@@ -178,9 +189,10 @@ def test_a_planted_password_is_found_nowhere(ray_local, pg_url_factory, tmp_path
                     if proc.poll() is not None or time.monotonic() > deadline:
                         raise AssertionError(f"mlflow server did not start at {base}: {lines}") from None
                     time.sleep(1)
-            server = [proc.pid] + [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]
-            argv = {pid: " ".join(psutil.Process(pid).cmdline()) for pid in server}
-            mlflow_env = [psutil.Process(pid).environ() for pid in server[1:]]
+            ui = psutil.Process(proc.pid)
+            server = [ui, *ui.children(recursive=True)]
+            argv = {p.pid: " ".join(cmd) for p in server if (cmd := alive(p.cmdline)) is not None}
+            mlflow_env = [env for p in server[1:] if (env := alive(p.environ)) is not None]
         finally:
             os.killpg(proc.pid, signal.SIGTERM)
             try:

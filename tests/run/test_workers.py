@@ -1,5 +1,6 @@
-"""`ablate submit` of a trial on two Ray Train workers (DDP and FSDP2, gloo on CPU): recorded like any
-trial, and the same losses as the one-process run of the same trial."""
+"""`ablate submit` of a trial with a teacher correction on two Ray Train workers (DDP and FSDP2, gloo on
+CPU): recorded like any trial, and the same corrected teacher and the same losses as the one-process run of
+the same trial (one submission per strategy covers both trainings)."""
 
 from __future__ import annotations
 
@@ -23,22 +24,31 @@ teacher:
 """
 
 
-def submit_with(tmp_path, tiny_run, name: str, trial_resources: str, extra: str = ""):
+def submit_with(tmp_path, tiny_run, name: str, trial_resources: str):
+    """workers.yaml with a teacher correction (2k tokens) on `trial_resources`: the correction trains on the
+    trial's workers like the distillation, so both are compared with the one-process run."""
     workspace = make_workspace(tmp_path / name, artifacts_from=tiny_run.workspace)
     spec = (workspace / "workers.yaml").read_text()
     spec = spec.replace("trial: {cpu: 2, gpu: 0, workers: 2, strategy: ddp}", f"trial: {trial_resources}")
-    (workspace / "workers.yaml").write_text(spec + extra)
+    (workspace / "workers.yaml").write_text(spec + CORRECTION)
     result = submit_here(workspace, "workers.yaml")
     assert result.ok, result.to_dict()
-    shared = {"teacher": 1, "importance": 1, "prune": 1} if extra else {}
-    evals = 3 if extra else 1  # a corrected teacher: its and its pruned student's reference evals are new
-    assert result.stages_run == {**shared, "distill": 1, "eval": evals}
+    # a corrected teacher is new, and so are its importance, the pruned student and both reference evals
+    assert result.stages_run == {"teacher": 1, "importance": 1, "prune": 1, "distill": 1, "eval": 3}
     with records_of(workspace) as records:
         (trial,) = records.trials("tiny-workers")
-        distill = next(s for s in records.trial_stages(trial.id) if s.kind == "distill")
-        facts = json.loads((workspace / ".ablate" / "artifacts" / distill.hash / "result.json").read_text())
+        stages = {s.kind: s for s in records.trial_stages(trial.id) if s.kind in ("distill", "teacher")}
+        artifacts = workspace / ".ablate" / "artifacts"
+        facts = json.loads((artifacts / stages["distill"].hash / "result.json").read_text())
+        teacher = artifacts / stages["teacher"].hash
+        info = json.loads((teacher / "teacher.json").read_text())
+        assert info["corrected"] and info["correction"]["steps"] == 4  # 2k tokens / (8 x 64)
+        assert not (artifacts / ".work" / stages["teacher"].hash).exists()
+        ray_train_runs = list((artifacts / ".tune" / "train").glob("teacher-*"))
+        assert len(ray_train_runs) == (0 if "workers" not in trial_resources else 1)  # a TorchTrainer's
+        corrected = (info["correction"]["final_loss"], load_file(teacher / "model" / "model.safetensors"))
         steps = [s for s, _ in records.metric_series(trial.id, "loss")]
-        return workspace, trial, facts, steps, records.final_metrics(trial.id)
+        return workspace, trial, facts, steps, records.final_metrics(trial.id), corrected
 
 
 @pytest.fixture(scope="module")
@@ -47,21 +57,28 @@ def one_process(tmp_path_factory, tiny_run, ray_local):
 
 
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
-def test_a_trial_on_two_workers_is_recorded_and_matches_one_process(
+def test_a_trial_and_its_teacher_correction_on_two_workers_match_one_process(
     strategy, tmp_path, tiny_run, one_process
 ):
-    workspace, trial, facts, steps, final = submit_with(
+    workspace, trial, facts, steps, final, (loss, weights) = submit_with(
         tmp_path, tiny_run, strategy, f"{{cpu: 2, gpu: 0, workers: 2, strategy: {strategy}}}"
     )
-    _, single_trial, single_facts, _, single_final = one_process
+    _, single_trial, single_facts, _, single_final, (single_loss, single_weights) = one_process
+    # the corrected teacher: the same last loss and weights as corrected in one process
+    assert abs(loss - single_loss) <= 1e-5 * abs(single_loss)
+    for key, value in single_weights.items():
+        assert torch.allclose(weights[key], value, rtol=1e-4, atol=1e-6), key
     assert trial.key == single_trial.key  # resources are not part of what a trial computes
     assert trial.status == "completed"
     assert facts["workers"] == 2 and facts["strategy"] == strategy
     assert single_facts["workers"] == 1 and single_facts["strategy"] == "single"
     assert facts["tokens"] == single_facts["tokens"] == STEPS * 8 * 64
     assert steps == list(range(1, STEPS + 1))  # rank 0's per-step reports reached the records, once each
+    # The two teachers differ by float rounding (corrected on two workers and on one), so the students'
+    # losses (a KL of ~5e-3) agree to a few 1e-5 relative, not to the last bit; a wrong batch split or
+    # gradient average moves them by 1e-2 or more.
     for step, (a, b) in enumerate(zip(facts["loss_curve"], single_facts["loss_curve"], strict=True), start=1):
-        assert abs(a - b) <= 1e-5 * abs(b), f"step {step}: {a} ({strategy}) vs {b} (one process)"
+        assert abs(a - b) <= 5e-5 * abs(b), f"step {step}: {a} ({strategy}) vs {b} (one process)"
     # The published student is a plain model, evaluated once: the eval matches the one-process trial's.
     assert "lm_loss" in single_final and set(final) == set(single_final)
     for name, value in single_final.items():
@@ -70,28 +87,3 @@ def test_a_trial_on_two_workers_is_recorded_and_matches_one_process(
     assert len(parents) == 1 and list(children) == [trial.key]
     history = mlflow_client(workspace).get_metric_history(children[trial.key].info.run_id, "train/kl")
     assert sorted(m.step for m in history) == list(range(1, STEPS + 1))
-
-
-def test_teacher_correction_runs_on_the_trials_workers_and_matches_one_process(tmp_path, tiny_run, ray_local):
-    corrected = {}
-    for name, resources in (
-        ("one", "{cpu: 1, gpu: 0}"),
-        ("ddp", "{cpu: 2, gpu: 0, workers: 2, strategy: ddp}"),
-    ):
-        workspace, trial, facts, _, final = submit_with(tmp_path, tiny_run, name, resources, CORRECTION)
-        with records_of(workspace) as records:
-            teacher = next(s for s in records.trial_stages(trial.id) if s.kind == "teacher")
-        folder = workspace / ".ablate" / "artifacts" / teacher.hash
-        info = json.loads((folder / "teacher.json").read_text())
-        assert info["corrected"] and info["correction"]["steps"] == 4  # 2k tokens / (8 x 64)
-        weights = load_file(folder / "model" / "model.safetensors")
-        corrected[name] = (info["correction"]["final_loss"], weights, facts, final)
-        assert not (workspace / ".ablate" / "artifacts" / ".work" / teacher.hash).exists()
-        ray_train_runs = list((workspace / ".ablate" / "artifacts" / ".tune" / "train").glob("teacher-*"))
-        assert len(ray_train_runs) == (1 if name == "ddp" else 0)  # corrected by a TorchTrainer on workers
-    (loss_1, w_1, facts_1, final_1), (loss_2, w_2, facts_2, final_2) = corrected["one"], corrected["ddp"]
-    assert abs(loss_2 - loss_1) <= 1e-5 * abs(loss_1)
-    for key, value in w_1.items():
-        assert torch.allclose(w_2[key], value, rtol=1e-4, atol=1e-6), key
-    assert facts_2["workers"] == 2 and facts_1["workers"] == 1
-    assert final_2["lm_loss"] == pytest.approx(final_1["lm_loss"], rel=1e-4)
