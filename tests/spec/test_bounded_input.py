@@ -138,6 +138,8 @@ def test_report_the_worst_case(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 # --- the classes, in process ---------------------------------------------------------------------
+# CPU time of this thread only (time.thread_time): the session's Ray and MLflow threads in this process
+# must not count against validation's bound.
 
 
 def problems_of(path: Path) -> list[str]:
@@ -152,9 +154,9 @@ def test_alias_expansion_is_refused_while_composing(tmp_path: Path) -> None:
         "a: &a [x, x, x, x, x, x, x, x, x, x]\n"
         + "".join(f"b{i}: &b{i} [{', '.join(['*b' + str(i - 1) if i else '*a'] * 10)}]\n" for i in range(12))
     )
-    start = time.process_time()
+    start = time.thread_time()
     [problem] = problems_of(path)
-    assert time.process_time() - start < 0.5
+    assert time.thread_time() - start < 0.5
     assert (
         problem.startswith(f"{path}:")
         and f"more than {MAX_NODES} values once aliases are expanded" in problem
@@ -248,9 +250,9 @@ def test_every_float_is_finite(tmp_path: Path, field: str, value: str) -> None:
 def test_token_counts_past_the_bound_are_refused_at_once(tmp_path: Path, value: str) -> None:
     path = tmp_path / "spec.yaml"
     path.write_text(BASE.replace("\n  tokens: 2k", f"\n  tokens: {value}"))
-    start = time.process_time()
+    start = time.thread_time()
     [problem] = problems_of(path)
-    assert time.process_time() - start < 0.5
+    assert time.thread_time() - start < 0.5
     assert "distill.tokens: token count too large" in problem and "1000T" in problem
 
 
@@ -262,9 +264,9 @@ def test_grid_size_is_known_before_any_point_is_built(tmp_path: Path) -> None:
     )
     path = tmp_path / "spec.yaml"
     path.write_text(BASE.replace("    distill.loss: [kld, ce]\n", axes))
-    start = time.process_time()
+    start = time.thread_time()
     [problem] = problems_of(path)
-    assert time.process_time() - start < 1.0
+    assert time.thread_time() - start < 1.0
     assert (
         "sweep.grid: the grid makes about 10^12 trials (expected at most sweep.max_trials = 1000" in problem
     )
