@@ -19,7 +19,7 @@ from ablate.errors import AblateError
 from ablate.plan.stages import ALIGN, ALIGNED_BENCHMARK, BENCHMARK, DISTILL_TEACHER, Stage, trial_kinds
 from ablate.run.artifacts import ArtifactStore
 from ablate.run.stage_runners import StageContext, read_distill_facts, read_eval_metrics, run_stage
-from ablate.run.step_reports import EVERY_S, StepBatches
+from ablate.run.step_reports import StepBatches
 from ablate.secrets import redact_text
 
 
@@ -268,7 +268,7 @@ def trial_body(
 
     # On Ray Train workers a report waits for the controller's poll: steps go out in batches there
     # (ablate.run.step_reports); a one-process trial reports every step.
-    steps_out = StepBatches(report, parallel, every_s=EVERY_S if parallel.distributed else 0.0)
+    steps_out = StepBatches(report, parallel)
 
     def on_step(metrics: dict[str, Any]) -> None:
         values = {

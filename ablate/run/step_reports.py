@@ -27,15 +27,19 @@ MAX_STEPS = 1000  # a batch never holds more (bounds one report's size)
 
 
 class StepBatches:
-    """`add(item)` for each step's report (a dict with `step` and `steps`); `flush()` sends what is held."""
+    """`add(item)` for each step's report (a dict with `step` and `steps`); `flush()` sends what is held.
+    `every_s` defaults to EVERY_S on several workers and to 0 (every step alone) in one process, whose
+    `tune.report` does not wait for a poll."""
 
     def __init__(
         self,
         report: Callable[[dict[str, Any]], None],
         parallel: Parallel,
-        every_s: float = EVERY_S,
+        every_s: float | None = None,
         clock: Callable[[], float] = time.monotonic,
     ):
+        if every_s is None:
+            every_s = EVERY_S if parallel.distributed else 0.0
         self.report, self.parallel, self.every_s, self.clock = report, parallel, every_s, clock
         self.held: list[dict[str, Any]] = []
         self.size = 1  # steps in the current batch: the first step goes out alone

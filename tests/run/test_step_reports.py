@@ -5,7 +5,7 @@ trial (every_s 0) still reports every step alone."""
 from __future__ import annotations
 
 from ablate.distill.parallel import Parallel
-from ablate.run.step_reports import MAX_STEPS, StepBatches, unbatch
+from ablate.run.step_reports import EVERY_S, MAX_STEPS, StepBatches, unbatch
 
 
 class Clock:
@@ -38,6 +38,8 @@ def test_batches_span_about_every_s_and_carry_every_step_once_in_order():
 def test_a_one_process_trial_reports_every_step_alone():
     sent = run(steps=5, step_s=0.0, every_s=0.0)  # even at no measurable step time
     assert [len(r["batch"]) for r in sent] == [1] * 5
+    assert StepBatches(print, Parallel()).every_s == 0.0  # the default in one process
+    assert StepBatches(print, Parallel("ddp", 0, 2)).every_s == EVERY_S  # on several workers
 
 
 def test_steps_slower_than_every_s_go_out_alone_and_instant_ones_are_bounded():
