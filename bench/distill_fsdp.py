@@ -98,13 +98,6 @@ def _models(args, device: torch.device):
     return student, teacher
 
 
-def _compile_layers(model: torch.nn.Module) -> None:
-    """Each decoder layer compiled on its own (as torchtitan does before sharding): fused norms, SwiGLU
-    and rotary; FSDP2 then shards the compiled layers."""
-    for layer in model.model.layers:
-        layer.compile()
-
-
 def _flops_per_token(student, teacher, seq: int) -> float:
     return (
         2 * matmul_params(teacher)
@@ -141,12 +134,10 @@ def run(variant: str, args, base: TrainConfig, device: torch.device, data: torch
     strategy = variant.split("+")[0]
     cfg = TrainConfig(**{**base.__dict__})
     cfg.activation_checkpointing = "ckpt" in variant
+    cfg.compile = "compile" in variant  # the trainer's own (distill.compile): each decoder layer, before FSDP
     student, teacher = _models(args, device)
     plan = _plan_estimate(student, teacher, cfg, strategy, args)
     flops = _flops_per_token(student, teacher, cfg.seq_len)
-    if "compile" in variant:
-        _compile_layers(student)
-        _compile_layers(teacher)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)

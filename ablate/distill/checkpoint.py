@@ -35,7 +35,9 @@ CHECKPOINT = "checkpoint.pt"
 RESULT = "train_result.json"
 CHECKPOINT_FORMAT = 2  # 2: model and optimizer state keyed by parameter name (get_state_dict)
 # Fields that do not change the numbers a run produces; a resume may change them.
-_NOT_FINGERPRINTED = ("checkpoint_every", "device", "precision", "logit_chunk", "activation_checkpointing")
+_NOT_FINGERPRINTED = (
+    "checkpoint_every", "device", "precision", "logit_chunk", "activation_checkpointing", "compile",
+)  # fmt: skip
 # What a checkpoint's weights and optimizer state come from: the (wrapped) student, the kld+intermediate
 # projection or None, and the optimizer.
 TrainedState = tuple[nn.Module, nn.Module | None, torch.optim.Optimizer]

@@ -50,6 +50,8 @@ class TrainConfig:
     # loss ('auto': about 128 MiB of fp32 logits), and per-layer activation checkpointing.
     logit_chunk: int | str = _spec_default("logit_chunk")
     activation_checkpointing: bool = _spec_default("activation_checkpointing")
+    # Each decoder layer through torch.compile (ablate.distill.compiled): speed, not memory.
+    compile: bool = _spec_default("compile")
     precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
     device: str | None = None  # None: where the student already is
 
@@ -100,6 +102,10 @@ class TrainConfig:
             p.append(
                 f"activation_checkpointing must be true or false (got {self.activation_checkpointing!r})"
             )
+        if not isinstance(self.compile, bool):
+            p.append(f"compile must be true or false (got {self.compile!r})")
+        elif self.compile and self.loss == "kld+intermediate":
+            p.append("compile does not work with loss kld+intermediate (its hooks inside the layers)")
         if not (self.temperature > 0):
             p.append(f"temperature must be positive (got {self.temperature!r})")
         if not (self.lr > 0 and math.isfinite(self.lr)):

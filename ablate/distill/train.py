@@ -52,6 +52,7 @@ from ablate.distill.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
+from ablate.distill.compiled import compile_layers, uncompile_layers
 from ablate.distill.config import TrainConfig, TrainResult, lr_at
 from ablate.distill.data_order import DataOrder
 from ablate.distill.layer_map import Capture, resolve_layer_map
@@ -229,6 +230,8 @@ class _Run:
             if not on_meta(teacher):
                 teacher.to(device)
             teacher.eval()
+            if config.compile:  # before FSDP shards it, like the student's (setup)
+                compile_layers(teacher)
             teacher = parallel.wrap_teacher(teacher, self.use_bf16, device)
         self.teacher = teacher
         self.autocast = (
@@ -263,6 +266,8 @@ class _Run:
             self.projection.to(device)
         if config.activation_checkpointing:  # before wrapping: FSDP and DDP see checkpointed layers
             enable_checkpointing(self.student)
+        if config.compile:  # before wrapping too: FSDP shards the compiled layers
+            compile_layers(self.student)
         self.model = self.parallel.wrap_student(self.student, device, self.use_bf16)  # what the loop calls
         self.modules: list[nn.Module] = [self.model]
         if self.projection is not None:
@@ -432,12 +437,17 @@ class _Run:
         return (done - self.start_step) * self.config.tokens_per_step / max(elapsed, 1e-9)
 
     def release(self) -> None:
-        """Remove the forward hooks kld+intermediate installed, and the checkpointing the run turned on."""
+        """Remove the forward hooks kld+intermediate installed, and the checkpointing and compilation the
+        run turned on."""
         for cap in (self.s_capture, self.t_capture):
             if cap is not None:
                 cap.remove()
         if self.config.activation_checkpointing:
             disable_checkpointing(self.student)
+        if self.config.compile:
+            for model in (self.student, self.teacher):
+                if model is not None:
+                    uncompile_layers(model)
 
     def finish(self) -> TrainResult:
         """The run's result, written to `out/train_result.json` by rank 0."""

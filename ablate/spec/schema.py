@@ -62,10 +62,10 @@ REINIT_LOSSES = frozenset({"scratch"})  # losses that re-initialise the pruned s
 SCHEDULES: tuple[str, ...] = get_args(Schedule)
 TARGET_AXES = ("hidden_size", "intermediate_size", "num_attention_heads", "num_hidden_layers")
 SEARCH = "search"  # targets.NAME.from: the search's winner
-# Settings of how a training run uses memory, not of what it computes (same losses up to rounding):
-# left out of trial keys and stage hashes while at their defaults (ablate.spec.sweep), so adding them
-# changed no existing key.
-MEMORY_FIELDS = ("logit_chunk", "activation_checkpointing")
+# Settings of how a training run uses memory and compute, not of what it computes (same losses up to
+# rounding): left out of trial keys and stage hashes while at their defaults (ablate.spec.sweep), so
+# adding them changed no existing key.
+MEMORY_FIELDS = ("logit_chunk", "activation_checkpointing", "compile")
 
 
 def _logit_chunk(value: Any) -> Any:
@@ -86,6 +86,12 @@ LogitChunk = Annotated[
 CHECKPOINTING_HELP = (
     "recompute each decoder layer's activations in backward (non-reentrant checkpointing): keeps only "
     "each layer's input, for about one extra forward pass of compute"
+)
+COMPILE_HELP = (
+    "compile each decoder layer of the student and the teacher with torch.compile (Inductor) before "
+    "wrapping them: fused norms, SwiGLU and rotary, the same losses up to rounding; the first steps pay "
+    "the compilation (seconds to minutes). Not with loss kld+intermediate, whose hooks inside the layers "
+    "compiled code would skip"
 )
 
 
@@ -111,6 +117,7 @@ class Correction(Strict):
     activation_checkpointing: bool | None = Field(
         None, description="None: same as distill; " + CHECKPOINTING_HELP
     )
+    compile: bool | None = Field(None, description="None: same as distill; " + COMPILE_HELP)
 
 
 class Teacher(Strict):
@@ -310,9 +317,15 @@ class Distill(Strict):
     )
     logit_chunk: LogitChunk = "auto"
     activation_checkpointing: bool = Field(False, description=CHECKPOINTING_HELP)
+    compile: bool = Field(False, description=COMPILE_HELP)
 
     @model_validator(mode="after")
     def _relations(self) -> Distill:
+        if self.compile and self.loss == "kld+intermediate":
+            raise ValueError(
+                "compile: true does not work with loss kld+intermediate (the hooks that take the layers' "
+                "hidden states inside compiled layers would be skipped); set compile: false"
+            )
         if self.global_batch % self.micro_batch:
             raise ValueError(
                 f"global_batch ({self.global_batch}) must be a multiple of micro_batch ({self.micro_batch}) "

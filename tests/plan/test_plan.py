@@ -267,8 +267,15 @@ def test_memory_settings_leave_trial_keys_and_stage_hashes_alone_at_their_defaul
     assert (
         key == "71a7c42969fa"
     )  # pinned: the shipped spec's key (data.sources), as before these settings existed
-    assert stages("  logit_chunk: auto\n  activation_checkpointing: false\n") == (key, hashes)
-    assert stages("", "    activation_checkpointing: false\n    logit_chunk: auto\n") == (key, hashes)
+    assert stages("  logit_chunk: auto\n  activation_checkpointing: false\n  compile: false\n") == (
+        key,
+        hashes,
+    )
+    assert stages("", "    activation_checkpointing: false\n    logit_chunk: auto\n    compile: false\n") == (
+        key,
+        hashes,
+    )
+    assert stages("  compile: true\n")[0] != key  # like the others: in the key once it is not the default
     on_key, on_hashes = stages("  activation_checkpointing: true\n")
     assert on_key != key and on_hashes["teacher"] != hashes["teacher"]  # the correction follows distill
     assert on_hashes["importance"] != hashes["importance"]  # it depends on the (corrected) teacher
