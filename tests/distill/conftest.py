@@ -8,7 +8,10 @@ import pytest
 import torch
 from transformers import MistralForCausalLM
 
+from ablate.distill.config import TrainConfig
 from ablate.models.registry import tiny_mistral_config
+
+SEQ = 32  # the training tests' sequence length (text_batches(SEQ, ...))
 
 
 @pytest.fixture(autouse=True)
@@ -59,3 +62,13 @@ def text_batches(seq_len: int, sequences: int, offset: int = 0) -> torch.Tensor:
     text = "\n".join(topics[k] for k in sorted(topics)).encode()
     ids = torch.tensor(list(text[offset * seq_len : (offset + sequences) * seq_len]), dtype=torch.long)
     return ids.view(sequences, seq_len)
+
+
+def small_config(steps: int, **overrides) -> TrainConfig:
+    """A kld run of `steps` optimizer steps of 8 x SEQ tokens (micro-batch 4, warm-up 2, a checkpoint every
+    4 steps): the training tests' base, each overriding what it tests."""
+    base = dict(
+        loss="kld", tokens=steps * 8 * SEQ, global_batch=8, micro_batch=4, seq_len=SEQ, lr=2e-3, min_lr=1e-4,
+        warmup_steps=2, checkpoint_every=4, seed=0,
+    )  # fmt: skip
+    return TrainConfig(**{**base, **overrides})

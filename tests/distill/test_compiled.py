@@ -11,17 +11,11 @@ from ablate.distill.config import TrainConfig
 from ablate.distill.train import train
 from ablate.errors import TrainError
 from ablate.models.arch import decoder_layers
-from tests.distill.conftest import slice_prune, text_batches, tiny_model
-
-SEQ = 32
+from tests.distill.conftest import SEQ, slice_prune, small_config, text_batches, tiny_model
 
 
 def config(**overrides) -> TrainConfig:
-    base = dict(
-        loss="kld", tokens=3 * 8 * SEQ, global_batch=8, micro_batch=4, seq_len=SEQ, lr=2e-3, min_lr=1e-4,
-        warmup_steps=1, checkpoint_every=10, seed=0,
-    )  # fmt: skip
-    return TrainConfig(**{**base, **overrides})
+    return small_config(3, **{"warmup_steps": 1, "checkpoint_every": 10, **overrides})
 
 
 @pytest.mark.slow

@@ -17,21 +17,16 @@ from ablate.distill.parallel import DCP_CHECKPOINT, DCP_META, Parallel
 from ablate.distill.train import train
 from ablate.errors import TrainError
 from ablate.models.registry import tiny_mistral_config
-from tests.distill.conftest import slice_prune, text_batches, tiny_model
+from tests.distill.conftest import SEQ, slice_prune, small_config, text_batches, tiny_model
 
 pytestmark = pytest.mark.slow
 
-SEQ = 32
 STEPS = 8
 STOP_AFTER = 5  # the interrupted run's last checkpoint is at step 4
 
 
 def config(**overrides) -> TrainConfig:
-    base = dict(
-        loss="kld", tokens=STEPS * 8 * SEQ, global_batch=8, micro_batch=2, seq_len=SEQ, lr=2e-3, min_lr=1e-4,
-        warmup_steps=2, checkpoint_every=2, seed=0,
-    )  # fmt: skip
-    return TrainConfig(**{**base, **overrides})
+    return small_config(STEPS, **{"micro_batch": 2, "checkpoint_every": 2, **overrides})
 
 
 class Stop(Exception):
