@@ -39,7 +39,9 @@ Measured on one NVIDIA H200 (2026-11-30, torch 2.11, transformers 5.17; `--confi
     4096 x 2     single (32,000)               45,490  31.8%     35.9      31.9
 
 Loss curves of all variants agree within 3e-5 relative. The plan's columns use ablate.plan.memory's
-activation terms, which were fitted to these measurements. On one H100 80GB (2026-11-28, seq 2048,
+activation terms, which were fitted to these measurements; `logit_chunk: auto` was 256 positions here.
+Since then the plan models compiled layers (fitted to the three compile rows: 51.7, 36.2 and 61.1 GiB),
+and `auto` on a GPU is 2 GiB of fp32 logits per chunk (4096 positions at this vocabulary). On one H100 80GB (2026-11-28, seq 2048,
 vocabulary 32,000, micro-batch 4): one process 44,296 tokens/s, peak 31.6 GiB; one FSDP2 worker 39,941
 tokens/s (0.90x), peak 28.5 GiB.
 """
@@ -124,8 +126,8 @@ def _plan_estimate(student, teacher, cfg: TrainConfig, strategy: str, args) -> d
         vocab=student.config.vocab_size, seq_len=cfg.seq_len, micro_batch=cfg.micro_batch, needs_teacher=True,
         workers=1, strategy=strategy, gpu=args.gpu, teacher_hidden=teacher.config.hidden_size,
         teacher_layers=teacher.config.num_hidden_layers, logit_chunk=cfg.logit_chunk,
-        activation_checkpointing=cfg.activation_checkpointing,
-        precision="bf16" if cfg.precision == "bf16" else "fp32",
+        activation_checkpointing=cfg.activation_checkpointing, compile=cfg.compile,
+        precision="bf16" if cfg.precision == "bf16" else "fp32", device_type=args.device,
     )  # fmt: skip
     return {"total_gib": m.total_bytes / GIB, "terms_gib": {t["term"]: t["bytes"] / GIB for t in m.terms}}
 

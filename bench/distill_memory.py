@@ -179,7 +179,7 @@ def estimate(args, facts: dict, chunk, ckpt) -> dict:
         student_params=facts["student_params"], teacher_params=facts["teacher_params"], layers=args.layers,
         hidden=args.student_hidden, vocab=args.vocab, seq_len=args.seq_len, micro_batch=1, needs_teacher=True,
         workers=1, strategy="single", teacher_hidden=args.hidden, teacher_layers=args.layers,
-        logit_chunk=chunk, activation_checkpointing=ckpt, precision="fp32",
+        logit_chunk=chunk, activation_checkpointing=ckpt, precision="fp32", device_type="cpu",
     )  # fmt: skip
     return {"total_gib": m.total_bytes / GIB, "terms_gib": {t["term"]: t["gib"] for t in m.terms}}
 

@@ -47,7 +47,7 @@ class TrainConfig:
     # else the pruning's kept layers when known, else evenly spaced.
     intermediate_layers: list[tuple[int, int]] | None = _spec_default("intermediate_layers")
     # How the run uses memory (same losses up to rounding): positions per chunk of the LM head and logit
-    # loss ('auto': about 128 MiB of fp32 logits), and per-layer activation checkpointing.
+    # loss ('auto': ablate.distill.chunking, by device), and per-layer activation checkpointing.
     logit_chunk: int | str = _spec_default("logit_chunk")
     activation_checkpointing: bool = _spec_default("activation_checkpointing")
     # Each decoder layer through torch.compile (ablate.distill.compiled): speed, not memory.

@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ablate.distill.chunking import chunk_positions
+
 
 def _compute_dtype(*tensors: Tensor) -> torch.dtype:
     dtype = torch.float32
@@ -125,19 +127,6 @@ def combine_dynamic(logit_loss: Tensor, is_loss: Tensor) -> Tensor:
 # forward pass, as they would be by autograd (the gradient of the loss w.r.t. the logits is known in
 # closed form), and handed back in backward: no recomputation, and the teacher's head is needed only
 # during the forward pass.
-
-AUTO_CHUNK_BYTES = 128 * 2**20  # "auto": chunk x vocab x 4 bytes of fp32 logits, about 128 MiB
-
-
-def chunk_positions(setting: int | str | None, vocab: int) -> int:
-    """Positions per chunk: a positive int as given; 'auto' (or None): about 128 MiB of fp32 logits
-    (256 positions at a vocabulary of 131,072, 1024 at 32,000)."""
-    if setting is None or setting == "auto":
-        return max(1, AUTO_CHUNK_BYTES // (4 * int(vocab)))
-    if isinstance(setting, bool) or not isinstance(setting, int) or setting <= 0:
-        raise ValueError(f"logit_chunk must be a positive number of positions or 'auto' (got {setting!r})")
-    return setting
-
 
 class Head:
     """A model's LM head as plain tensors: logits = hidden @ weight.T (+ bias)."""
@@ -287,7 +276,7 @@ def chunked_kl_loss(
     teacher = (teacher_hidden.detach().reshape(-1, teacher_hidden.shape[-1]), _frozen(teacher_head))
     return _ChunkedLogitLoss.apply(
         hidden.reshape(-1, hidden.shape[-1]), head.weight, head.bias, weights, "kl", teacher,
-        chunk_positions(chunk, head.vocab), float(temperature),
+        chunk_positions(chunk, head.vocab, head.weight.device.type), float(temperature),
     )  # fmt: skip
 
 
@@ -303,7 +292,7 @@ def chunked_cross_entropy(
     weights = position_weights(input_ids, mask, shift=True)
     return _ChunkedLogitLoss.apply(
         hidden.reshape(-1, hidden.shape[-1]), head.weight, head.bias, weights, "ce",
-        next_token_labels(input_ids), chunk_positions(chunk, head.vocab), 1.0,
+        next_token_labels(input_ids), chunk_positions(chunk, head.vocab, head.weight.device.type), 1.0,
     )  # fmt: skip
 
 
@@ -328,7 +317,7 @@ def chunked_eval_sums(
     th = None if teacher_hidden is None else teacher_hidden.reshape(-1, teacher_hidden.shape[-1])
     labels = next_token_labels(input_ids).to(head.weight.device)
     predicted = position_weights(input_ids, None, shift=True).to(head.weight.device) > 0
-    size = chunk_positions(chunk, head.vocab)
+    size = chunk_positions(chunk, head.vocab, head.weight.device.type)
     names = ("nll", "kl", "agree", "teacher_nll")
     out = {k: torch.zeros((), dtype=torch.float64, device=head.weight.device) for k in names}
     for start in range(0, h.shape[0], size):

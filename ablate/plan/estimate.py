@@ -109,6 +109,7 @@ def estimate(
             teacher_layers=teacher.shape["num_hidden_layers"],
             logit_chunk=d.logit_chunk,
             activation_checkpointing=d.activation_checkpointing,
+            compile=d.compile,
         )
         rows.append(
             TrialEstimate(

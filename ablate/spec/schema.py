@@ -80,7 +80,8 @@ LogitChunk = Annotated[
     BeforeValidator(_logit_chunk),
     Field(
         description="positions per chunk of the LM head and logit loss (at most chunk x vocabulary logits "
-        "exist at once); auto: about 128 MiB of fp32 logits (256 positions at a vocabulary of 131,072)"
+        "exist at once); auto: about 128 MiB of fp32 logits on a CPU, 2 GiB on a GPU (256 and 4096 positions at a "
+        "vocabulary of 131,072), where bigger chunks are faster (ablate.distill.chunking)"
     ),
 ]
 CHECKPOINTING_HELP = (

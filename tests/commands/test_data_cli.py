@@ -34,16 +34,16 @@ def test_prepare_then_inspect(tmp_path, monkeypatch):
     spec = _spec(tmp_path)
     first = CliRunner().invoke(main, ["data", "prepare", str(spec), "--json"])
     assert first.exit_code == 0, first.output
-    sources = json.loads(first.output)["sources"]
+    sources = json.loads(first.stdout)["sources"]
     assert [Path(s["source"]).name for s in sources] == ["web.jsonl", "books"]
     assert all(s["tokenized_now"] == s["tokens"] > 0 and s["tokens_per_s"] > 0 for s in sources)
-    again = json.loads(CliRunner().invoke(main, ["data", "prepare", str(spec), "--json"]).output)["sources"]
+    again = json.loads(CliRunner().invoke(main, ["data", "prepare", str(spec), "--json"]).stdout)["sources"]
     assert [s["tokenized_now"] for s in again] == [0, 0] and [s["shards"] for s in again] == [
         s["shards"] for s in sources
     ]
     shown = CliRunner().invoke(main, ["data", "inspect", str(spec), "--json", "--samples", "4"])
     assert shown.exit_code == 0, shown.output
-    (info,) = json.loads(shown.output)["data"]
+    (info,) = json.loads(shown.stdout)["data"]
     assert [round(s["weight"], 2) for s in info["sources"]] == [0.75, 0.25]
     assert [s["tokens"] for s in info["sources"]] == [s["tokens"] for s in sources]
     assert len(info["samples"]) == 4 and all(s["text"] for s in info["samples"])

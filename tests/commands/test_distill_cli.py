@@ -43,7 +43,7 @@ def test_distill_trains_saves_and_resumes(tmp_path, student_dir):
             "--lr", "1e-3", "--out", tmp_path / "run", "--json"]  # fmt: skip
     first = invoke(*args)
     assert first.exit_code == 0, first.output
-    info = json.loads(first.output)
+    info = json.loads(first.stdout)
     assert info["result"]["steps"] == 8 and info["result"]["tokens"] == 8 * 4 * 32  # ceil(1000 / 128) steps
     assert info["result"]["tokens_budget"] == 1000 and info["result"]["resumed_from_step"] is None
     assert info["after"]["kl_to_teacher"] < info["before"]["kl_to_teacher"]
@@ -52,7 +52,7 @@ def test_distill_trains_saves_and_resumes(tmp_path, student_dir):
 
     again = invoke(*args)
     assert again.exit_code == 0, again.output
-    info2 = json.loads(again.output)
+    info2 = json.loads(again.stdout)
     assert info2["result"]["resumed_from_step"] == 8 and info2["after"] == info["after"]
 
     human = invoke(*args[:-1])
@@ -65,7 +65,7 @@ def test_intermediate_loss_uses_the_kept_layers(tmp_path, student_dir):
         "--loss", "kld+intermediate", "--out", tmp_path / "run", "--json",
     )  # fmt: skip
     assert result.exit_code == 0, result.output
-    assert json.loads(result.output)["result"]["steps"] == 2
+    assert json.loads(result.stdout)["result"]["steps"] == 2
 
 
 def test_correct_fine_tunes_the_teacher(tmp_path):
@@ -74,7 +74,7 @@ def test_correct_fine_tunes_the_teacher(tmp_path):
         "--warmup-steps", "2", "--out", tmp_path / "corr", "--json",
     )  # fmt: skip
     assert result.exit_code == 0, result.output
-    info = json.loads(result.output)
+    info = json.loads(result.stdout)
     assert info["config"]["loss"] == "ce" and info["result"]["steps"] == 16
     assert info["after"]["perplexity"] < info["before"]["perplexity"]
     assert (tmp_path / "corr" / "model" / "model.safetensors").is_file()

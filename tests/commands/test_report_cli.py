@@ -80,7 +80,7 @@ def test_report_json_with_metric_and_out(db, tmp_path):
     args = ["report", "small", "--db", db, "--out", "elsewhere", "--json", "--metric", "perplexity"]
     result = _invoke(args, tmp_path)
     assert result.exit_code == 0, result.output
-    data = json.loads(result.output)
+    data = json.loads(result.stdout)
     assert data["experiment"] == "small" and data["metric"] == "perplexity" and not data["higher_is_better"]
     assert len(data["trials"]) == 4 and [f["title"] for f in data["findings"]] == [
         "target: width vs depth",

@@ -210,9 +210,10 @@ def test_evaluation_and_depth_importance_loss_equal_the_whole_logits_values():
         assert float(_lm_loss_sum(student, batches)) == pytest.approx(float(nll), rel=1e-6)
 
 
-def test_auto_chunk_is_about_128_mib_of_logits_and_bad_chunks_are_refused():
+def test_auto_chunk_is_128_mib_of_logits_on_a_cpu_2_gib_on_a_gpu_and_bad_chunks_are_refused():
     assert chunk_positions("auto", 131_072) == 256 and chunk_positions("auto", 32_000) == 1048
-    assert chunk_positions(None, 10**9) == 1 and chunk_positions(64, 131_072) == 64
+    assert chunk_positions("auto", 131_072, "cuda") == 4096 and chunk_positions("auto", 32_000, "cuda") == 16777
+    assert chunk_positions(None, 10**9) == 1 and chunk_positions(64, 131_072, "cuda") == 64
     for bad in (0, -3, True, 2.5):
         with pytest.raises(ValueError, match="logit_chunk must be a positive"):
             chunk_positions(bad, 100)

@@ -25,7 +25,7 @@ def refused(write, text: str, command: str = "validate") -> str:
 
 def test_plan_shows_the_search_and_json_has_every_phase(write):
     path = write(SEARCH_SPEC)
-    plan = json.loads(run(["plan", str(path), "--json"]).output)
+    plan = json.loads(run(["plan", str(path), "--json"]).stdout)
     search = plan["search"]
     assert search["count"] == 26 and search["top_k"] == 3 and search["space_size"] == 144
     assert [p["phase"] for p in search["phases"]] == [
@@ -52,7 +52,7 @@ def test_plan_shows_the_search_and_json_has_every_phase(write):
 
 def test_a_spec_without_search_plans_as_before(write):
     plain = SEARCH_SPEC[: SEARCH_SPEC.index("search:")]
-    plan = json.loads(run(["plan", str(write(plain)), "--json"]).output)
+    plan = json.loads(run(["plan", str(write(plain)), "--json"]).stdout)
     assert "search" not in plan
 
 
@@ -152,7 +152,7 @@ def test_a_target_from_the_search_is_planned_after_it_and_needs_a_search(write):
         "  width: {hidden_size: 48, intermediate_size: 96}\n",
         "  width: {hidden_size: 48, intermediate_size: 96}\n  found: {from: search}\n",
     )
-    plan = json.loads(run(["plan", str(write(with_found)), "--json"]).output)
+    plan = json.loads(run(["plan", str(write(with_found)), "--json"]).stdout)
     assert [t["overrides"]["target"] for t in plan["after_search"]] == ["found"]
     assert all(t["overrides"]["target"] == "width" for t in plan["trials"])
     no_search = with_found[: with_found.index("search:")]
