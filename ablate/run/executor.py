@@ -33,7 +33,7 @@ from typing import Any
 
 from ablate.errors import RunError
 from ablate.plan.graph import StageGraph, build_graph
-from ablate.plan.stages import REFERENCE_EVALS, Stage, trial_kinds
+from ablate.plan.stages import Stage, trial_kinds
 from ablate.run import ray_workers, recompute, stage_runners
 from ablate.run.artifacts import ArtifactCorrupt, ArtifactStore
 from ablate.run.mlflow_runs import trial_run
@@ -86,6 +86,7 @@ class Executor(SharedStages, TrialOutcomes):
         self.run_ids: dict[str, str] = {}
         self.stage_status: dict[str, str] = {}
         self.shared_hashes: set[str] = set()  # set by register()
+        self.beside_hashes: set[str] = set()  # shared stages no trial reads (set by run_shared_stages)
         self.ran: dict[str, dict[str, Any]] = {}  # trial key -> node, start and end of its work (this run)
         self.trial_tags: dict[str, dict[str, str]] = {}  # MLflow tags set when the trial ends
         self.objectives = {t.key: t.spec.distill.loss for t in loaded.trials}  # names MLflow's metrics
@@ -270,8 +271,8 @@ class Executor(SharedStages, TrialOutcomes):
                     self._count_trial_reused(key)
                     self.progress("trial_done", {"key": key, "metrics": {}, "reused": True})
                 return "done"
-        # A failed reference eval is no input of the trial: it leaves the trial to run.
-        broken = [h for k, h in stages.items() if h in failures and k not in REFERENCE_EVALS]
+        # A failed reference eval or teacher benchmark is no input of the trial: it leaves the trial to run.
+        broken = [h for h in stages.values() if h in failures and h not in self.beside_hashes]
         if broken:
             error = f"upstream stage {broken[0]} failed: {failures[broken[0]]}"
             self.records.set_trial_status(trial_id, "failed", error=error)
@@ -504,11 +505,14 @@ class Executor(SharedStages, TrialOutcomes):
         started = time.perf_counter()
         self.leases.start_heartbeat()
         self.register()
-        failures = self.run_shared_stages()
+        # The reference evals and the teacher's benchmarks run beside the trials (ablate.run.shared_stages);
+        # a search's scoring (shared_only) is all shared stages.
+        failures = self.run_shared_stages(beside=not self.shared_only)
         if self.shared_only:
             self.result.wall_s = time.perf_counter() - started
             return self.result
         self.run_trials(failures)
+        self.finish_shared_stages()
         self.mirror_references()
         summary = self.records.experiment_summary(self.name)
         keys = {t.key for t in self.loaded.trials}

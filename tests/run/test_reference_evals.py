@@ -92,21 +92,30 @@ def test_first_submission_records_each_trials_references(tiny_run):
 
 def test_trials_finished_before_the_stages_existed_get_them_from_a_resubmission(tiny_run, tmp_path):
     """A copy of the session's workspace as an ablate without the reference evals left it (their stages,
-    links, artifacts and metrics gone): re-submitting runs only those three stages, writes the rows, and
-    the report shows the teacher and pruned rows with numbers; one more submission runs and writes nothing."""
+    links, artifacts and metrics gone), and with one trial's eval gone too: re-submitting runs those three
+    stages and that eval, writes the rows, and the report shows the teacher and pruned rows with numbers;
+    one more submission runs and writes nothing.
+
+    The reference evals run beside the trials, not before them: with the teacher-eval held by another
+    live submission, the trial runs and ends first; the teacher-eval runs once the other lets it go."""
+    import threading
+
     from ablate.report import build_report
     from ablate.report.markdown import render_markdown
+    from ablate.track.leases import Leases
 
     workspace = tmp_path / "ws"
     shutil.copytree(tiny_run.workspace, workspace, ignore=shutil.ignore_patterns(".tune", ".work"))
-    hashes = sorted(reference_evals(workspace / "tiny.yaml"))
+    graph = build_graph(load_spec(workspace / "tiny.yaml").trials)
+    rerun = sorted(graph.trial_stages)[0]
+    hashes = sorted(reference_evals(workspace / "tiny.yaml")) + [graph.trial_stages[rerun]["eval"]]
     for h in hashes:
         shutil.rmtree(workspace / ".ablate" / "artifacts" / h)
     db = sqlite3.connect(workspace / ".ablate" / "ablate.db")
     with db:
         marks = ",".join("?" * len(hashes))
         ids = [i for (i,) in db.execute(f"SELECT id FROM stages WHERE hash IN ({marks})", hashes)]
-        assert len(ids) == 3
+        assert len(ids) == 4
         db.execute(f"DELETE FROM trial_stages WHERE stage_id IN ({','.join('?' * len(ids))})", ids)
         db.execute(f"DELETE FROM stages WHERE id IN ({','.join('?' * len(ids))})", ids)
         db.execute("DELETE FROM metrics WHERE (step = 0 AND name LIKE 'eval_%') OR name = 'teacher_lm_loss'")
@@ -114,10 +123,33 @@ def test_trials_finished_before_the_stages_existed_get_them_from_a_resubmission(
     with records_of(workspace) as records:
         assert all("teacher_lm_loss" not in records.final_metrics(t.id) for t in records.trials("tiny"))
 
-    result = submit_here(workspace, "tiny.yaml")
+    teacher_eval = graph.stages[graph.trial_stages[rerun][TEACHER_EVAL]]
+    events: list[tuple[str, str]] = []
+    with records_of(workspace) as records:
+        records.upsert_stage(teacher_eval.hash, teacher_eval.kind, teacher_eval.config, teacher_eval.parents)
+        other = Leases(records)
+        assert other.claim_stage(teacher_eval.hash).state == "claimed"
+        other.start_heartbeat()
+
+        def progress(event: str, data: dict) -> None:
+            events.append((event, data.get("hash") or data.get("key")))
+            if event == "trial_done":  # the other submission lets the teacher-eval go
+                other.unclaim_stage(teacher_eval.hash)
+
+        # If the trial waited for the teacher-eval it would never end first: let go after 60 s regardless.
+        fallback = threading.Timer(60, other.unclaim_stage, args=(teacher_eval.hash,))
+        fallback.start()
+        try:
+            result = submit_here(workspace, "tiny.yaml", progress)
+        finally:
+            fallback.cancel()
+            other.release_all()
     assert result.ok, result.to_dict()
-    assert result.stages_run == {"eval": 3}  # the two pruned students' and the teacher's; no trial ran
+    # the two pruned students', the teacher's and the trial's own evals; only that trial ran
+    assert result.stages_run == {"eval": 4}
     assert result.stages_reused["distill"] == 4
+    assert ("stage_wait", teacher_eval.hash) in events
+    assert events.index(("trial_done", rerun)) < events.index(("stage_done", teacher_eval.hash)), events
     step0 = _check_records(workspace)
 
     with records_of(workspace) as records:
